@@ -1,0 +1,270 @@
+"""Experiment configuration: YAML files, ``--set key=value`` overrides, pydantic validation.
+
+A config is one YAML mapping. Top-level keys describe the federation and the runtime; the
+method's own hyper-parameters sit under the method's name (``afmcc.alpha``) and are validated by
+that method's ``Config`` model, so adding a method never touches this file.
+
+Every problem a user can cause (unknown key, wrong type, impossible value, malformed override)
+becomes a one-line ``ConfigError`` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedsim.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StopConfig(Strict):
+    """When a run ends.
+
+    - ``rounds``: every client completes ``rounds`` rounds (the paper's xi).
+    - ``group``: all clients keep training until every client of ``group`` (``odd`` / ``even``
+      0-based client ids, or ``all``) has completed ``group_rounds`` rounds (AFMCC Table 3d).
+    - ``sim_time``: stop at the simulated-time budget ``sim_time_budget`` (work units, see
+      ``fedsim.runtime.clock``); rounds that would finish later are not committed.
+    """
+
+    rule: Literal["rounds", "group", "sim_time"] = "rounds"
+    group: Literal["odd", "even", "all"] = "odd"
+    group_rounds: int = Field(10, ge=1)
+    sim_time_budget: float = Field(0.0, ge=0)
+
+
+class PretrainConfig(Strict):
+    """AFMCC Alg. 1, line 1: a designated client trains alone; its weights seed every client.
+
+    ``rounds: null`` means "as many local rounds as the run's ``rounds``", i.e. ClientTrain run
+    to the same convergence rule as Alg. 2; 0 disables pretraining (all clients start from the
+    same seeded random initialisation).
+    """
+
+    enabled: bool = True
+    client: int = Field(0, ge=0)
+    rounds: int | None = Field(None, ge=0)
+
+
+class PrivacyConfig(Strict):
+    """Differential privacy on uploads (AFMCC App., Fig. 5c). See ``fedsim.privacy``."""
+
+    enabled: bool = False
+    epsilon: float = Field(40.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    clip_norm: float = Field(1.0, gt=0)
+
+
+class RuntimeConfig(Strict):
+    """How simulated clients map onto Ray actors and devices.
+
+    ``clients_per_actor: null`` picks it from the cluster's CPUs and free memory (an actor that
+    imports torch costs ~310 MB); ``clients_per_gpu`` sets the GPU fraction per client when the
+    cluster has GPUs (num_gpus = hosted clients / clients_per_gpu).
+    """
+
+    clients_per_actor: int | None = Field(None, ge=1)
+    clients_per_gpu: int = Field(4, ge=1)
+    max_actor_restarts: int = Field(3, ge=0)
+    ray_address: str | None = None
+    num_cpus: float | None = Field(None, gt=0)
+    include_dashboard: bool = True
+    dashboard_port: int = 8265
+    round_timeout_s: float = Field(600.0, gt=0)
+
+
+class TrackingConfig(Strict):
+    """MLflow. ``tracking_uri: null`` = $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str | None = None  # default: "<method>/<dataset>"
+    run_name: str | None = None
+    progress: bool = True
+
+
+class FaultConfig(Strict):
+    """Fault injection for resilience tests: kill the actor hosting ``kill_client`` right after
+    the ``after_uploads``-th committed upload. Ray restarts it; the client resumes from the
+    parameter server's copy."""
+
+    kill_client: int | None = Field(None, ge=0)
+    after_uploads: int = Field(1, ge=1)
+
+
+class ExperimentConfig(Strict):
+    method: str = "afmcc"
+    dataset: str = "handwritten"
+    data_dir: str | None = None
+    synthetic: dict[str, Any] | None = None  # generator params for synthetic datasets
+    data_seed: int = 0  # seeds synthetic generators only; ``seed`` seeds split, models, training
+    num_clients: int = Field(12, ge=1)
+    client_ratio: str = "1:1"
+    partition: Literal["iid", "dirichlet"] = "iid"
+    dirichlet_alpha: float = Field(1.0, gt=0)
+    mode: Literal["sync", "async", "virtual"] = "virtual"
+    seed: int = 0
+    rounds: int = Field(20, ge=1)
+    speed_profile: str = "uniform"
+    eval_every: int = Field(5, ge=0)
+    evaluation: Literal["fmcsc", "global_kmeans", "argmax"] = "fmcsc"
+    kmeans_n_init: int = Field(10, ge=1)
+    stop: StopConfig = StopConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    fault: FaultConfig = FaultConfig()
+    # The method's own section, validated by the method's Config model (see fedsim.methods).
+    method_params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("client_ratio")
+    @classmethod
+    def _ratio_shape(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?(:\d+(\.\d+)?){1,2}", v.strip()):
+            raise ValueError(f"'{v}' is not a ratio; use F:S such as '2:1' or F:M:S such as '1:1:1'")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExperimentConfig":
+        if self.pretrain.enabled and self.pretrain.client >= self.num_clients:
+            raise ValueError(
+                f"pretrain.client={self.pretrain.client} but there are only {self.num_clients} clients"
+            )
+        if self.fault.kill_client is not None and self.fault.kill_client >= self.num_clients:
+            raise ValueError(f"fault.kill_client={self.fault.kill_client} is not a client id")
+        if self.stop.rule == "sim_time" and self.stop.sim_time_budget <= 0:
+            raise ValueError("stop.rule=sim_time needs stop.sim_time_budget > 0")
+        return self
+
+    @property
+    def pretrain_rounds(self) -> int:
+        if not self.pretrain.enabled:
+            return 0
+        return self.rounds if self.pretrain.rounds is None else self.pretrain.rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as the user writes it: the method section under the method's name."""
+        data = self.model_dump(mode="json")
+        data[self.method] = data.pop("method_params")
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], parsed value). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"bad override '{text}': expected key=value, e.g. --set afmcc.alpha=0.1")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"bad override '{text}': '{key}' is not a dotted key such as afmcc.alpha")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"bad override: '{'.'.join(path)}' goes inside '{part}', which is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass a YAML file such as configs/afmcc/bdgp.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a YAML mapping of keys to values")
+    return data
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Apply ``key=value`` overrides to a raw mapping and validate it (method section included)."""
+    data = dict(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(data, path, value)
+    method = data.get("method", ExperimentConfig.model_fields["method"].default)
+    if not isinstance(method, str):
+        raise ConfigError("'method' must be a method name such as afmcc")
+
+    from fedsim.methods import get_method  # late: the method registry imports torch
+
+    method_cls = get_method(method)
+    section = data.pop(method, None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"'{method}' must be a section of {method} hyper-parameters")
+    try:
+        params = method_cls.Config(**section)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, prefix=method)) from None
+    data["method_params"] = params.model_dump(mode="json")
+    try:
+        return ExperimentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    raw = load_yaml(path) if path is not None else {}
+    return build_config(raw, overrides)
+
+
+def method_config(cfg: ExperimentConfig) -> BaseModel:
+    """The validated method section as its own pydantic model."""
+    from fedsim.methods import get_method
+
+    return get_method(cfg.method).Config(**cfg.method_params)
+
+
+def _first_error(exc: ValidationError, prefix: str | None = None) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+    if prefix:
+        loc = f"{prefix}.{loc}" if loc else prefix
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key '{loc}'; check the spelling against the config reference in README.md"
+    where = f"config key '{loc}': " if loc else "config: "
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{where}{msg}{shown}"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b": v} for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,289 @@
+"""AFMCC: Asynchronous Federated Multi-modal Constrained Clustering.
+
+Paper: ../shared/papers/000_c429ab24434318c7.txt (Sections 3.2-3.5, Algorithms 1-2, Table 1).
+Implementation notes from ../shared/papers/PROTOCOLS.md ("AFMCC specifics").
+
+What is implemented, equation by equation:
+
+- Sec. 3.2: per-modality encoders Input-512-128-d and symmetric decoders, ReLU (App.
+  "Implementation details"); fused feature h_i = mean of z_i^v over the fusion set G (Eq. 1);
+  decoders reconstruct every local modality from h (Eq. 2); contrastive L_d between h_i and
+  z_i^v over all local modalities with temperature tau (Eq. 3).
+- Sec. 3.3: p_i = softmax(W h_i) with a learnable W (K x d), Q = P P^T / (N/K),
+  Q_tgt = lambda I + (1 - lambda) 11^T / K, L_c = ||Q - Q_tgt||^2 (Eqs. 4-5; squared Frobenius).
+- Eq. 7: L = L_r + alpha L_d + beta L_c.
+- Sec. 3.4, Eq. 6: client-specific weighted aggregation of all downloaded models.
+- Sec. 3.5 / Alg. 2: download, aggregate, then for every non-empty subset G of the client's
+  modalities, phi gradient steps with G as the fusion set; upload. (Alg. 1's pretraining is the
+  runtime's ``pretrain`` phase: it calls ``train_round`` without aggregation.)
+
+Where the paper is ambiguous or looks wrong, the printed version is the default and the
+alternative is a switch:
+
+- Eq. 3's denominator sums over j != i only (the positive pair is not in it), unlike InfoNCE.
+  ``contrastive_denominator="printed"`` (default) or ``"all"`` (InfoNCE, j over all samples).
+- Eq. 6 as printed weights a model by exp(+||Z_u^v - H||): models whose features deviate *more*
+  from the local fused features get *more* weight, and exp overflows for large N. We compute it
+  in log space (softmax of log eps_u), keep the printed sign as default (``eq6_sign=+1``) and
+  expose the sign and a temperature (``eq6_temperature``); every round's weights are logged.
+  Eq. 6 sums over v in V_u (the downloaded model's owner's modalities) but Z_u^v is computed on
+  local samples, so only v in V_u ∩ V_local is computable: ``eq6_views="owner"`` (default, a
+  peer sharing no modality gets weight 0) or ``"local"`` (all local modalities).
+- ||.||_2 of a matrix in Eqs. 5-6 is read as the Frobenius norm.
+- Alg. 2 iterates over all 2^|V|-1 subsets; with many modalities (handwritten: 6 -> 63 subsets
+  x phi steps) that dominates the round, so ``fusion_subsets`` can restrict it to the full set
+  and the singletons. The default is the printed ``"all"``.
+
+Which reading reproduces Table 2 is recorded in the configs and the reproduction report.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.func import functional_call
+
+from fedsim.methods.base import LocalData, PeerModel, unflatten
+
+
+class AFMCCConfig(BaseModel):
+    """AFMCC hyper-parameters; defaults are Table 1's BDGP row and App. implementation details."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d: int = Field(20, ge=1, description="latent dimension d")
+    hidden: list[int] = Field(default_factory=lambda: [512, 128], description="encoder hidden widths")
+    phi: int = Field(5, ge=1, description="gradient steps per fusion subset (phi / delta)")
+    tau: float = Field(0.5, gt=0, description="temperature of Eq. 3")
+    lambda_: float = Field(0.3, ge=0, le=1, description="flexibility of Q_tgt (Sec. 3.3)")
+    alpha: float = Field(0.01, ge=0, description="weight of L_d (Eq. 7)")
+    beta: float = Field(0.01, ge=0, description="weight of L_c (Eq. 7)")
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(1024, ge=2)
+    aggregation: Literal["eq6", "uniform"] = "eq6"  # uniform = Table 3b ablation C
+    eq6_sign: Literal[1, -1] = 1
+    eq6_temperature: float = Field(1.0, gt=0)
+    eq6_views: Literal["owner", "local"] = "owner"
+    use_contrastive: bool = True  # False = Table 3b ablation A
+    use_constraint: bool = True  # False = Table 3b ablation B
+    contrastive_denominator: Literal["printed", "all"] = "printed"
+    fusion_subsets: Literal["all", "full_and_single"] = "all"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def _mlp(widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MultiModalAutoencoder(nn.Module):
+    """Sec. 3.2: one encoder/decoder pair per modality plus the projection W of Sec. 3.3.
+
+    Every client holds the full architecture (Alg. 1 copies client 1's weights to all clients);
+    a client only trains the encoders/decoders of the modalities it has."""
+
+    def __init__(self, view_dims: tuple[int, ...], hidden: list[int], d: int, n_clusters: int) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(_mlp([dv, *hidden, d]) for dv in view_dims)
+        self.decoders = nn.ModuleList(_mlp([d, *reversed(hidden), dv]) for dv in view_dims)
+        self.projection = nn.Linear(d, n_clusters, bias=False)  # W in Eq. 4
+
+    def forward(self, views: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Encode each given modality: {v: z^v}."""
+        return {v: self.encoders[v](x) for v, x in views.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses (module-level so the tests can check them against hand computations)
+
+
+def fuse(z: dict[int, torch.Tensor], subset: tuple[int, ...]) -> torch.Tensor:
+    """Eq. 1: h_i = (1/|G|) sum_{v in G} z_i^v."""
+    return torch.stack([z[v] for v in subset]).mean(dim=0)
+
+
+def reconstruction_loss(x: dict[int, torch.Tensor], x_hat: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Eq. 2: (1/N) sum_v sum_i ||x_i^v - x_hat_i^v||_2^2."""
+    n = next(iter(x.values())).shape[0]
+    return sum(((x[v] - x_hat[v]) ** 2).sum() for v in x) / n
+
+
+def contrastive_loss(h: torch.Tensor, z: dict[int, torch.Tensor], tau: float, denominator: str = "printed") -> torch.Tensor:
+    """Eq. 3: -(1/N) sum_v sum_i log( e^{sim(h_i,z_i^v)/tau} / sum_{j != i} e^{sim(h_i,z_j^v)/tau} ).
+
+    ``denominator="all"`` lets j run over every sample (InfoNCE) instead of j != i."""
+    n = h.shape[0]
+    h_n = F.normalize(h, dim=1)
+    total = h.new_zeros(())
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=h.device)
+    for zv in z.values():
+        logits = h_n @ F.normalize(zv, dim=1).T / tau  # (N, N): sim(h_i, z_j^v) / tau
+        positives = logits.diagonal()
+        if denominator == "printed":
+            log_denominator = torch.logsumexp(logits.masked_fill(~off_diagonal, float("-inf")), dim=1)
+        else:
+            log_denominator = torch.logsumexp(logits, dim=1)
+        total = total - (positives - log_denominator).sum()
+    return total / n
+
+
+def target_correlation(n_clusters: int, lambda_: float, device: torch.device | None = None) -> torch.Tensor:
+    """Q_tgt = lambda I_K + (1 - lambda) 11^T / K (Sec. 3.3)."""
+    eye = torch.eye(n_clusters, device=device)
+    return lambda_ * eye + (1.0 - lambda_) * torch.ones(n_clusters, n_clusters, device=device) / n_clusters
+
+
+def class_correlation(p: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: Q = P P^T / (N/K) with P = [p_1..p_N] in R^{K x N}; ``p`` is (N, K)."""
+    n, k = p.shape
+    return p.T @ p / (n / k)
+
+
+def constraint_loss(h: torch.Tensor, projection: nn.Linear, lambda_: float) -> torch.Tensor:
+    """Eq. 5: L_c = ||Q - Q_tgt||^2 (squared Frobenius), p_i = softmax(W h_i)."""
+    p = torch.softmax(projection(h), dim=1)
+    q = class_correlation(p)
+    return ((q - target_correlation(p.shape[1], lambda_, h.device)) ** 2).sum()
+
+
+def eq6_log_weights(distances: torch.Tensor, valid: torch.Tensor, sign: int = 1, temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 6 in log space.
+
+    ``distances[u, v]`` = ||Z_u^v - H||_F; ``valid[u, v]`` marks the modalities summed for model u.
+    log eps_u = logsumexp_v(sign * distance / temperature); the weights are softmax(log eps), i.e.
+    eps_u / sum_i eps_i without ever forming exp(distance). A model with no valid modality gets
+    weight 0 (eps_u = empty sum)."""
+    scores = (sign * distances / temperature).masked_fill(~valid, float("-inf"))
+    log_eps = torch.logsumexp(scores, dim=1)
+    return torch.log_softmax(log_eps, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+
+
+class AFMCC:
+    """AFMCC on the fedsim method protocol (see ``fedsim.methods.base.Method``)."""
+
+    name: ClassVar[str] = "afmcc"
+    Config: ClassVar[type[BaseModel]] = AFMCCConfig
+
+    def __init__(self, config: AFMCCConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
+        self.cfg = config
+        self.view_dims = tuple(view_dims)
+        self.n_clusters = n_clusters
+        self.num_clients = num_clients
+
+    # -- model ---------------------------------------------------------------------------------
+    def build_model(self, seed: int) -> MultiModalAutoencoder:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MultiModalAutoencoder(self.view_dims, list(self.cfg.hidden), self.cfg.d, self.n_clusters)
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
+
+    # -- Alg. 2, lines 2-4: aggregation --------------------------------------------------------
+    @torch.no_grad()
+    def aggregate(self, model: MultiModalAutoencoder, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+        stacked = torch.stack([p.params for p in peers])  # (U, P)
+        if self.cfg.aggregation == "uniform":
+            weights = torch.full((len(peers),), 1.0 / len(peers))
+        else:
+            local_views = data.modalities
+            views = data.views
+            h = fuse(model(views), local_views)  # H: the client's own fused features
+            distances = torch.zeros(len(peers), len(local_views))
+            valid = torch.zeros(len(peers), len(local_views), dtype=torch.bool)
+            for row, peer in enumerate(peers):
+                usable = [v for v in local_views if self.cfg.eq6_views == "local" or v in peer.modalities]
+                if not usable:
+                    continue
+                z = functional_call(model, unflatten(model, peer.params), ({v: views[v] for v in usable},))
+                for col, v in enumerate(local_views):
+                    if v in z:
+                        distances[row, col] = torch.linalg.norm(z[v] - h)  # Frobenius
+                        valid[row, col] = True
+            weights = eq6_log_weights(distances, valid, self.cfg.eq6_sign, self.cfg.eq6_temperature).exp()
+        aggregated = weights.to(stacked.dtype) @ stacked
+        return aggregated, {p.client_id: float(w) for p, w in zip(peers, weights)}
+
+    # -- Alg. 2, lines 5-7: local training ------------------------------------------------------
+    def fusion_subsets(self, modalities: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Non-empty subsets of the client's modalities, smallest first so the round ends on the
+        full set (the order is not given in Alg. 2)."""
+        if self.cfg.fusion_subsets == "full_and_single" and len(modalities) > 2:
+            return [(v,) for v in modalities] + [modalities]
+        return [s for r in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, r)]
+
+    def loss(self, model: MultiModalAutoencoder, x: dict[int, torch.Tensor], subset: tuple[int, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eq. 7 on one batch with ``subset`` as the fusion set G."""
+        z = model(x)
+        h = fuse(z, subset)
+        x_hat = {v: model.decoders[v](h) for v in x}
+        terms = {"loss_r": reconstruction_loss(x, x_hat)}
+        total = terms["loss_r"]
+        if self.cfg.use_contrastive:
+            terms["loss_d"] = contrastive_loss(h, z, self.cfg.tau, self.cfg.contrastive_denominator)
+            total = total + self.cfg.alpha * terms["loss_d"]
+        if self.cfg.use_constraint:
+            terms["loss_c"] = constraint_loss(h, model.projection, self.cfg.lambda_)
+            total = total + self.cfg.beta * terms["loss_c"]
+        return total, terms
+
+    def train_round(self, model: MultiModalAutoencoder, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator) -> dict[str, float]:
+        model.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        n = data.n_samples
+        for subset in self.fusion_subsets(data.modalities):
+            for _ in range(self.cfg.phi):
+                if n > self.cfg.batch_size:
+                    idx = torch.randperm(n, generator=generator)[: self.cfg.batch_size].to(next(iter(data.views.values())).device)
+                    x = {v: t[idx] for v, t in data.views.items()}
+                else:  # full batch: the paper's setting (~208 samples per client, batch 1024)
+                    x = data.views
+                total, terms = self.loss(model, x, subset)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+                steps += 1
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, model: MultiModalAutoencoder, data: LocalData) -> np.ndarray:
+        """Fused features over all local modalities (Eq. 1 with G = V)."""
+        model.eval()
+        return fuse(model(data.views), data.modalities).cpu().numpy()
+
+    @torch.no_grad()
+    def soft_assignments(self, model: MultiModalAutoencoder, data: LocalData) -> np.ndarray:
+        """p_i = softmax(W h_i) of Eq. 4."""
+        model.eval()
+        h = fuse(model(data.views), data.modalities)
+        return torch.softmax(model.projection(h), dim=1).cpu().numpy()
+
+    def round_cost(self, data: LocalData, num_peers: int) -> float:
+        """Samples x forward-pass equivalents: 3 per training step (forward + backward) for every
+        subset and step, plus one encoder pass per downloaded model for Eq. 6."""
+        steps = len(self.fusion_subsets(data.modalities)) * self.cfg.phi
+        aggregation = 0 if self.cfg.aggregation == "uniform" else num_peers + 1
+        return float(data.n_samples * (3 * steps + aggregation))
+

@@ -1,0 +1,131 @@
+"""Run one experiment: validate everything, start Ray and the actors, federate, track, report.
+
+All user-input checks (config, data file, partition, speed profile, privacy parameters) happen
+before an MLflow run is opened or an actor is started, so bad input never leaves a half-written
+run behind. Once the MLflow run is open it is always closed: FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from fedsim.config import ExperimentConfig, method_config
+from fedsim.errors import ConfigError
+from fedsim.runtime.callbacks import Callback, CallbackList
+from fedsim.runtime.cluster import ensure_ray, plan_placement, start_client_actors
+from fedsim.runtime.federation_data import load_federation
+from fedsim.runtime.orchestrator import Federation, FederationResult
+from fedsim.runtime.server import make_server
+from fedsim.runtime.speed import speed_multipliers
+from fedsim.tracking import MLflowTracker, ProgressPrinter, tracking_uri
+
+
+def validate(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Every check that needs no Ray: returns facts about the federation for logging."""
+    dataset, specs = load_federation(cfg)
+    speeds = speed_multipliers(cfg.speed_profile, cfg.num_clients, cfg.seed)
+    if cfg.privacy.enabled:
+        from fedsim.privacy import GaussianMechanism
+
+        GaussianMechanism.calibrate(cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds,
+                                    clip_norm=cfg.privacy.clip_norm)
+    if cfg.evaluation == "fmcsc" and specs[0].indices.size < dataset.n_clusters:
+        raise ConfigError(f"client 0 holds {specs[0].indices.size} samples, fewer than the {dataset.n_clusters} "
+                          "clusters k-means needs for the FMCSC evaluation; use fewer clients or evaluation=global_kmeans")
+    return {
+        "dataset": dataset, "specs": specs, "speeds": speeds, "view_dims": dataset.view_dims,
+        "n_clusters": dataset.n_clusters, "n_samples": dataset.n_samples,
+        "client_kinds": "".join(s.kind for s in specs),
+    }
+
+
+@dataclass
+class RunOutcome:
+    summary: dict[str, Any]  # the result JSON
+    federation: FederationResult  # histories, upload log, assignments
+
+
+def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = None) -> RunOutcome:
+    """Run ``cfg`` end to end: the result JSON and the federation's full record."""
+    facts = validate(cfg)
+    dataset, specs, speeds = facts.pop("dataset"), facts.pop("specs"), facts.pop("speeds")
+    shard_bytes = int(sum(v.nbytes for v in dataset.views) / max(cfg.num_clients, 1))
+    del dataset
+
+    all_callbacks: list[Callback] = list(callbacks or [])
+    if cfg.tracking.progress:
+        all_callbacks.append(ProgressPrinter())
+    tracker = MLflowTracker(cfg) if cfg.tracking.enabled else None
+    if tracker is not None:
+        all_callbacks.insert(0, tracker)
+    callback = CallbackList(all_callbacks)
+
+    ray_info = ensure_ray(cfg)
+    run_id = tracker.start() if tracker is not None else None
+    started = time.perf_counter()
+    try:
+        server = make_server([s.views for s in specs])
+        probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
+        placement = plan_placement(cfg, probe, shard_bytes)
+        actors, actor_of = start_client_actors(cfg, placement)
+        described: dict[int, dict[str, Any]] = {}
+        for part in ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s):
+            described.update(part)
+        info = {
+            "n_samples": facts["n_samples"], "n_clusters": facts["n_clusters"], "view_dims": list(facts["view_dims"]),
+            "client_kinds": facts["client_kinds"], "speeds": [round(float(s), 4) for s in speeds],
+            "actors": len(actors), "clients_per_actor": max(len(g) for g in placement.groups),
+            "num_cpus_per_actor": round(placement.num_cpus, 4), "num_gpus_per_actor": round(placement.num_gpus, 4),
+            "num_parameters": described[0]["num_parameters"],
+        }
+        callback.on_run_start(info)
+        federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)
+        result = federation.run()
+        wall = time.perf_counter() - started
+        out = _result_json(cfg, result, wall, run_id, ray_info, info)
+        if tracker is not None:
+            tracker.log_result(out)
+        callback.on_run_end(result)
+        for actor in actors:
+            ray.kill(actor)
+        ray.kill(server)
+        return RunOutcome(out, result)
+    except BaseException as exc:
+        callback.on_run_failed(exc)
+        raise
+    finally:
+        if ray_info["owned"]:
+            ray.shutdown()
+
+
+def _parameter_bytes(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int) -> int:
+    from fedsim.methods import get_method
+
+    method_cls = get_method(cfg.method)
+    method = method_cls(method_config(cfg), view_dims, n_clusters, cfg.num_clients)
+    return 4 * sum(p.numel() for p in method.build_model(seed=0).parameters())
+
+
+def _result_json(cfg: ExperimentConfig, result: FederationResult, wall: float, run_id: str | None,
+                 ray_info: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    log = result.upload_log
+    train = log[log["phase"] == "train"] if len(log) else log
+    return {
+        **{k: float(v) for k, v in result.metrics.items()},
+        "method": cfg.method, "dataset": cfg.dataset, "mode": cfg.mode, "seed": cfg.seed,
+        "num_clients": cfg.num_clients, "client_ratio": cfg.client_ratio,
+        "rounds": {str(c): int(r) for c, r in enumerate(result.rounds_done)},
+        "simulated_time": float(result.sim_time), "wall_time": float(wall),
+        "federation_wall_time": float(result.wall_time),
+        "uploads": int(len(train)), "mean_staleness": float(np.mean(train["staleness"])) if len(train) else 0.0,
+        "actor_restarts": int(result.restarts),
+        "history": [{"uploads": h.uploads, "sim_time": h.sim_time, "wall_time": h.wall_time, **h.metrics}
+                    for h in result.history],
+        "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri(cfg) if run_id else None,
+        "dashboard_url": ray_info.get("dashboard_url"), "federation": info,
+    }

@@ -1,0 +1,173 @@
+"""Client actors: each hosts one or more simulated clients and their private data.
+
+An actor loads the dataset itself and keeps only the shards of the clients it hosts, so raw
+samples never leave it: what crosses the network is flat parameter buffers, losses, and at
+evaluation time cluster assignments (and, only for the ``global_kmeans`` option, embeddings).
+If the actor dies, Ray restarts it (``max_restarts``); ``__init__`` rebuilds its clients from
+the same seeded partition and each client resumes from the parameter server's copy of its
+model, which every round starts from anyway. Optimiser state is lost on a restart.
+
+Hosting several clients per actor keeps 48-client settings inside a small machine's memory
+(an actor that imports torch costs ~310 MB); the actor is threaded so its clients' rounds,
+and evaluations, run concurrently.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from fedsim.config import ExperimentConfig
+from fedsim.evaluation import kmeans_from_centres, reference_kmeans
+from fedsim.methods import get_method
+from fedsim.methods.base import LocalData, PeerModel, flat_parameters, load_flat_parameters
+from fedsim.runtime.federation_data import load_federation
+from fedsim.runtime.server import Snapshot
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (numpy's SeedSequence, not Python's salted hash)."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class SimulatedClient:
+    data: LocalData
+    method: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+class ClientActor:
+    """Plain class; ``cluster.py`` wraps it with ``ray.remote`` and its resource request."""
+
+    def __init__(self, config: dict[str, Any], client_ids: list[int], device: str = "cpu") -> None:
+        cfg = ExperimentConfig(**config)
+        self.cfg = cfg
+        self.device = torch.device(device)
+        dataset, specs = load_federation(cfg)
+        method_cls = get_method(cfg.method)
+        method_cfg = method_cls.Config(**cfg.method_params)
+        self.clients: dict[int, SimulatedClient] = {}
+        for cid in client_ids:
+            spec = specs[cid]
+            views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])).to(self.device) for v in spec.views}
+            data = LocalData(cid, views, dataset.labels[spec.indices].copy(), spec.indices.copy())
+            method = method_cls(method_cfg, dataset.view_dims, dataset.n_clusters, cfg.num_clients)
+            model = method.build_model(seed=derive_seed(cfg.seed, 1, cid)).to(self.device)
+            self.clients[cid] = SimulatedClient(data, method, model, method.make_optimizer(model))
+        del dataset  # other clients' samples are dropped here
+        self.privacy = None
+        if cfg.privacy.enabled:
+            from fedsim.privacy import GaussianMechanism
+
+            self.privacy = GaussianMechanism.calibrate(
+                cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds, clip_norm=cfg.privacy.clip_norm)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def describe(self) -> dict[int, dict[str, Any]]:
+        """Per hosted client: sample count, modalities and the virtual-clock cost of a round."""
+        return {
+            cid: {
+                "n_samples": c.data.n_samples,
+                "modalities": c.data.modalities,
+                "round_cost": c.method.round_cost(c.data, self.cfg.num_clients),
+                "pretrain_cost": c.method.round_cost(c.data, 0),
+                "num_parameters": sum(p.numel() for p in c.model.parameters()),
+            }
+            for cid, c in self.clients.items()
+        }
+
+    def initial_parameters(self, client_id: int) -> np.ndarray:
+        return flat_parameters(self.clients[client_id].model).cpu().numpy()
+
+    # -- one local round (AFMCC Alg. 2, or Alg. 1's pretraining when ``pretrain``) --------------
+    @ray.method(num_returns=2)
+    def run_round(self, client_id: int, round_: int, snapshot: Snapshot, pretrain: bool = False,
+                  slowdown: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
+        started = time.perf_counter()
+        client = self.clients[client_id]
+        peers = self._download(snapshot, client_id, only_own=pretrain)
+        own = next(p for p in peers if p.client_id == client_id)
+        load_flat_parameters(client.model, own.params)
+        weights: dict[int, float] = {}
+        downloaded = time.perf_counter()
+        if not pretrain:
+            aggregated, weights = client.method.aggregate(client.model, client.data, peers)
+            load_flat_parameters(client.model, aggregated)
+        aggregated_at = time.perf_counter()
+        start_params = flat_parameters(client.model)
+        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain)))
+        losses = client.method.train_round(client.model, client.optimizer, client.data, generator)
+        trained_at = time.perf_counter()
+        end_params = flat_parameters(client.model).cpu().numpy()
+        info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
+        if self.privacy is not None and not pretrain:
+            rng = np.random.default_rng(derive_seed(self.cfg.seed, 3, client_id, round_))
+            end_params, info["privacy"] = self.privacy.privatize(start_params.cpu().numpy(), end_params, rng)
+            load_flat_parameters(client.model, torch.from_numpy(end_params))
+        compute = time.perf_counter() - started
+        # Async mode: a client of relative speed m takes 1/m as long; it waits out the difference
+        # so the asynchrony is real (and visible in the Ray dashboard's timeline).
+        waited = compute * (slowdown - 1.0) if slowdown > 1.0 else 0.0
+        if waited:
+            time.sleep(waited)
+        info.update(compute_s=compute, waited_s=waited, upload_bytes=int(end_params.nbytes),
+                    download_s=downloaded - started, aggregate_s=aggregated_at - downloaded,
+                    train_s=trained_at - aggregated_at)
+        return end_params, info
+
+    def _download(self, snapshot: Snapshot, client_id: int, only_own: bool) -> list[PeerModel]:
+        entries = [snapshot.entry(client_id)] if only_own else list(snapshot.entries)
+        arrays = ray.get([e.ref for e in entries])  # zero-copy reads from the object store
+        device = self.device
+        return [PeerModel(e.client_id, e.version, e.modalities, _as_tensor(a).to(device)) for e, a in zip(entries, arrays)]
+
+    # -- evaluation (run on the parameter server's copy, so it is well defined mid-flight) ------
+    def _load_for_eval(self, client_id: int, wrapped_ref: list[Any]) -> tuple[SimulatedClient, torch.nn.Module]:
+        client = self.clients[client_id]
+        model = client.method.build_model(seed=0).to(self.device)
+        load_flat_parameters(model, _as_tensor(ray.get(wrapped_ref[0])).to(self.device))
+        return client, model
+
+    def cluster(self, client_id: int, wrapped_ref: list[Any], centres: np.ndarray | None, n_clusters: int,
+                n_init: int, seed: int) -> dict[str, Any]:
+        """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
+        or k-means initialised with the reference centres on any other client."""
+        client, model = self._load_for_eval(client_id, wrapped_ref)
+        features = client.method.embed(model, client.data)
+        out: dict[str, Any] = {"labels_true": client.data.labels, "indices": client.data.indices}
+        if centres is None:
+            out["labels_pred"], out["centres"] = reference_kmeans(features, n_clusters, seed=seed, n_init=n_init)
+        else:
+            out["labels_pred"] = kmeans_from_centres(features, centres, seed=seed)
+        return out
+
+    def embed(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
+        client, model = self._load_for_eval(client_id, wrapped_ref)
+        return {"features": client.method.embed(model, client.data), "labels_true": client.data.labels,
+                "indices": client.data.indices}
+
+    def soft_assignments(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
+        client, model = self._load_for_eval(client_id, wrapped_ref)
+        p = client.method.soft_assignments(model, client.data)
+        if p is None:
+            raise ValueError(f"method '{self.cfg.method}' has no soft assignments; use evaluation=fmcsc")
+        return {"probabilities": p, "labels_true": client.data.labels, "indices": client.data.indices}
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    # Arrays from the object store are read-only views; the parameters are only ever read from
+    # them (aggregation writes a new tensor), so wrap without a copy and without the warning.
+    if not array.flags.writeable:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(array)
+    return torch.from_numpy(array)

@@ -1,0 +1,20 @@
+"""The dataset and its partition into clients, rebuilt identically wherever it is needed.
+
+The driver calls this to validate the data before any actor starts; each client actor calls it
+again and keeps only its own shards. Both get the same split because every draw is seeded.
+"""
+
+from __future__ import annotations
+
+from fedsim.config import ExperimentConfig
+from fedsim.data.datasets import MultiViewDataset, load_dataset
+from fedsim.data.partition import ClientSpec, partition
+
+
+def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[ClientSpec]]:
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.data_seed, synthetic=cfg.synthetic)
+    clients = partition(
+        dataset.labels, dataset.n_views, cfg.num_clients, cfg.client_ratio,
+        scheme=cfg.partition, dirichlet_alpha=cfg.dirichlet_alpha, seed=cfg.seed,
+    )
+    return dataset, clients

@@ -1,0 +1,309 @@
+"""The federation driver: one protocol, three orchestration modes.
+
+Every mode runs the same client round (``ClientActor.run_round``: download a snapshot of the
+parameter server, aggregate, train, return the new flat parameters) and commits it to the
+``ParameterServer``; they differ only in *when* rounds start and in which order they commit.
+
+- ``sync``: every participating client starts from the same snapshot, a barrier, then the
+  uploads are committed in client order. Simulated time advances by the slowest client's round.
+- ``async``: every client is kept busy; the driver reacts to whichever round finishes first
+  (``ray.wait``), commits it and immediately starts that client's next round from a fresh
+  snapshot. A client of relative speed m really takes 1/m as long (it sleeps out the difference).
+- ``virtual``: the asynchronous protocol ordered by a ``VirtualClock``: a round's finish time is
+  its start time + cost / m, rounds commit in (finish time, client id) order, and each round
+  reads the snapshot current at its simulated start. Rounds still *execute* concurrently on the
+  actors, but nothing depends on real timing, so a seed gives bit-for-bit the same run.
+
+The driver plays the network: clients return their upload to it and it commits them, so the
+commit order is the mode's, not the scheduler's. Evaluation reads the server's copies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from fedsim.config import ExperimentConfig
+from fedsim.evaluation import argmax_assignments, global_kmeans
+from fedsim.metrics import clustering_metrics
+from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
+from fedsim.runtime.clock import VirtualClock
+from fedsim.runtime.server import Snapshot, UploadRecord
+
+MAX_ROUND_RETRIES = 5
+
+
+@dataclass
+class RoundJob:
+    client_id: int
+    round: int
+    phase: str
+    snapshot: Snapshot
+    sim_start: float
+    sim_end: float
+    flat_ref: Any = None
+    info_ref: Any = None
+    attempts: int = 0
+
+
+@dataclass
+class FederationResult:
+    metrics: dict[str, float]
+    history: list[EvaluationRecord]
+    upload_log: pd.DataFrame
+    assignments: pd.DataFrame
+    rounds_done: list[int]
+    sim_time: float
+    wall_time: float
+    restarts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Federation:
+    def __init__(self, cfg: ExperimentConfig, server: Any, actor_of: dict[int, Any],
+                 clients: dict[int, dict[str, Any]], speeds: np.ndarray, n_clusters: int,
+                 callback: Callback) -> None:
+        self.cfg = cfg
+        self.server = server
+        self.actor_of = actor_of
+        self.clients = clients  # per client: n_samples, modalities, round_cost, pretrain_cost
+        self.speeds = speeds
+        self.n_clusters = n_clusters
+        self.callback = callback
+        self.u = cfg.num_clients
+        self.rounds_done = [0] * self.u
+        self.train_uploads = 0
+        self.total_uploads = 0
+        self.sim_time = 0.0
+        self.history: list[EvaluationRecord] = []
+        self.restarts = 0
+        self._killed = False
+        self._wall_start = time.perf_counter()
+        self._latest: dict[str, float] = {}
+        if cfg.stop.rule == "group":
+            self._group = [c for c in range(self.u) if cfg.stop.group == "all" or (c % 2 == 0) == (cfg.stop.group == "even")]
+        else:
+            self._group = []
+
+    # -- stop rules -----------------------------------------------------------------------------
+    def _continues(self, cid: int) -> bool:
+        rule = self.cfg.stop.rule
+        if rule == "rounds":
+            return self.rounds_done[cid] < self.cfg.rounds
+        return not self._finished()
+
+    def _finished(self) -> bool:
+        rule = self.cfg.stop.rule
+        if rule == "rounds":
+            return all(r >= self.cfg.rounds for r in self.rounds_done)
+        if rule == "group":
+            return all(self.rounds_done[c] >= self.cfg.stop.group_rounds for c in self._group)
+        return False  # sim_time: ends when no round fits in the budget
+
+    def _over_budget(self, sim_end: float) -> bool:
+        return self.cfg.stop.rule == "sim_time" and sim_end > self.cfg.stop.sim_time_budget
+
+    def _expected_uploads(self) -> int | None:
+        return self.u * self.cfg.rounds if self.cfg.stop.rule == "rounds" else None
+
+    # -- rounds -----------------------------------------------------------------------------------
+    def _duration(self, cid: int, phase: str) -> float:
+        key = "pretrain_cost" if phase == "pretrain" else "round_cost"
+        return self.clients[cid][key] / self.speeds[cid]
+
+    def _snapshot(self) -> Snapshot:
+        return ray.get(self.server.snapshot.remote())
+
+    def _submit(self, job: RoundJob) -> RoundJob:
+        # Real modes wait out the speed difference; the fastest client never waits.
+        slowdown = 1.0 if self.cfg.mode == "virtual" else float(self.speeds.max() / self.speeds[job.client_id])
+        job.flat_ref, job.info_ref = self.actor_of[job.client_id].run_round.remote(
+            job.client_id, job.round, job.snapshot, job.phase == "pretrain", slowdown)
+        job.attempts += 1
+        return job
+
+    def _launch(self, cid: int, phase: str, sim_start: float, snapshot: Snapshot | None = None) -> RoundJob:
+        snap = snapshot if snapshot is not None else self._snapshot()
+        job = RoundJob(cid, self.rounds_done[cid] + 1 if phase == "train" else 0, phase, snap,
+                       sim_start, sim_start + self._duration(cid, phase))
+        return self._submit(job)
+
+    def _resolve(self, job: RoundJob) -> dict[str, Any]:
+        """Wait for a round; if its actor died, re-run the same round on the same snapshot once
+        Ray has restarted the actor (the upload log then has neither a gap nor a double)."""
+        while True:
+            try:
+                return ray.get(job.info_ref, timeout=self.cfg.runtime.round_timeout_s)
+            except RayActorError:
+                if job.attempts > MAX_ROUND_RETRIES:
+                    raise
+                self.restarts += 1
+                self._submit(job)
+            except GetTimeoutError as exc:
+                raise TimeoutError(
+                    f"client {job.client_id} round {job.round} did not finish in "
+                    f"{self.cfg.runtime.round_timeout_s} s (runtime.round_timeout_s); are the actors "
+                    f"pending for lack of CPUs/GPUs? see `ray status`") from exc
+
+    def _commit(self, job: RoundJob, info: dict[str, Any]) -> UploadRecord:
+        record: UploadRecord = ray.get(self.server.commit.remote(
+            job.client_id, [job.flat_ref], job.round, job.phase, job.snapshot, job.sim_start, job.sim_end,
+            info["upload_bytes"], info))
+        self.total_uploads += 1
+        self.sim_time = max(self.sim_time, job.sim_end)
+        if job.phase == "train":
+            self.rounds_done[job.client_id] += 1
+            self.train_uploads += 1
+        self.callback.on_upload(record, self.progress())
+        if job.phase == "train" and self.cfg.eval_every and self.train_uploads % (self.cfg.eval_every * self.u) == 0:
+            self.evaluate()
+        self._maybe_inject_fault()
+        return record
+
+    def _maybe_inject_fault(self) -> None:
+        fault = self.cfg.fault
+        if fault.kill_client is not None and not self._killed and self.total_uploads >= fault.after_uploads:
+            self._killed = True
+            ray.kill(self.actor_of[fault.kill_client], no_restart=False)
+
+    def progress(self) -> Progress:
+        return Progress(self.cfg.mode, list(self.rounds_done), self.train_uploads, self._expected_uploads(),
+                        self.sim_time, time.perf_counter() - self._wall_start, dict(self._latest))
+
+    # -- phases -----------------------------------------------------------------------------------
+    def pretrain(self, rounds: int) -> None:
+        """AFMCC Alg. 1: the designated client trains alone, then seeds every client."""
+        p = self.cfg.pretrain.client
+        init = self.actor_of[p].initial_parameters.remote(p)
+        ray.get(self.server.seed_all.remote([init]))
+        t = 0.0
+        for _ in range(rounds):
+            job = self._launch(p, "pretrain", t)
+            self._commit(job, self._resolve(job))
+            t = job.sim_end
+        latest = self._snapshot().entry(p).ref
+        ray.get(self.server.seed_all.remote([latest]))
+        self.sim_time = t
+
+    def run(self) -> FederationResult:
+        self.pretrain(self.cfg.pretrain_rounds)
+        {"sync": self._run_sync, "async": self._run_async, "virtual": self._run_virtual}[self.cfg.mode]()
+        final = self.evaluate(final=True)
+        log = pd.DataFrame(ray.get(self.server.upload_log.remote()))
+        return FederationResult(
+            metrics=final.metrics, history=self.history, upload_log=log, assignments=self._assignments,
+            rounds_done=list(self.rounds_done), sim_time=self.sim_time,
+            wall_time=time.perf_counter() - self._wall_start, restarts=self.restarts)
+
+    def _run_sync(self) -> None:
+        t = self.sim_time
+        while not self._finished():
+            participants = [c for c in range(self.u) if self._continues(c)]
+            if not participants:
+                break
+            round_end = t + max(self._duration(c, "train") for c in participants)
+            if self._over_budget(round_end):
+                break
+            snapshot = self._snapshot()  # the barrier: everyone reads the same state
+            jobs = [self._launch(c, "train", t, snapshot) for c in participants]
+            infos = [self._resolve(job) for job in jobs]
+            for job, info in zip(jobs, infos):
+                job.sim_end = round_end
+                self._commit(job, info)
+            t = round_end
+
+    def _run_async(self) -> None:
+        t0 = self.sim_time
+        inflight = {c: self._launch(c, "train", t0) for c in range(self.u) if self._continues(c)}
+        while inflight:
+            by_ref = {job.info_ref: cid for cid, job in inflight.items()}
+            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=self.cfg.runtime.round_timeout_s)
+            if not ready:
+                raise TimeoutError(f"no client finished a round in {self.cfg.runtime.round_timeout_s} s")
+            job = inflight.pop(by_ref[ready[0]])
+            if self._over_budget(job.sim_end):
+                continue
+            self._commit(job, self._resolve(job))
+            if self._finished():
+                break
+            if self._continues(job.client_id):
+                inflight[job.client_id] = self._launch(job.client_id, "train", job.sim_end)
+
+    def _run_virtual(self) -> None:
+        clock = VirtualClock()
+        inflight: dict[int, RoundJob] = {}
+
+        def start(cid: int, at: float) -> None:
+            inflight[cid] = self._launch(cid, "train", at)
+            clock.schedule(cid, inflight[cid].sim_end)
+
+        for cid in range(self.u):
+            if self._continues(cid):
+                start(cid, self.sim_time)
+        while len(clock):
+            finish, cid = clock.pop()
+            job = inflight.pop(cid)
+            if self._over_budget(finish):
+                continue
+            self._commit(job, self._resolve(job))
+            if self._finished():
+                break
+            if self._continues(cid):
+                start(cid, finish)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def _with_retry(self, fn: Callable[[], Any]) -> Any:
+        for attempt in range(MAX_ROUND_RETRIES + 1):
+            try:
+                return fn()
+            except RayActorError:
+                if attempt == MAX_ROUND_RETRIES:
+                    raise
+                self.restarts += 1
+        raise AssertionError("unreachable")
+
+    def evaluate(self, final: bool = False) -> EvaluationRecord:
+        """Clustering metrics over all N samples, each client using the server's copy of its model.
+
+        ``fmcsc`` (default, PROTOCOLS.md): k-means on client 0's features, every other client runs
+        k-means initialised with those centres; ``global_kmeans``: one k-means over all clients'
+        embeddings; ``argmax``: argmax of the method's soft assignments."""
+        began = time.perf_counter()
+        snapshot = self._snapshot()
+        cfg = self.cfg
+        refs = {c: [snapshot.entry(c).ref] for c in range(self.u)}
+        if cfg.evaluation == "fmcsc":
+            def run() -> list[dict[str, Any]]:
+                first = ray.get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed))
+                rest = ray.get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
+                                                                  cfg.kmeans_n_init, cfg.seed) for c in range(1, self.u)])
+                return [first, *rest]
+            parts = self._with_retry(run)
+            pred = np.concatenate([p["labels_pred"] for p in parts])
+        elif cfg.evaluation == "global_kmeans":
+            parts = self._with_retry(lambda: ray.get([self.actor_of[c].embed.remote(c, refs[c]) for c in range(self.u)]))
+            pred = global_kmeans(np.concatenate([p["features"] for p in parts]), self.n_clusters, seed=cfg.seed,
+                                 n_init=cfg.kmeans_n_init)
+        else:
+            parts = self._with_retry(lambda: ray.get([self.actor_of[c].soft_assignments.remote(c, refs[c]) for c in range(self.u)]))
+            pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
+        true = np.concatenate([p["labels_true"] for p in parts])
+        metrics = clustering_metrics(true, pred)
+        self._latest = metrics
+        self._assignments = pd.DataFrame({
+            "client_id": np.concatenate([np.full(len(p["labels_true"]), c) for c, p in enumerate(parts)]),
+            "sample_index": np.concatenate([p["indices"] for p in parts]),
+            "label_true": true, "label_pred": pred,
+        })
+        record = EvaluationRecord(step=len(self.history), uploads=self.train_uploads, sim_time=self.sim_time,
+                                  wall_time=time.perf_counter() - self._wall_start, metrics=metrics, final=final,
+                                  duration_s=time.perf_counter() - began)
+        self.history.append(record)
+        self.callback.on_evaluation(record, self.progress())
+        return record

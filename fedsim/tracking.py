@@ -1,0 +1,125 @@
+"""Tracking services: every run is an MLflow run, and long runs print a live progress line.
+
+MLflow layout of a run: the flattened config as params; per evaluation, acc/nmi/ari/purity
+logged twice, ``step`` = the evaluation's simulated time (``<metric>`` vs simulated time in the
+MLflow UI's step axis) and as ``<metric>_by_eval`` with step = evaluation index, each with the
+real timestamp (the UI's wall-time axis); artifacts: config.yaml, result.json, upload_log.parquet
+and assignments.parquet (final cluster assignment of every sample).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsim.config import ExperimentConfig, flatten
+from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
+from fedsim.runtime.server import UploadRecord
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cfg: ExperimentConfig) -> str:
+    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class MLflowTracker(Callback):
+    """Opens the MLflow run at start and always closes it: FINISHED, FAILED or KILLED."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg)
+        self.run_id: str | None = None
+        self.experiment = cfg.tracking.experiment or f"{cfg.method}/{cfg.dataset}"
+
+    def start(self) -> str:
+        mlflow = self.mlflow
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(self.experiment)
+        run = mlflow.start_run(run_name=self.cfg.tracking.run_name or f"{self.cfg.method}-{self.cfg.mode}-seed{self.cfg.seed}")
+        self.run_id = run.info.run_id
+        params = {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(self.cfg.to_dict()).items()}
+        mlflow.log_params(params)
+        mlflow.set_tags({"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset,
+                         "fedsim.mode": self.cfg.mode})
+        mlflow.log_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), "config.yaml")
+        return self.run_id
+
+    def on_run_start(self, info: dict[str, Any]) -> None:
+        self.mlflow.log_params({f"federation.{k}": str(v)[:6000] for k, v in info.items()})
+
+    def on_evaluation(self, record: EvaluationRecord, progress: Progress) -> None:
+        ts = int(time.time() * 1000)
+        metrics = {**record.metrics, "sim_time": record.sim_time, "wall_time": record.wall_time,
+                   "uploads": float(record.uploads)}
+        self.mlflow.log_metrics(metrics, step=int(round(record.sim_time)), timestamp=ts)
+        self.mlflow.log_metrics({f"{k}_by_eval": v for k, v in record.metrics.items()}, step=record.step, timestamp=ts)
+
+    def on_run_end(self, result: Any) -> None:
+        mlflow = self.mlflow
+        with tempfile.TemporaryDirectory() as tmp:
+            log = result.upload_log.copy()
+            log["info"] = log["info"].map(lambda d: json.dumps(d, default=float))
+            log.to_parquet(Path(tmp) / "upload_log.parquet")
+            result.assignments.to_parquet(Path(tmp) / "assignments.parquet")
+            mlflow.log_artifacts(tmp)
+        summary = {f"final_{k}": v for k, v in result.metrics.items()}
+        summary.update(final_sim_time=result.sim_time, final_wall_time=result.wall_time,
+                       actor_restarts=float(result.restarts))
+        mlflow.log_metrics(summary)
+        mlflow.end_run("FINISHED")
+
+    def log_result(self, result_json: dict[str, Any]) -> None:
+        self.mlflow.log_dict(result_json, "result.json")
+
+    def on_run_failed(self, error: BaseException) -> None:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        if self.mlflow.active_run() is not None:
+            self.mlflow.set_tag("fedsim.error", f"{type(error).__name__}: {error}"[:5000])
+            self.mlflow.end_run(status)
+
+
+class ProgressPrinter(Callback):
+    """One live line on stderr: uploads, rounds per client, simulated time, latest ACC."""
+
+    def __init__(self, stream: Any = None, min_interval_s: float = 0.5) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.min_interval = min_interval_s if self.tty else 10.0
+        self._last = 0.0
+
+    def _line(self, p: Progress) -> str:
+        total = f"/{p.expected_uploads}" if p.expected_uploads else ""
+        acc = f" | ACC {p.latest_metrics['acc']:.3f}" if "acc" in p.latest_metrics else ""
+        return (f"[{p.mode}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"
+                f" | sim {p.sim_time:.4g} | wall {p.wall_time:.1f}s{acc}")
+
+    def _emit(self, p: Progress, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval:
+            return
+        self._last = now
+        end = "\r" if self.tty else "\n"
+        self.stream.write(self._line(p).ljust(100 if self.tty else 0) + end)
+        self.stream.flush()
+
+    def on_upload(self, record: UploadRecord, progress: Progress) -> None:
+        self._emit(progress)
+
+    def on_evaluation(self, record: EvaluationRecord, progress: Progress) -> None:
+        self._emit(progress, force=True)
+
+    def on_run_end(self, result: Any) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
