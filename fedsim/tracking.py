@@ -99,6 +99,9 @@ class ProgressPrinter(Callback):
         self._last = 0.0
 
     def _line(self, p: Progress) -> str:
+        if p.phase == "pretrain":
+            done, planned = p.pretrain_rounds
+            return f"[{p.mode}] pretraining (Alg. 1): round {done + 1}/{planned} | wall {p.wall_time:.1f}s"
         total = f"/{p.expected_uploads}" if p.expected_uploads else ""
         acc = f" | ACC {p.latest_metrics['acc']:.3f}" if "acc" in p.latest_metrics else ""
         return (f"[{p.mode}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"

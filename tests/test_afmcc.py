@@ -32,6 +32,8 @@ def test_reconstruction_loss_by_hand():  # Eq. 2
     x_hat = {0: torch.tensor([[0.0, 0.0], [0.0, 0.0]]), 1: torch.tensor([[1.0], [3.0]])}
     # sample 1: 1 + 1 ; sample 2: 1 + 9 ; divided by N=2
     assert reconstruction_loss(x, x_hat).item() == pytest.approx((2 + 10) / 2)
+    # the MSE reading: per modality the mean over samples and features
+    assert reconstruction_loss(x, x_hat, "mse").item() == pytest.approx((1 + 0 + 0 + 1) / 4 + (1 + 9) / 2)
 
 
 def _cos(a, b):

@@ -23,6 +23,8 @@ class Progress:
     sim_time: float
     wall_time: float
     latest_metrics: dict[str, float] = field(default_factory=dict)
+    phase: str = "train"  # "pretrain" while Alg. 1's designated client trains alone
+    pretrain_rounds: tuple[int, int] = (0, 0)  # done, planned
 
 
 @dataclass

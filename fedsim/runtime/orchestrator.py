@@ -86,6 +86,8 @@ class Federation:
         self._killed = False
         self._wall_start = time.perf_counter()
         self._latest: dict[str, float] = {}
+        self._phase = "train"
+        self._pretrain_rounds = (0, 0)
         if cfg.stop.rule == "group":
             self._group = [c for c in range(self.u) if cfg.stop.group == "all" or (c % 2 == 0) == (cfg.stop.group == "even")]
         else:
@@ -174,7 +176,8 @@ class Federation:
 
     def progress(self) -> Progress:
         return Progress(self.cfg.mode, list(self.rounds_done), self.train_uploads, self._expected_uploads(),
-                        self.sim_time, time.perf_counter() - self._wall_start, dict(self._latest))
+                        self.sim_time, time.perf_counter() - self._wall_start, dict(self._latest),
+                        self._phase, self._pretrain_rounds)
 
     # -- phases -----------------------------------------------------------------------------------
     def pretrain(self, rounds: int) -> None:
@@ -183,13 +186,16 @@ class Federation:
         init = self.actor_of[p].initial_parameters.remote(p)
         ray.get(self.server.seed_all.remote([init]))
         t = 0.0
-        for _ in range(rounds):
+        self._phase = "pretrain"
+        for done in range(rounds):
+            self._pretrain_rounds = (done, rounds)
             job = self._launch(p, "pretrain", t)
             self._commit(job, self._resolve(job))
             t = job.sim_end
         latest = self._snapshot().entry(p).ref
         ray.get(self.server.seed_all.remote([latest]))
         self.sim_time = t
+        self._phase = "train"
 
     def run(self) -> FederationResult:
         self.pretrain(self.cfg.pretrain_rounds)
