@@ -31,7 +31,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import argmax_assignments, global_kmeans
-from fedsim.metrics import clustering_metrics
+from fedsim.metrics import cluster_accuracy, clustering_metrics
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
 from fedsim.runtime.server import Snapshot, UploadRecord
@@ -301,6 +301,11 @@ class Federation:
             pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
         true = np.concatenate([p["labels_true"] for p in parts])
         metrics = clustering_metrics(true, pred)
+        # Diagnostic: each client's own ACC. A high mean with a low global ACC means the clients'
+        # cluster ids disagree (their models embed differently), not that the features are poor.
+        sizes = np.cumsum([0] + [len(p["labels_true"]) for p in parts])
+        metrics["client_acc_mean"] = float(np.mean([
+            cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]))
         self._latest = metrics
         self._assignments = pd.DataFrame({
             "client_id": np.concatenate([np.full(len(p["labels_true"]), c) for c, p in enumerate(parts)]),
