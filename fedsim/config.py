@@ -130,7 +130,7 @@ class ExperimentConfig(Strict):
     @field_validator("client_ratio")
     @classmethod
     def _ratio_shape(cls, v: str) -> str:
-        if not re.fullmatch(r"\d+(\.\d+)?(:\d+(\.\d+)?){1,2}", v.strip()):
+        if not re.fullmatch(r"\d+(:\d+){1,2}", v.strip()):
             raise ValueError(f"'{v}' is not a ratio; use F:S such as '2:1' or F:M:S such as '1:1:1'")
         return v.strip()
 

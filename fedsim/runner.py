@@ -8,6 +8,7 @@ run behind. Once the MLflow run is open it is always closed: FINISHED, FAILED or
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,11 +69,12 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
     ray_info = ensure_ray(cfg)
     run_id = tracker.start() if tracker is not None else None
     started = time.perf_counter()
+    run_tag = run_id or uuid.uuid4().hex[:12]  # tags this run's live Ray metrics
     try:
-        server = make_server([s.views for s in specs])
+        server = make_server([s.views for s in specs], run_tag)
         probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
         placement = plan_placement(cfg, probe, shard_bytes)
-        actors, actor_of = start_client_actors(cfg, placement)
+        actors, actor_of = start_client_actors(cfg, placement, run_tag)
         described: dict[int, dict[str, Any]] = {}
         for part in ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s):
             described.update(part)
@@ -81,7 +83,7 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
             "client_kinds": facts["client_kinds"], "speeds": [round(float(s), 4) for s in speeds],
             "actors": len(actors), "clients_per_actor": max(len(g) for g in placement.groups),
             "num_cpus_per_actor": round(placement.num_cpus, 4), "num_gpus_per_actor": round(placement.num_gpus, 4),
-            "num_parameters": described[0]["num_parameters"],
+            "num_parameters": described[0]["num_parameters"], "run_tag": run_tag,
         }
         callback.on_run_start(info)
         federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)

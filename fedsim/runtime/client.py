@@ -46,7 +46,10 @@ class SimulatedClient:
 class ClientActor:
     """Plain class; ``cluster.py`` wraps it with ``ray.remote`` and its resource request."""
 
-    def __init__(self, config: dict[str, Any], client_ids: list[int], device: str = "cpu") -> None:
+    def __init__(self, config: dict[str, Any], client_ids: list[int], device: str = "cpu", run_tag: str = "fedsim") -> None:
+        from fedsim.runtime.telemetry import ClientTelemetry
+
+        self.telemetry = ClientTelemetry(run_tag)
         cfg = ExperimentConfig(**config)
         self.cfg = cfg
         self.device = torch.device(device)
@@ -120,6 +123,7 @@ class ClientActor:
         info.update(compute_s=compute, waited_s=waited, upload_bytes=int(end_params.nbytes),
                     download_s=downloaded - started, aggregate_s=aggregated_at - downloaded,
                     train_s=trained_at - aggregated_at)
+        self.telemetry.on_round(client_id, info)
         return end_params, info
 
     def _download(self, snapshot: Snapshot, client_id: int, only_own: bool) -> list[PeerModel]:

@@ -89,7 +89,7 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     return Placement(groups=groups, num_cpus=max(cpus / n_actors, 0.01), num_gpus=num_gpus)
 
 
-def start_client_actors(cfg: ExperimentConfig, placement: Placement) -> tuple[list[Any], dict[int, Any]]:
+def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: str) -> tuple[list[Any], dict[int, Any]]:
     """Create the actors; returns them and a map client id -> hosting actor."""
     actors = []
     by_client: dict[int, Any] = {}
@@ -103,7 +103,7 @@ def start_client_actors(cfg: ExperimentConfig, placement: Placement) -> tuple[li
             max_task_retries=0,  # the orchestrator re-runs a lost round itself, on the same snapshot
             max_concurrency=len(group) + 2,  # rounds of every hosted client, plus evaluations
             name=None,
-        ).remote(config, group, placement.device)
+        ).remote(config, group, placement.device, run_tag)
         actors.append(actor)
         for cid in group:
             by_client[cid] = actor

@@ -316,5 +316,6 @@ class Federation:
                                   wall_time=time.perf_counter() - self._wall_start, metrics=metrics, final=final,
                                   duration_s=time.perf_counter() - began)
         self.history.append(record)
+        self.server.record_evaluation.remote({k: metrics[k] for k in ("acc", "nmi", "ari", "purity")})
         self.callback.on_evaluation(record, self.progress())
         return record

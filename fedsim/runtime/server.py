@@ -57,7 +57,10 @@ class UploadRecord:
 class ParameterServer:
     """Plain class; ``ray.remote(ParameterServer)`` makes it the server actor (see cluster.py)."""
 
-    def __init__(self, modalities: list[tuple[int, ...]]) -> None:
+    def __init__(self, modalities: list[tuple[int, ...]], run_tag: str = "fedsim") -> None:
+        from fedsim.runtime.telemetry import ServerTelemetry
+
+        self._telemetry = ServerTelemetry(run_tag)
         self._modalities = [tuple(m) for m in modalities]
         self._entries: list[StoreEntry | None] = [None] * len(modalities)
         self._log: list[UploadRecord] = []
@@ -88,7 +91,12 @@ class ParameterServer:
         )
         self._commits += 1
         self._log.append(record)
+        self._telemetry.on_commit(client_id, record.staleness, upload_bytes, sim_end, phase)
         return record
+
+    def record_evaluation(self, scores: dict[str, float]) -> None:
+        """The driver reports each evaluation here so it is exported with the run's metrics."""
+        self._telemetry.on_evaluation(scores)
 
     def upload_log(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self._log]
@@ -97,6 +105,6 @@ class ParameterServer:
         return self._commits
 
 
-def make_server(modalities: list[tuple[int, ...]]) -> Any:
+def make_server(modalities: list[tuple[int, ...]], run_tag: str) -> Any:
     # num_cpus=0: the server only moves references; it must never starve the clients of CPUs.
-    return ray.remote(num_cpus=0)(ParameterServer).remote(modalities)
+    return ray.remote(num_cpus=0)(ParameterServer).remote(modalities, run_tag)
