@@ -24,6 +24,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
     run.add_argument("--result-json", help="also write the result JSON to this file")
     sub.add_parser("datasets", help="list the dataset registry and where each file is looked for")
+    sweep = sub.add_parser("sweep", help="run a paper grid on Ray Tune (tune/grids/<method>/<grid>.yaml)")
+    sweep.add_argument("--method", default="afmcc")
+    sweep.add_argument("--dataset", required=True)
+    sweep.add_argument("--grid", default=None, help="grid name (default: the method's main table, table2)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override applied to every trial")
+    sweep.add_argument("--trial-cpus", type=float, default=None, help="CPUs reserved per trial (default: all)")
+    sweep.add_argument("--trial-gpus", type=float, default=0.0, help="GPUs reserved per trial")
+    sweep.add_argument("--max-failures", type=int, default=1, help="retries per failed trial")
+    sweep.add_argument("--max-concurrent", type=int, default=None)
+    sweep.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted sweep")
+    sweep.add_argument("--storage", default="results/sweeps", help="where Tune keeps the sweep's state")
     return parser
 
 
@@ -59,6 +71,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from fedsim.sweep import plan_sweep, run_sweep, to_markdown
+
+    started = time.perf_counter()
+    plan = plan_sweep(args.method, args.dataset, args.grid or "table2", args.overrides,
+                      trial_cpus=args.trial_cpus, trial_gpus=args.trial_gpus, storage=args.storage)
+    print(f"fedsim sweep: {plan.spec.reproduces} on {plan.dataset}: {len(plan.spec.trials)} trials, "
+          f"{plan.actors_per_trial} actors x {plan.trial_cpus / plan.actors_per_trial:g} CPU per trial; "
+          f"state in {plan.storage}", flush=True)
+    out = run_sweep(plan, max_failures=args.max_failures, fresh=args.fresh, max_concurrent=args.max_concurrent)
+    print("\n" + (to_markdown(plan, out["table"]) if not out["table"].empty else "no trial finished"))
+    print(f"MLflow experiment '{out['experiment']}', summary run {out['parent_run_id']}"
+          f"{' (resumed)' if out['resumed'] else ''}; wall time {time.perf_counter() - started:.0f} s")
+    if out["errors"]:
+        print(f"{len(out['errors'])} trial(s) failed after retries:", *out["errors"], sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _datasets() -> int:
     from fedsim.data.datasets import DATASETS, search_paths
 
@@ -74,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _datasets()
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)

@@ -69,11 +69,14 @@ class RuntimeConfig(Strict):
 
     ``clients_per_actor: null`` picks it from the cluster's CPUs and free memory (an actor that
     imports torch costs ~310 MB); ``clients_per_gpu`` sets the GPU fraction per client when the
-    cluster has GPUs (num_gpus = hosted clients / clients_per_gpu).
+    cluster has GPUs (num_gpus = hosted clients / clients_per_gpu). ``num_cpus`` / ``num_gpus``
+    say how much of the cluster this run may use (default: what Ray reports available); a sweep
+    sets them to the trial's placement-group reservation.
     """
 
     clients_per_actor: int | None = Field(None, ge=1)
     clients_per_gpu: int = Field(4, ge=1)
+    num_gpus: float | None = Field(None, ge=0)  # GPUs this run may use (sweeps: the trial's share)
     max_actor_restarts: int = Field(3, ge=0)
     ray_address: str | None = None
     num_cpus: float | None = Field(None, gt=0)
@@ -90,6 +93,8 @@ class TrackingConfig(Strict):
     experiment: str | None = None  # default: "<method>/<dataset>"
     run_name: str | None = None
     progress: bool = True
+    parent_run_id: str | None = None  # set by sweeps: trials are children of the summary run
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class FaultConfig(Strict):

@@ -50,8 +50,11 @@ class MLflowTracker(Callback):
         self.run_id = run.info.run_id
         params = {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(self.cfg.to_dict()).items()}
         mlflow.log_params(params)
-        mlflow.set_tags({"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset,
-                         "fedsim.mode": self.cfg.mode})
+        tags = {"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset, "fedsim.mode": self.cfg.mode,
+                **self.cfg.tracking.tags}
+        if self.cfg.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = self.cfg.tracking.parent_run_id
+        mlflow.set_tags(tags)
         mlflow.log_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), "config.yaml")
         return self.run_id
 

@@ -69,7 +69,9 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     gpus = available_gpus if available_gpus is not None else resources.get("GPU", 0.0)
     memory = available_memory if available_memory is not None else psutil.virtual_memory().available
     if cfg.runtime.num_cpus is not None:
-        cpus = min(cpus, cfg.runtime.num_cpus)
+        cpus = cfg.runtime.num_cpus
+    if cfg.runtime.num_gpus is not None:
+        gpus = cfg.runtime.num_gpus
     u = cfg.num_clients
     # model + grads + Adam moments + a downloaded copy of every peer, plus the shard
     per_client = 4 * param_bytes + u * param_bytes + shard_bytes

@@ -1,0 +1,395 @@
+"""Sweeps: the papers' grids on Ray Tune, tracked in MLflow.
+
+A grid is a data file, ``tune/grids/<method>/<grid>.yaml``, naming the paper table or figure it
+reproduces, the base config (``configs/<method>/<dataset>.yaml``), the grid axes, fixed
+overrides, how to lay out the summary table and the paper's numbers per dataset. The runner
+needs no change for a new grid or method.
+
+Each trial is a Ray Tune function trainable that runs one federation (``run_experiment``) and
+creates its own client actors; ``tune.with_resources`` reserves a placement group with one
+bundle per actor (plus the trainable's and the parameter server's), so concurrent trials never
+starve each other. Each trial is an MLflow run, a child of the sweep's summary run, which at the
+end holds the grid's table (mean +- std over seeds, the paper's value beside ours) as Parquet and
+Markdown, and plots (a heatmap for 2-D grids, ACC against simulated time for asynchronous runs).
+
+An interrupted sweep resumes where it stopped (``Tuner.restore``): finished trials are kept,
+unfinished ones rerun, and MLflow runs the dead driver left RUNNING are marked KILLED.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsim.config import build_config, load_yaml
+from fedsim.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID_DIR = ROOT / "tune" / "grids"
+HEAD_BUNDLE_CPUS = 0.01
+
+
+@dataclass
+class GridSpec:
+    name: str
+    method: str
+    reproduces: str
+    config: str  # path template with {dataset}
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    rows: list[str] = field(default_factory=list)
+    columns: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["acc", "nmi", "ari"])
+    paper: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    time_to_reach: dict[str, Any] | None = None  # Table 3d: {"reference": {"mode": "sync"}}
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset extra overrides
+    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # named axis values
+
+    def trial_overrides(self, params: dict[str, Any]) -> list[str]:
+        """A trial's overrides: ``key=value`` per axis, or a named variant's overrides."""
+        out: list[str] = []
+        for key, value in params.items():
+            if key in self.variants:
+                out += _override_strings(self.variants[key][value])
+            else:
+                out += _override_strings({key: value})
+        return out
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+def grid_names(method: str) -> list[str]:
+    return sorted(p.stem for p in (GRID_DIR / method).glob("*.yaml"))
+
+
+def load_grid(method: str, grid: str) -> GridSpec:
+    path = GRID_DIR / method / f"{grid}.yaml"
+    if not path.is_file():
+        known = ", ".join(grid_names(method)) or "none"
+        raise ConfigError(f"no grid '{grid}' for method '{method}' (looked for {path}); available: {known}")
+    raw = load_yaml(path)
+    table = raw.get("table", {})
+    try:
+        return GridSpec(
+            name=grid, method=method, reproduces=raw["reproduces"], config=raw.get("config", f"configs/{method}/{{dataset}}.yaml"),
+            grid={k: list(v) for k, v in raw["grid"].items()}, fixed=raw.get("set", {}) or {},
+            rows=list(table.get("rows", [])), columns=table.get("columns"),
+            metrics=list(table.get("metrics", ["acc", "nmi", "ari"])), paper=raw.get("paper", {}) or {},
+            time_to_reach=raw.get("time_to_reach"), datasets=raw.get("datasets", {}) or {},
+            variants=raw.get("variants", {}) or {},
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
+
+
+def _override_strings(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+
+
+@dataclass
+class SweepPlan:
+    spec: GridSpec
+    dataset: str
+    base: dict[str, Any]
+    overrides: list[str]
+    experiment: str
+    storage: Path
+    trial_cpus: float
+    trial_gpus: float
+    actors_per_trial: int
+    clients_per_actor: int
+
+
+def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpus: float | None = None,
+               trial_gpus: float = 0.0, storage: str | Path = "results/sweeps") -> SweepPlan:
+    """Validate the whole grid before anything starts: every trial's config must build."""
+    spec = load_grid(method, grid)
+    base_path = spec.config.format(dataset=dataset.removeprefix("synthetic-"))
+    if not (ROOT / base_path).is_file() and not Path(base_path).is_file():
+        base_path = spec.config.format(dataset="bdgp")  # synthetic-only shapes borrow BDGP's defaults
+    base = load_yaml(ROOT / base_path if (ROOT / base_path).is_file() else base_path)
+    overrides = [f"dataset={dataset}", *(_override_strings(spec.fixed)),
+                 *(_override_strings(spec.datasets.get(dataset, {}))), *extra]
+    configs = [build_config(base, overrides + spec.trial_overrides(t)) for t in spec.trials]
+    cpus = trial_cpus if trial_cpus is not None else float(os.cpu_count() or 1)
+    u = max(c.num_clients for c in configs)
+    actors = max(1, min(u, int(cpus)))
+    if trial_gpus:
+        actors = max(actors, math.ceil(u / configs[0].runtime.clients_per_gpu))
+    # The data file must be there before Tune starts 15 trials that would all fail on it.
+    from fedsim.runtime.federation_data import load_federation
+
+    load_federation(configs[0])
+    name = f"{method}_{dataset}_{grid}"
+    return SweepPlan(spec, dataset, base, overrides, experiment=f"sweep/{method}/{dataset}/{grid}",
+                     storage=Path(storage).resolve() / name, trial_cpus=cpus, trial_gpus=trial_gpus,
+                     actors_per_trial=actors, clients_per_actor=math.ceil(u / actors))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial
+
+
+def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one federation, reported to Tune per evaluation.
+
+    ``config`` holds only the grid point (what Tune shows and records); ``context`` the sweep's
+    shared set-up, passed once through the object store by ``tune.with_parameters``."""
+    from ray import tune
+
+    from fedsim.runner import run_experiment
+    from fedsim.runtime.callbacks import Callback
+
+    class TuneReporter(Callback):
+        def on_evaluation(self, record, progress) -> None:  # noqa: ANN001
+            if not record.final:
+                tune.report({**record.metrics, "sim_time": record.sim_time, "uploads": record.uploads})
+
+    params = config
+    ctx = context
+    cfg = build_config(ctx["base"], ctx["overrides"] + ctx["spec"].trial_overrides(params) + [
+        f"tracking.experiment={ctx['experiment']}", f"tracking.parent_run_id={ctx['parent_run_id']}",
+        f"tracking.run_name={'-'.join(f'{k}={v}' for k, v in params.items())}", "tracking.progress=false",
+        f"runtime.num_cpus={ctx['actor_cpus']}", f"runtime.num_gpus={ctx['actor_gpus']}",
+        f"runtime.clients_per_actor={ctx['clients_per_actor']}", "runtime.include_dashboard=false",
+    ])
+    outcome = run_experiment(cfg, callbacks=[TuneReporter()])
+    s = outcome.summary
+    tune.report({
+        **{k: s[k] for k in ("acc", "nmi", "ari", "purity")}, "sim_time": s["simulated_time"],
+        "wall_time_s": s["wall_time"], "uploads": s["uploads"], "mlflow_run_id": s["mlflow_run_id"],
+        "history": json.dumps(s["history"]), "done_params": json.dumps(params),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_concurrent: int | None = None,
+              verbose: int = 1) -> dict[str, Any]:
+    import mlflow
+    import ray
+    from ray import tune
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    from fedsim.tracking import DEFAULT_TRACKING_URI
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())  # trials run elsewhere
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(plan.experiment)
+    plan.storage.parent.mkdir(parents=True, exist_ok=True)
+    state_file = plan.storage.parent / f"{plan.storage.name}.parent.json"
+    resume = not fresh and state_file.is_file() and tune.Tuner.can_restore(str(plan.storage))
+    if resume:
+        parent_id = json.loads(state_file.read_text())["parent_run_id"]
+        _mark_stale_children(parent_id)
+    else:
+        with mlflow.start_run(run_name=f"{plan.spec.name} summary") as parent:
+            parent_id = parent.info.run_id
+            mlflow.set_tags({"fedsim.sweep": plan.spec.name, "fedsim.reproduces": plan.spec.reproduces,
+                             "fedsim.dataset": plan.dataset, "fedsim.method": plan.spec.method})
+            mlflow.log_dict({"grid": plan.spec.grid, "overrides": plan.overrides}, "grid.json")
+        mlflow.MlflowClient().update_run(parent_id, status="RUNNING")  # until the table is logged
+        state_file.write_text(json.dumps({"parent_run_id": parent_id}))
+
+    owned = not ray.is_initialized()
+    if owned:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING")
+    try:
+        # The trainable and the parameter server take a sliver each out of the trial's CPUs: a
+        # placement group larger than the node would leave every trial PENDING forever.
+        actor_cpus = plan.trial_cpus - 2 * HEAD_BUNDLE_CPUS
+        per_actor = {"CPU": actor_cpus / plan.actors_per_trial}
+        if plan.trial_gpus:
+            per_actor["GPU"] = plan.trial_gpus / plan.actors_per_trial
+        # bundle 0: the trainable (the federation's driver); bundle 1: the parameter server
+        # (0 CPU, but every actor of a trial needs a bundle); then one bundle per client actor.
+        bundles = [{"CPU": HEAD_BUNDLE_CPUS}, {"CPU": HEAD_BUNDLE_CPUS}] + [dict(per_actor) for _ in range(plan.actors_per_trial)]
+        context = {
+            "spec": plan.spec, "base": plan.base, "overrides": plan.overrides, "experiment": plan.experiment,
+            "parent_run_id": parent_id, "actor_cpus": actor_cpus, "actor_gpus": plan.trial_gpus,
+            "clients_per_actor": plan.clients_per_actor,
+        }
+        trainable = tune.with_resources(tune.with_parameters(fedsim_trial, context=context),
+                                        PlacementGroupFactory(bundles, strategy="PACK"))
+        # Each grid point's keys become the trial's config, e.g. {"client_ratio": "2:1", "seed": 0}.
+        param_space = {k: tune.grid_search(v) for k, v in plan.spec.grid.items()}
+        if resume:
+            tuner = tune.Tuner.restore(str(plan.storage), trainable=trainable, resume_errored=True,
+                                       param_space=param_space)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+                run_config=tune.RunConfig(name=plan.storage.name, storage_path=str(plan.storage.parent),
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          verbose=verbose),
+            )
+        try:
+            results = tuner.fit()
+        except BaseException:
+            mlflow.MlflowClient().set_terminated(parent_id, "FAILED")
+            raise
+        frame = _trial_frame(results)
+        summary = summarise(plan, frame)
+        _log_summary(parent_id, plan, frame, summary)
+        errors = [str(r.error) for r in results if r.error is not None]
+        return {"parent_run_id": parent_id, "table": summary, "trials": frame, "errors": errors,
+                "resumed": resume, "experiment": plan.experiment}
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _mark_stale_children(parent_id: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    for run in client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _trial_frame(results: Any) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error is not None or "done_params" not in m:
+            continue
+        rows.append({**json.loads(m["done_params"]), **{k: m[k] for k in ("acc", "nmi", "ari", "purity", "sim_time",
+                                                                          "wall_time_s", "mlflow_run_id")},
+                     "history": m["history"]})
+    return pd.DataFrame(rows)
+
+
+def summarise(plan: SweepPlan, frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- std over the non-table axes (seeds), in percent, with the paper's value beside."""
+    spec = plan.spec
+    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    if frame.empty:
+        return pd.DataFrame()
+    groups = frame.groupby(keys, sort=False) if keys else [((), frame)]
+    paper = spec.paper.get(plan.dataset, {})  # none for synthetic stand-ins: not the paper's data
+    rows = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(keys, key))
+        row["n"] = len(g)
+        cell = paper.get("|".join(str(k) for k in key) if key else "all", {})
+        for m in spec.metrics:
+            row[f"{m}_mean"] = 100 * g[m].mean()
+            row[f"{m}_std"] = 100 * g[m].std(ddof=0)
+            value = cell.get(m)
+            row[f"{m}_paper"] = value[0] if isinstance(value, list) else value
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if spec.time_to_reach:
+        table = _add_time_to_reach(spec, frame, table)
+    return table
+
+
+def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Table 3d: the simulated time each run needed to reach the reference (sync) run's final
+    ACC, per row of the table (seed 0's runs; the runs' ACC histories come from the trials)."""
+    ref_key, ref_value = next(iter(spec.time_to_reach["reference"].items()))
+    col = spec.columns
+    times = []
+    for _, row in table.iterrows():
+        same = frame
+        for k in spec.rows:
+            same = same[same[k] == row[k]]
+        ref = same[same[ref_key] == ref_value]
+        target = float(ref["acc"].mean()) if len(ref) else float("nan")
+        mine = same[same[col] == row[col]] if col else same
+        reach = []
+        for hist in mine["history"]:
+            points = [h["sim_time"] for h in json.loads(hist) if h["acc"] >= target - 1e-12]
+            reach.append(min(points) if points else float("nan"))
+        times.append(float(np.nanmean(reach)) if reach and not all(np.isnan(reach)) else float("nan"))
+    table["target_acc"] = [100 * float(frame[(frame[ref_key] == ref_value) & np.logical_and.reduce(
+        [frame[k] == r[k] for k in spec.rows])]["acc"].mean()) if spec.rows else float("nan") for _, r in table.iterrows()]
+    table["sim_time_to_target"] = times
+    return table
+
+
+def to_markdown(plan: SweepPlan, table: pd.DataFrame) -> str:
+    spec = plan.spec
+    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    header = [*keys, "n"] + [f"{m.upper()} ours" for m in spec.metrics] + [f"{m.upper()} paper" for m in spec.metrics]
+    extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
+    header += extra
+    lines = [f"**{spec.reproduces}** — dataset `{plan.dataset}`; mean ± std over seeds, percent", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
+        cells += [f"{r[f'{m}_mean']:.1f} ± {r[f'{m}_std']:.1f}" for m in spec.metrics]
+        cells += ["—" if r[f"{m}_paper"] is None or (isinstance(r[f"{m}_paper"], float) and math.isnan(r[f"{m}_paper"]))
+                  else f"{r[f'{m}_paper']}" for m in spec.metrics]
+        cells += [f"{r[c]:.4g}" for c in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        table.to_parquet(d / "summary.parquet")
+        frame.drop(columns=["history"], errors="ignore").to_parquet(d / "trials.parquet")
+        (d / "summary.md").write_text(to_markdown(plan, table) if not table.empty else "no finished trials\n")
+        axes = [k for k in plan.spec.grid if k != "seed" and len(plan.spec.grid[k]) > 1]
+        if len(axes) == 2 and not frame.empty:
+            a, b = axes
+            pivot = frame.groupby([a, b])["acc"].mean().unstack(b) * 100
+            fig, ax = plt.subplots(figsize=(5, 4))
+            im = ax.imshow(pivot.values, cmap="viridis")
+            ax.set_xticks(range(len(pivot.columns)), [str(c) for c in pivot.columns])
+            ax.set_yticks(range(len(pivot.index)), [str(i) for i in pivot.index])
+            ax.set_xlabel(b)
+            ax.set_ylabel(a)
+            fig.colorbar(im, label="ACC (%)")
+            fig.tight_layout()
+            fig.savefig(d / "heatmap_acc.png", dpi=120)
+            plt.close(fig)
+        if "mode" in frame and not frame.empty:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for _, r in frame.iterrows():
+                hist = json.loads(r["history"])
+                label = ", ".join(f"{k}={r[k]}" for k in plan.spec.grid if k != "seed")
+                ax.plot([h["sim_time"] for h in hist], [100 * h["acc"] for h in hist], marker=".", label=label)
+            ax.set_xlabel("simulated time (work units)")
+            ax.set_ylabel("ACC (%)")
+            ax.legend(fontsize=6)
+            fig.tight_layout()
+            fig.savefig(d / "acc_vs_sim_time.png", dpi=120)
+            plt.close(fig)
+        for path in d.iterdir():
+            client.log_artifact(parent_id, str(path))
+    for _, r in table.iterrows():
+        label = "_".join(str(r[k]).replace(":", "-") for k in plan.spec.rows + ([plan.spec.columns] if plan.spec.columns else []))
+        for m in plan.spec.metrics:
+            client.log_metric(parent_id, f"{m}_mean_{label}"[:250], float(r[f"{m}_mean"]))
+    client.set_terminated(parent_id, "FINISHED")

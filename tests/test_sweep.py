@@ -1,0 +1,103 @@
+"""Sweeps on Ray Tune: a 4-trial grid on synthetic data, its driver killed mid-sweep, resumed;
+checked through MLflow's API: 4 trial runs (none rerun) and a finished summary run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.errors import ConfigError
+from fedsim.sweep import load_grid, plan_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_grid_file_builds_its_trials():
+    for path in sorted((ROOT / "tune" / "grids").glob("*/*.yaml")):
+        spec = load_grid(path.parent.name, path.stem)
+        assert spec.trials and spec.reproduces
+        plan = plan_sweep(spec.method, "synthetic-bdgp", spec.name, [], trial_cpus=2)
+        assert plan.actors_per_trial >= 1
+
+
+def test_table2_has_15_trials_and_paper_values():
+    spec = load_grid("afmcc", "table2")
+    assert len(spec.trials) == 15
+    assert spec.paper["bdgp"]["1:1"]["acc"] == [93.9, 0.2]
+
+
+def test_unknown_grid_and_missing_dataset_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="no grid 'table9'"):
+        load_grid("afmcc", "table9")
+    monkeypatch.setenv("FEDSIM_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception, match="nuswide.*X1..X5|nuswide"):
+        plan_sweep("afmcc", "nuswide", "table2", [f"data_dir={tmp_path}"], trial_cpus=2)
+
+
+def _sweep_cmd(storage):
+    return [sys.executable, "-m", "fedsim", "sweep", "--dataset", "synthetic", "--grid", "smoke",
+            "--storage", str(storage), "--trial-cpus", "2"]
+
+
+def _child_runs(uri):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sweep/afmcc/synthetic/smoke")
+    if exp is None:
+        return [], None
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return children, (parents[0] if parents else None)
+
+
+@pytest.mark.timeout(600)
+def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    storage = tmp_path / "sweeps"
+    first = subprocess.Popen(_sweep_cmd(storage), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    finished_before: list = []
+    while time.time() < deadline:
+        children, _ = _child_runs(uri)
+        finished_before = [r for r in children if r.info.status == "FINISHED"]
+        if finished_before:
+            break
+        time.sleep(2)
+    assert finished_before, "no trial finished before the deadline"
+    os.killpg(first.pid, signal.SIGKILL)  # kill the driver (and its local Ray) mid-sweep
+    first.wait(timeout=60)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60,
+                   env={**env, "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")})
+
+    second = subprocess.run(_sweep_cmd(storage), cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "(resumed)" in second.stdout
+
+    children, parent = _child_runs(uri)
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    params = sorted((r.data.params["client_ratio"], r.data.params["seed"]) for r in finished)
+    assert params == sorted([("2:1", "0"), ("2:1", "1"), ("1:1", "0"), ("1:1", "1")])  # 4 trials, none twice
+    assert {r.info.run_id for r in finished_before} <= {r.info.run_id for r in finished}  # not rerun
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # nothing left RUNNING
+    assert parent is not None and parent.info.status == "FINISHED"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.md", "summary.parquet", "trials.parquet"} <= artifacts
+    table = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))).read_text()
+    assert "| 2:1 | 2 |" in table and "| 1:1 | 2 |" in table
+    assert json.loads(json.dumps(parent.data.metrics))  # the per-cell means are logged as metrics
