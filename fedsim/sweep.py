@@ -18,6 +18,7 @@ unfinished ones rerun, and MLflow runs the dead driver left RUNNING are marked K
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -159,19 +160,49 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     params = config
     ctx = context
+    key = trial_key(params)
+    done = _finished_trial_summary(ctx["parent_run_id"], key)
+    if done is not None:  # finished before the driver died, but Tune had not recorded it yet
+        tune.report(_final_report(done, params))
+        return
     cfg = build_config(ctx["base"], ctx["overrides"] + ctx["spec"].trial_overrides(params) + [
+        f"tracking.tags={json.dumps({'fedsim.trial': key})}",
         f"tracking.experiment={ctx['experiment']}", f"tracking.parent_run_id={ctx['parent_run_id']}",
         f"tracking.run_name={'-'.join(f'{k}={v}' for k, v in params.items())}", "tracking.progress=false",
         f"runtime.num_cpus={ctx['actor_cpus']}", f"runtime.num_gpus={ctx['actor_gpus']}",
         f"runtime.clients_per_actor={ctx['clients_per_actor']}", "runtime.include_dashboard=false",
     ])
     outcome = run_experiment(cfg, callbacks=[TuneReporter()])
-    s = outcome.summary
-    tune.report({
+    tune.report(_final_report(outcome.summary, params))
+
+
+def trial_key(params: dict[str, Any]) -> str:
+    """A stable id of a grid point, tagged on its MLflow run (``fedsim.trial``)."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _final_report(s: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return {
         **{k: s[k] for k in ("acc", "nmi", "ari", "purity")}, "sim_time": s["simulated_time"],
         "wall_time_s": s["wall_time"], "uploads": s["uploads"], "mlflow_run_id": s["mlflow_run_id"],
         "history": json.dumps(s["history"]), "done_params": json.dumps(params),
-    })
+    }
+
+
+def _finished_trial_summary(parent_run_id: str, key: str) -> dict[str, Any] | None:
+    """The result JSON of this grid point's FINISHED MLflow run under this sweep, if any: a
+    resumed sweep never trains a finished grid point twice."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`fedsim.trial` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1)
+    if not runs:
+        return None
+    return mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/result.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +241,7 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
 
     owned = not ray.is_initialized()
     if owned:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING")
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     try:
         # The trainable and the parameter server take a sliver each out of the trial's CPUs: a
         # placement group larger than the node would leave every trial PENDING forever.

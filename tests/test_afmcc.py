@@ -178,3 +178,21 @@ def test_flat_roundtrip_and_unflatten_views():
     assert torch.equal(flat_parameters(a), flat_parameters(b))
     views = unflatten(a, flat_parameters(a))
     assert all(views[n].shape == p.shape for n, p in a.named_parameters())
+
+
+def test_eq6_peer_reference_is_uniform_for_single_modality_clients():
+    method, data = _tiny_method(eq6_reference="peer")
+    single = LocalData(0, {1: data.views[1]}, data.labels, data.indices)
+    models = [method.build_model(seed=s) for s in range(3)]
+    peers = [PeerModel(i, 1, (0, 1), flat_parameters(m)) for i, m in enumerate(models)]
+    _, weights = method.aggregate(models[0], single, peers)
+    assert weights == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
+    # a two-modality client weighs each peer by how far its modalities sit from its own fusion
+    _, weights = method.aggregate(models[0], data, peers)
+    with torch.no_grad():
+        eps = []
+        for m in models:
+            z = m(data.views)
+            h_u = fuse(z, (0, 1))
+            eps.append(sum(math.exp(torch.linalg.norm(z[v] - h_u).item()) for v in (0, 1)))
+    assert np.allclose([weights[i] for i in range(3)], np.array(eps) / sum(eps), atol=1e-5)

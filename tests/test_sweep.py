@@ -66,9 +66,13 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     storage = tmp_path / "sweeps"
-    first = subprocess.Popen(_sweep_cmd(storage), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # create the store's schema once, up front
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(_sweep_cmd(storage), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    deadline = time.time() + 400
     finished_before: list = []
     while time.time() < deadline:
         children, _ = _child_runs(uri)
@@ -76,7 +80,7 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
         if finished_before:
             break
         time.sleep(2)
-    assert finished_before, "no trial finished before the deadline"
+    assert finished_before, "no trial finished before the deadline:\n" + (tmp_path / "first.log").read_text()[-4000:]
     os.killpg(first.pid, signal.SIGKILL)  # kill the driver (and its local Ray) mid-sweep
     first.wait(timeout=60)
     subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60,

@@ -29,6 +29,11 @@ alternative is a switch:
   Eq. 6 sums over v in V_u (the downloaded model's owner's modalities) but Z_u^v is computed on
   local samples, so only v in V_u ∩ V_local is computable: ``eq6_views="owner"`` (default, a
   peer sharing no modality gets weight 0) or ``"local"`` (all local modalities).
+- Eq. 6's H: "for each downloaded model, the client extracts modality-specific features ... and
+  fuses them"; H can be the client's *own* fused features (``eq6_reference="local"``, default:
+  the deviation of each peer from the client) or the fusion of peer u's own features on the local
+  samples (``eq6_reference="peer"``: eps_u then measures how well model u's modalities agree
+  with its own fusion; for a one-modality client every peer scores 0 and the weights are uniform).
 - ||.||_2 of a matrix in Eqs. 5-6 is read as the Frobenius norm.
 - Eq. 2 sums the squared error over a modality's features (``reconstruction="printed"``). The
   FMCSC/MFLVC code lineage AFMCC follows uses ``nn.MSELoss`` per modality, a mean over the
@@ -74,6 +79,7 @@ class AFMCCConfig(BaseModel):
     eq6_sign: Literal[1, -1] = 1
     eq6_temperature: float = Field(1.0, gt=0)
     eq6_views: Literal["owner", "local"] = "owner"
+    eq6_reference: Literal["local", "peer"] = "local"
     use_contrastive: bool = True  # False = Table 3b ablation A
     use_constraint: bool = True  # False = Table 3b ablation B
     contrastive_denominator: Literal["printed", "all"] = "printed"
@@ -220,9 +226,10 @@ class AFMCC:
                 if not usable:
                     continue
                 z = functional_call(model, unflatten(model, peer.params), ({v: views[v] for v in usable},))
+                reference = h if self.cfg.eq6_reference == "local" else fuse(z, tuple(z))
                 for col, v in enumerate(local_views):
                     if v in z:
-                        distances[row, col] = torch.linalg.norm(z[v] - h)  # Frobenius
+                        distances[row, col] = torch.linalg.norm(z[v] - reference)  # Frobenius
                         valid[row, col] = True
             weights = eq6_log_weights(distances, valid, self.cfg.eq6_sign, self.cfg.eq6_temperature).exp()
         aggregated = weights.to(stacked.dtype) @ stacked

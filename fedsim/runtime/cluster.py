@@ -34,7 +34,9 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
                       dashboard_port=cfg.runtime.dashboard_port)
         if cfg.runtime.num_cpus is not None:
             kwargs["num_cpus"] = cfg.runtime.num_cpus
-        context = ray.init(**kwargs)
+        # address="local": always a fresh local Ray, never a stray cluster left by a crashed
+        # run; to attach to a running cluster set RAY_ADDRESS (e.g. "auto" on its head node).
+        context = ray.init(address="local", **kwargs)
     url = getattr(context, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = "http://" + url
