@@ -20,9 +20,9 @@ def _run(cfg):
     return outcome.summary, outcome.federation
 
 
-@pytest.mark.parametrize("mode", ["sync", "async", "virtual"])
-def test_each_mode_completes(ray_session, small_config, mode):
-    out, res = _run(small_config(f"mode={mode}"))
+@pytest.mark.parametrize("mode,evaluation", [("sync", "global_kmeans"), ("async", "fmcsc"), ("virtual", "fmcsc")])
+def test_each_mode_completes(ray_session, small_config, mode, evaluation):
+    out, res = _run(small_config(f"mode={mode}", f"evaluation={evaluation}"))
     assert out["mode"] == mode
     assert res.rounds_done == [3, 3, 3, 3]
     log = _train_log(res.upload_log)
@@ -107,3 +107,12 @@ def test_run_is_tracked_in_mlflow(ray_session, small_config, tmp_path):
     assert len(history) == len(out["history"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"upload_log.parquet", "assignments.parquet", "config.yaml", "result.json"} <= artifacts
+
+
+def test_private_uploads_and_argmax_evaluation(ray_session, small_config):
+    out, res = _run(small_config("privacy.enabled=true", "privacy.epsilon=40", "evaluation=argmax"))
+    train = _train_log(res.upload_log)
+    noise = [i["privacy"]["noise_std"] for i in train["info"]]
+    assert all(n > 0 for n in noise) and len(set(noise)) == 1  # one calibrated sigma * C for every upload
+    assert all(i["privacy"]["update_norm"] > 0 for i in train["info"])
+    assert 0.0 <= out["acc"] <= 1.0

@@ -44,7 +44,7 @@ def test_unknown_grid_and_missing_dataset_are_clear(tmp_path, monkeypatch):
 
 def _sweep_cmd(storage):
     return [sys.executable, "-m", "fedsim", "sweep", "--dataset", "synthetic", "--grid", "smoke",
-            "--storage", str(storage), "--trial-cpus", "2"]
+            "--storage", str(storage), "--trial-cpus", "1"]  # two trials at a time on 2 CPUs
 
 
 def _child_runs(uri):

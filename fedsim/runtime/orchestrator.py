@@ -27,7 +27,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+# An actor that died (RayActorError) or is restarting / unreachable (ActorUnavailableError):
+# both mean "re-run this on the restarted actor".
+ACTOR_LOST = (RayActorError, ActorUnavailableError)
 
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import argmax_assignments, global_kmeans
@@ -142,7 +146,7 @@ class Federation:
         while True:
             try:
                 return ray.get(job.info_ref, timeout=self.cfg.runtime.round_timeout_s)
-            except RayActorError:
+            except ACTOR_LOST:
                 if job.attempts > MAX_ROUND_RETRIES:
                     raise
                 self.restarts += 1
@@ -268,7 +272,7 @@ class Federation:
         for attempt in range(MAX_ROUND_RETRIES + 1):
             try:
                 return fn()
-            except RayActorError:
+            except ACTOR_LOST:
                 if attempt == MAX_ROUND_RETRIES:
                     raise
                 self.restarts += 1
