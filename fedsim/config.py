@@ -116,6 +116,7 @@ class ExperimentConfig(Strict):
     client_ratio: str = "1:1"
     partition: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = Field(1.0, gt=0)
+    samples_per_client: int | None = Field(None, ge=2)  # AFMCC Fig. 5a: keep at most n per client (seeded)
     mode: Literal["sync", "async", "virtual"] = "virtual"
     seed: int = 0
     rounds: int = Field(20, ge=1)

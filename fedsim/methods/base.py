@@ -11,7 +11,7 @@ client's samples, only other clients' parameters as flat float32 vectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -49,15 +49,6 @@ class PeerModel:
     version: int
     modalities: tuple[int, ...]
     params: torch.Tensor  # flat float32
-
-
-@dataclass
-class RoundResult:
-    """What a local round reports besides the new parameters."""
-
-    losses: dict[str, float] = field(default_factory=dict)
-    aggregation_weights: dict[int, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(Protocol):

@@ -6,6 +6,10 @@ again and keeps only its own shards. Both get the same split because every draw 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
+
 from fedsim.config import ExperimentConfig
 from fedsim.data.datasets import MultiViewDataset, load_dataset
 from fedsim.data.partition import ClientSpec, partition
@@ -17,4 +21,13 @@ def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[Clien
         dataset.labels, dataset.n_views, cfg.num_clients, cfg.client_ratio,
         scheme=cfg.partition, dirichlet_alpha=cfg.dirichlet_alpha, seed=cfg.seed,
     )
+    if cfg.samples_per_client is not None:
+        # AFMCC Fig. 5a varies the samples per client: each client keeps a seeded random subset
+        # of its shard (the samples it drops belong to nobody and are not evaluated).
+        rng = np.random.default_rng([cfg.seed, 0x5A3])
+        clients = [
+            replace(c, indices=np.sort(rng.choice(c.indices, cfg.samples_per_client, replace=False)))
+            if c.indices.size > cfg.samples_per_client else c
+            for c in clients
+        ]
     return dataset, clients

@@ -21,7 +21,7 @@ commit order is the mode's, not the scheduler's. Evaluation reads the server's c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -66,7 +66,6 @@ class FederationResult:
     sim_time: float
     wall_time: float
     restarts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Federation:
