@@ -64,7 +64,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  MLflow run {result['mlflow_run_id']} in {uri}\n"
               f"    browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (or: make mlflow-ui)")
     if result["dashboard_url"]:
-        print(f"  Ray dashboard (while Ray runs): {result['dashboard_url']}  (bearer token: ~/.ray/auth_token)")
+        print(f"  Ray dashboard (while the run's Ray is up; set RAY_ADDRESS to keep a cluster): {result['dashboard_url']}"
+              "  (bearer token: ~/.ray/auth_token)")
     if args.result_json:
         Path(args.result_json).write_text(json.dumps(result, indent=2, default=float))
         print(f"  result JSON: {args.result_json}")

@@ -84,6 +84,7 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
             "actors": len(actors), "clients_per_actor": max(len(g) for g in placement.groups),
             "num_cpus_per_actor": round(placement.num_cpus, 4), "num_gpus_per_actor": round(placement.num_gpus, 4),
             "num_parameters": described[0]["num_parameters"], "run_tag": run_tag,
+            "dashboard_url": ray_info.get("dashboard_url"),
         }
         callback.on_run_start(info)
         federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)

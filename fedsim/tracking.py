@@ -101,6 +101,12 @@ class ProgressPrinter(Callback):
         self.min_interval = min_interval_s if self.tty else 10.0
         self._last = 0.0
 
+    def on_run_start(self, info: dict[str, Any]) -> None:
+        where = f"; Ray dashboard {info['dashboard_url']} (bearer token: ~/.ray/auth_token)" if info.get("dashboard_url") else ""
+        self.stream.write(f"fedsim: {len(info['client_kinds'])} clients ({info['client_kinds']}) on {info['actors']} actors, "
+                          f"{info['num_parameters']:,} parameters per model{where}\n")
+        self.stream.flush()
+
     def _line(self, p: Progress) -> str:
         if p.phase == "pretrain":
             done, planned = p.pretrain_rounds
