@@ -212,7 +212,6 @@ class AFMCC:
     # -- Alg. 2, lines 2-4: aggregation --------------------------------------------------------
     @torch.no_grad()
     def aggregate(self, model: MultiModalAutoencoder, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
-        stacked = torch.stack([p.params for p in peers])  # (U, P)
         if self.cfg.aggregation == "uniform":
             weights = torch.full((len(peers),), 1.0 / len(peers))
         else:
@@ -232,7 +231,12 @@ class AFMCC:
                         distances[row, col] = torch.linalg.norm(z[v] - reference)  # Frobenius
                         valid[row, col] = True
             weights = eq6_log_weights(distances, valid, self.cfg.eq6_sign, self.cfg.eq6_temperature).exp()
-        aggregated = weights.to(stacked.dtype) @ stacked
+        # Accumulate instead of stacking: a (U, P) stack is a full copy of every downloaded model
+        # per round (540 MB for 48 Multi-Fashion clients), times the rounds an actor runs at once.
+        aggregated = torch.zeros_like(peers[0].params)
+        for peer, w in zip(peers, weights.tolist()):
+            if w:
+                aggregated.add_(peer.params, alpha=w)
         return aggregated, {p.client_id: float(w) for p, w in zip(peers, weights)}
 
     # -- Alg. 2, lines 5-7: local training ------------------------------------------------------
