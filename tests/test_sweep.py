@@ -42,6 +42,23 @@ def test_unknown_grid_and_missing_dataset_are_clear(tmp_path, monkeypatch):
         plan_sweep("afmcc", "nuswide", "table2", [f"data_dir={tmp_path}"], trial_cpus=2)
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the sweep driver's session (the driver, its raylet, workers).
+    Never `ray stop`: that would kill every Ray on the machine, other runs' included."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                proc.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _sweep_cmd(storage):
     return [sys.executable, "-m", "fedsim", "sweep", "--dataset", "synthetic", "--grid", "smoke",
             "--storage", str(storage), "--trial-cpus", "1"]  # two trials at a time on 2 CPUs
@@ -81,10 +98,8 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
             break
         time.sleep(2)
     assert finished_before, "no trial finished before the deadline:\n" + (tmp_path / "first.log").read_text()[-4000:]
-    os.killpg(first.pid, signal.SIGKILL)  # kill the driver (and its local Ray) mid-sweep
+    _kill_session(first.pid)  # kill the driver and the local Ray it started, nothing else
     first.wait(timeout=60)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60,
-                   env={**env, "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")})
 
     second = subprocess.run(_sweep_cmd(storage), cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
     assert second.returncode == 0, second.stderr[-3000:]
