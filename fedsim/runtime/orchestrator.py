@@ -40,7 +40,13 @@ from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
 from fedsim.runtime.server import Snapshot, UploadRecord
 
-MAX_ROUND_RETRIES = 5
+MAX_ROUND_RETRIES = 8
+
+
+def _backoff(attempt: int) -> None:
+    """Give a restarting actor time to come back (it re-imports torch and reloads its shards):
+    1, 2, 4, 8, 10, 10, ... seconds."""
+    time.sleep(min(2.0 ** attempt, 10.0))
 
 
 @dataclass
@@ -149,6 +155,7 @@ class Federation:
                 if job.attempts > MAX_ROUND_RETRIES:
                     raise
                 self.restarts += 1
+                _backoff(job.attempts - 1)
                 self._submit(job)
             except GetTimeoutError as exc:
                 raise TimeoutError(
@@ -275,6 +282,7 @@ class Federation:
                 if attempt == MAX_ROUND_RETRIES:
                     raise
                 self.restarts += 1
+                _backoff(attempt)
         raise AssertionError("unreachable")
 
     def evaluate(self, final: bool = False) -> EvaluationRecord:
