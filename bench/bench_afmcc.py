@@ -32,15 +32,15 @@ class MemorySampler(threading.Thread):
         self.interval = interval
         self.baseline = psutil.virtual_memory().used
         self.peak = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak = max(self.peak, psutil.virtual_memory().used - self.baseline)
             time.sleep(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak
 
