@@ -104,7 +104,8 @@ class ClientActor:
             aggregated, weights = client.method.aggregate(client.model, client.data, peers)
             load_flat_parameters(client.model, aggregated)
         aggregated_at = time.perf_counter()
-        start_params = flat_parameters(client.model)
+        # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
+        start_params = flat_parameters(client.model).cpu().numpy() if self.privacy is not None and not pretrain else None
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain)))
         losses = client.method.train_round(client.model, client.optimizer, client.data, generator)
         trained_at = time.perf_counter()
@@ -112,7 +113,7 @@ class ClientActor:
         info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
         if self.privacy is not None and not pretrain:
             rng = np.random.default_rng(derive_seed(self.cfg.seed, 3, client_id, round_))
-            end_params, info["privacy"] = self.privacy.privatize(start_params.cpu().numpy(), end_params, rng)
+            end_params, info["privacy"] = self.privacy.privatize(start_params, end_params, rng)
             load_flat_parameters(client.model, torch.from_numpy(end_params))
         compute = time.perf_counter() - started
         # Async mode: a client of relative speed m takes 1/m as long; it waits out the difference
