@@ -71,7 +71,7 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
     started = time.perf_counter()
     run_tag = run_id or uuid.uuid4().hex[:12]  # tags this run's live Ray metrics
     try:
-        server = make_server([s.views for s in specs], run_tag)
+        server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
         probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
         placement = plan_placement(cfg, probe, shard_bytes)
         actors, actor_of = start_client_actors(cfg, placement, run_tag)

@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.methods.base import LocalData, PeerModel, unflatten
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, unflatten
 
 
 class AFMCCConfig(BaseModel):
@@ -262,7 +262,8 @@ class AFMCC:
             total = total + self.cfg.beta * terms["loss_c"]
         return total, terms
 
-    def train_round(self, model: MultiModalAutoencoder, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator) -> dict[str, float]:
+    def train_round(self, model: MultiModalAutoencoder, optimizer: torch.optim.Optimizer, data: LocalData,
+                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
         model.train()
         sums: dict[str, float] = {}
         steps = 0

@@ -12,7 +12,7 @@ client's samples, only other clients' parameters as flat float32 vectors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -49,6 +49,22 @@ class PeerModel:
     version: int
     modalities: tuple[int, ...]
     params: torch.Tensor  # flat float32
+    n_samples: int = 0  # the owner's training-set size (FedAvg weights)
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Where a local round sits in the run, for methods whose training has stages.
+
+    ``round`` is the client's 1-based local round (0 for AFMCC Alg. 1 pretraining rounds, phase
+    ``"pretrain"``); ``total_rounds`` is the run's rounds per client. A method whose
+    paper trains in stages (CMMC's pretraining / contrastive / fine-tuning epochs) derives its
+    stage from ``round`` alone, so a restarted actor resumes in the right stage.
+    """
+
+    round: int
+    phase: str = "train"
+    total_rounds: int = 1
 
 
 class Method(Protocol):
@@ -70,7 +86,8 @@ class Method(Protocol):
         ``model`` holds the client's own current parameters. Returns the flat parameters to load
         and the weight given to each peer (logged per round)."""
 
-    def train_round(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator) -> dict[str, float]:
+    def train_round(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: LocalData,
+                    generator: torch.Generator, context: RoundContext) -> dict[str, float]:
         """One round of local training; returns mean losses."""
 
     def embed(self, model: torch.nn.Module, data: LocalData) -> np.ndarray:
@@ -105,3 +122,41 @@ def unflatten(model: torch.nn.Module, flat: torch.Tensor) -> dict[str, torch.Ten
     if offset != flat.numel():
         raise ValueError(f"flat parameter vector has {flat.numel()} values, model needs {offset}")
     return out
+
+
+def parameter_segments(model: torch.nn.Module) -> list[tuple[str, int, int]]:
+    """(name, start, end) of every parameter in the flat vector, in ``parameters()`` order."""
+    out, offset = [], 0
+    for name, p in model.named_parameters():
+        out.append((name, offset, offset + p.numel()))
+        offset += p.numel()
+    return out
+
+
+def modality_aware_average(model: torch.nn.Module, peers: list[PeerModel],
+                           modality_of: Callable[[str], int | None]) -> tuple[torch.Tensor, dict[int, float]]:
+    """FedAvg (McMahan et al. 2017) over the downloaded models, weighted by sample count, for
+    models with per-modality parts.
+
+    A parameter that ``modality_of(name)`` assigns to modality v is averaged over the peers that
+    hold v only (weights renormalised among them): a client without v never trains v's encoder,
+    so its copy carries no information and must not dilute the others'. A parameter with no
+    modality (fusion, heads) is averaged over every peer. If no peer holds v, the client keeps
+    its own current value. Returns the flat parameters and each peer's weight on shared parts.
+    """
+    own = flat_parameters(model)
+    out = own.clone()
+    counts = torch.tensor([float(max(p.n_samples, 1)) for p in peers], dtype=own.dtype)
+    shared = counts / counts.sum()
+    for name, start, end in parameter_segments(model):
+        v = modality_of(name)
+        w = counts if v is None else counts * torch.tensor([float(v in p.modalities) for p in peers], dtype=own.dtype)
+        total = float(w.sum())
+        if total == 0.0:
+            continue
+        seg = torch.zeros(end - start, dtype=own.dtype, device=own.device)
+        for peer, wi in zip(peers, (w / total).tolist()):
+            if wi:
+                seg.add_(peer.params[start:end], alpha=wi)
+        out[start:end] = seg
+    return out, {p.client_id: float(w) for p, w in zip(peers, shared)}

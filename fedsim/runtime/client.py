@@ -25,7 +25,7 @@ import torch
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import kmeans_from_centres, reference_kmeans
 from fedsim.methods import get_method
-from fedsim.methods.base import LocalData, PeerModel, flat_parameters, load_flat_parameters
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
 from fedsim.runtime.federation_data import load_federation
 from fedsim.runtime.server import Snapshot
 
@@ -107,7 +107,9 @@ class ClientActor:
         # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
         start_params = flat_parameters(client.model).cpu().numpy() if self.privacy is not None and not pretrain else None
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain)))
-        losses = client.method.train_round(client.model, client.optimizer, client.data, generator)
+        context = RoundContext(round_, "pretrain" if pretrain else "train",
+                               self.cfg.pretrain_rounds if pretrain else self.cfg.rounds)
+        losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
         trained_at = time.perf_counter()
         end_params = flat_parameters(client.model).cpu().numpy()
         info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
@@ -131,7 +133,8 @@ class ClientActor:
         entries = [snapshot.entry(client_id)] if only_own else list(snapshot.entries)
         arrays = ray.get([e.ref for e in entries])  # zero-copy reads from the object store
         device = self.device
-        return [PeerModel(e.client_id, e.version, e.modalities, _as_tensor(a).to(device)) for e, a in zip(entries, arrays)]
+        return [PeerModel(e.client_id, e.version, e.modalities, _as_tensor(a).to(device), e.n_samples)
+                for e, a in zip(entries, arrays)]
 
     # -- evaluation (run on the parameter server's copy, so it is well defined mid-flight) ------
     def _load_for_eval(self, client_id: int, wrapped_ref: list[Any]) -> tuple[SimulatedClient, torch.nn.Module]:

@@ -22,6 +22,7 @@ class StoreEntry:
     version: int
     modalities: tuple[int, ...]
     ref: Any  # ray.ObjectRef of a flat float32 numpy array
+    n_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,13 @@ class UploadRecord:
 class ParameterServer:
     """Plain class; ``ray.remote(ParameterServer)`` makes it the server actor (see cluster.py)."""
 
-    def __init__(self, modalities: list[tuple[int, ...]], run_tag: str = "fedsim") -> None:
+    def __init__(self, modalities: list[tuple[int, ...]], run_tag: str = "fedsim",
+                 n_samples: list[int] | None = None) -> None:
         from fedsim.runtime.telemetry import ServerTelemetry
 
         self._telemetry = ServerTelemetry(run_tag)
         self._modalities = [tuple(m) for m in modalities]
+        self._n_samples = list(n_samples) if n_samples is not None else [0] * len(modalities)
         self._entries: list[StoreEntry | None] = [None] * len(modalities)
         self._log: list[UploadRecord] = []
         self._commits = 0
@@ -70,7 +73,7 @@ class ParameterServer:
     def seed_all(self, wrapped_ref: list[Any]) -> None:
         """Alg. 1 lines 2-4: every client's entry becomes the given (pretrained) model, version 0."""
         (ref,) = wrapped_ref
-        self._entries = [StoreEntry(c, 0, m, ref) for c, m in enumerate(self._modalities)]
+        self._entries = [StoreEntry(c, 0, m, ref, self._n_samples[c]) for c, m in enumerate(self._modalities)]
 
     def snapshot(self) -> Snapshot:
         if any(e is None for e in self._entries):
@@ -82,7 +85,8 @@ class ParameterServer:
         (ref,) = wrapped_ref  # wrapped in a list so Ray passes the ref, not the array
         previous = self._entries[client_id]
         version = (previous.version if previous is not None else 0) + 1
-        self._entries[client_id] = StoreEntry(client_id, version, self._modalities[client_id], ref)
+        self._entries[client_id] = StoreEntry(client_id, version, self._modalities[client_id], ref,
+                                               self._n_samples[client_id])
         record = UploadRecord(
             client_id=client_id, round=round_, phase=phase, versions_read=read.versions(),
             version_written=version, sim_start=sim_start, sim_end=sim_end,
@@ -105,6 +109,6 @@ class ParameterServer:
         return self._commits
 
 
-def make_server(modalities: list[tuple[int, ...]], run_tag: str) -> Any:
+def make_server(modalities: list[tuple[int, ...]], run_tag: str, n_samples: list[int] | None = None) -> Any:
     # num_cpus=0: the server only moves references; it must never starve the clients of CPUs.
-    return ray.remote(num_cpus=0)(ParameterServer).remote(modalities, run_tag)
+    return ray.remote(num_cpus=0)(ParameterServer).remote(modalities, run_tag, n_samples)
