@@ -54,9 +54,17 @@ def _run(args: argparse.Namespace) -> int:
     from fedsim.runner import run_experiment
 
     result = run_experiment(cfg).summary
+    if cfg.task == "classification":
+        scores = f"  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  UAR {result['uar']:.4f}\n"
+    else:
+        scores = f"  ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  Purity {result['purity']:.4f}\n"
+    selection = result.get("model_selection")
+    if selection:
+        scores += (f"  model selection: restart {selection['chosen']} of {selection['runs']} by "
+                   f"{'ACC (uses labels)' if selection['uses_labels'] else 'selection loss (label-free)'}\n")
     print(
         f"\nfedsim: {cfg.method} on {cfg.dataset} ({cfg.num_clients} clients, {cfg.client_ratio}, {cfg.mode}, seed {cfg.seed})\n"
-        f"  ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  Purity {result['purity']:.4f}\n"
+        + scores +
         f"  uploads {result['uploads']}, simulated time {result['simulated_time']:.4g}, wall time {result['wall_time']:.1f} s"
     )
     if result["mlflow_run_id"]:

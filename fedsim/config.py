@@ -106,6 +106,19 @@ class FaultConfig(Strict):
     after_uploads: int = Field(1, ge=1)
 
 
+class ModelSelectionConfig(Strict):
+    """Restarts and how the kept one is chosen (MSDIB / GIB train 20 runs and keep one).
+
+    ``runs`` full trainings from different model initialisations (same data split); the one
+    with the lowest label-free ``selection_loss`` (the method's, e.g. DDC1) is kept with
+    ``criterion: loss``; ``criterion: acc`` keeps the highest ACC, which uses the labels, as the
+    MSDIB and GIB papers do: results chosen that way are tagged ``fedsim.selection=acc (uses
+    labels)``."""
+
+    runs: int = Field(1, ge=1)
+    criterion: Literal["loss", "acc"] = "loss"
+
+
 class ExperimentConfig(Strict):
     method: str = "afmcc"
     dataset: str = "handwritten"
@@ -117,6 +130,10 @@ class ExperimentConfig(Strict):
     partition: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = Field(1.0, gt=0)
     samples_per_client: int | None = Field(None, ge=2)  # AFMCC Fig. 5a: keep at most n per client (seeded)
+    # FedMultimodal protocol (FedRecon): each client loses each of its modalities with prob. rho
+    missing_rate: float | None = Field(None, ge=0, lt=1)
+    task: Literal["clustering", "classification"] = "clustering"
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # classification: each client's held-out share
     mode: Literal["sync", "async", "virtual"] = "virtual"
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -130,6 +147,8 @@ class ExperimentConfig(Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
     fault: FaultConfig = FaultConfig()
+    model_selection: ModelSelectionConfig = ModelSelectionConfig()
+    restart: int = Field(0, ge=0)  # set by model selection: which restart this is (seeds the models)
     # The method's own section, validated by the method's Config model (see fedsim.methods).
     method_params: dict[str, Any] = Field(default_factory=dict)
 
@@ -247,6 +266,12 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
 
     method_cls = get_method(method)
     section = data.pop(method, None) or {}
+    # One file may configure several methods (a grid switches ``method``): drop the others.
+    from fedsim.methods import method_names
+
+    for other in method_names():
+        if other != method and isinstance(data.get(other), dict):
+            data.pop(other)
     if not isinstance(section, dict):
         raise ConfigError(f"'{method}' must be a section of {method} hyper-parameters")
     try:

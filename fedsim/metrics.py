@@ -1,4 +1,4 @@
-"""Clustering metrics: ACC, NMI, ARI and purity.
+"""Clustering metrics (ACC, NMI, ARI, purity) and the classification task's (accuracy, macro-F1, UAR).
 
 Definitions follow the FMCSC evaluation protocol that AFMCC (Sec. 5, "Clustering results")
 says it follows, as recorded in ``PROTOCOLS.md`` (sections FMCSC and CMMC):
@@ -72,4 +72,27 @@ def clustering_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]
         "nmi": float(normalized_mutual_info_score(true, pred)),
         "ari": float(adjusted_rand_score(true, pred)),
         "purity": _purity(counts),
+    }
+
+
+def classification_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
+    """Supervised task (FedRecon, FedMultimodal): accuracy, macro-F1 and unweighted average
+    recall (UAR: the mean of the per-class recalls, scikit-learn's ``balanced_accuracy_score``),
+    keyed accuracy/macro_f1/uar. Classes absent from ``y_true`` do not enter UAR; macro-F1 counts
+    every class seen in either labelling (scikit-learn's default)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    true = np.asarray(y_true)
+    pred = np.asarray(y_pred)
+    if true.shape != pred.shape or true.ndim != 1 or true.size == 0:
+        raise ValueError(f"need two equal-length, non-empty 1-D labellings; got {true.shape} and {pred.shape}")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        uar = float(balanced_accuracy_score(true, pred))
+    return {
+        "accuracy": float(accuracy_score(true, pred)),
+        "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
+        "uar": uar,
     }

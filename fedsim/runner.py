@@ -35,14 +35,33 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
 
         GaussianMechanism.calibrate(cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds,
                                     clip_norm=cfg.privacy.clip_norm)
-    if cfg.evaluation == "fmcsc" and specs[0].indices.size < dataset.n_clusters:
+    _check_method(cfg)
+    if cfg.task == "clustering" and cfg.evaluation == "fmcsc" and specs[0].indices.size < dataset.n_clusters:
         raise ConfigError(f"client 0 holds {specs[0].indices.size} samples, fewer than the {dataset.n_clusters} "
                           "clusters k-means needs for the FMCSC evaluation; use fewer clients or evaluation=global_kmeans")
     return {
         "dataset": dataset, "specs": specs, "speeds": speeds, "view_dims": dataset.view_dims,
         "n_clusters": dataset.n_clusters, "n_samples": dataset.n_samples,
         "client_kinds": "".join(s.kind for s in specs),
+        "client_modalities": [list(s.views) for s in specs],
     }
+
+
+def _check_method(cfg: ExperimentConfig) -> None:
+    """The method can do what the config asks of it (task, model selection)."""
+    from fedsim.methods import get_method
+
+    method_cls = get_method(cfg.method)
+    supervised = bool(getattr(method_cls, "supervised", False))
+    if cfg.task == "classification" and not supervised:
+        raise ConfigError(f"task=classification needs a supervised method; '{cfg.method}' is a clustering method "
+                          "(supervised methods: fedrecon, fedavg, fedprox, fedopt)")
+    if cfg.task == "clustering" and supervised:
+        raise ConfigError(f"'{cfg.method}' is a supervised method; set task=classification")
+    if (cfg.model_selection.runs > 1 and cfg.model_selection.criterion == "loss"
+            and not hasattr(method_cls, "selection_loss")):
+        raise ConfigError(f"model_selection.criterion=loss needs a label-free selection_loss, which '{cfg.method}' "
+                          "does not define; use model_selection.criterion=acc (uses labels) or runs=1")
 
 
 @dataclass
@@ -71,32 +90,29 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
     started = time.perf_counter()
     run_tag = run_id or uuid.uuid4().hex[:12]  # tags this run's live Ray metrics
     try:
-        server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
-        probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
-        placement = plan_placement(cfg, probe, shard_bytes)
-        actors, actor_of = start_client_actors(cfg, placement, run_tag)
-        described: dict[int, dict[str, Any]] = {}
-        for part in ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s):
-            described.update(part)
-        info = {
-            "n_samples": facts["n_samples"], "n_clusters": facts["n_clusters"], "view_dims": list(facts["view_dims"]),
-            "client_kinds": facts["client_kinds"], "speeds": [round(float(s), 4) for s in speeds],
-            "actors": len(actors), "clients_per_actor": max(len(g) for g in placement.groups),
-            "num_cpus_per_actor": round(placement.num_cpus, 4), "num_gpus_per_actor": round(placement.num_gpus, 4),
-            "num_parameters": described[0]["num_parameters"], "run_tag": run_tag,
-            "dashboard_url": ray_info.get("dashboard_url"),
-        }
-        callback.on_run_start(info)
-        federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)
-        result = federation.run()
+        selection = cfg.model_selection
+        restarts: list[dict[str, Any]] = []
+        best: tuple[float, FederationResult, dict[str, Any]] | None = None
+        for restart in range(selection.runs):
+            run_cfg = cfg if restart == 0 else cfg.model_copy(update={"restart": restart})
+            if selection.runs > 1:
+                callback.on_restart(restart, selection.runs)
+            result, info = _federate(run_cfg, specs, speeds, facts, shard_bytes, run_tag, ray_info, callback)
+            restarts.append({"restart": restart, **result.metrics, "wall_time": result.wall_time})
+            score = _selection_score(result.metrics, selection.criterion) if selection.runs > 1 else 0.0
+            if best is None or score < best[0]:
+                best = (score, result, info)
+        assert best is not None
+        _, result, info = best
         wall = time.perf_counter() - started
         out = _result_json(cfg, result, wall, run_id, ray_info, info)
+        if selection.runs > 1:
+            out["model_selection"] = {"runs": selection.runs, "criterion": selection.criterion,
+                                      "uses_labels": selection.criterion == "acc", "restarts": restarts,
+                                      "chosen": int(info["restart"])}
         if tracker is not None:
             tracker.log_result(out)
         callback.on_run_end(result)
-        for actor in actors:
-            ray.kill(actor)
-        ray.kill(server)
         return RunOutcome(out, result)
     except BaseException as exc:
         callback.on_run_failed(exc)
@@ -104,6 +120,43 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
     finally:
         if ray_info["owned"]:
             ray.shutdown()
+
+
+def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts: dict[str, Any], shard_bytes: int,
+              run_tag: str, ray_info: dict[str, Any], callback: Callback) -> tuple[FederationResult, dict[str, Any]]:
+    """One federation from fresh actors: a parameter server, the client actors, the run."""
+    server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
+    probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
+    placement = plan_placement(cfg, probe, shard_bytes)
+    actors, actor_of = start_client_actors(cfg, placement, run_tag)
+    try:
+        described: dict[int, dict[str, Any]] = {}
+        for part in ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s):
+            described.update(part)
+        info = {
+            "n_samples": facts["n_samples"], "n_clusters": facts["n_clusters"], "view_dims": list(facts["view_dims"]),
+            "client_kinds": facts["client_kinds"], "client_modalities": facts["client_modalities"],
+            "speeds": [round(float(s), 4) for s in speeds],
+            "actors": len(actors), "clients_per_actor": max(len(g) for g in placement.groups),
+            "num_cpus_per_actor": round(placement.num_cpus, 4), "num_gpus_per_actor": round(placement.num_gpus, 4),
+            "num_parameters": described[0]["num_parameters"], "run_tag": run_tag,
+            "dashboard_url": ray_info.get("dashboard_url"), "restart": cfg.restart,
+        }
+        if cfg.restart == 0:
+            callback.on_run_start(info)
+        federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)
+        return federation.run(), info
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        ray.kill(server)
+
+
+def _selection_score(metrics: dict[str, float], criterion: str) -> float:
+    """Lower is better: the method's label-free selection loss, or minus ACC (uses labels)."""
+    if criterion == "acc":
+        return -float(metrics.get("acc", metrics.get("accuracy", float("nan"))))
+    return float(metrics["selection_loss"])  # _check_method made sure the method has one
 
 
 def _parameter_bytes(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int) -> int:

@@ -54,6 +54,8 @@ class GridSpec:
     time_to_reach: dict[str, Any] | None = None  # Table 3d: {"reference": {"mode": "sync"}}
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset extra overrides
     variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # named axis values
+    # Line plot of the first metric (mean +- std over seeds): {"x": axis, "lines": axis, "panels": axis}
+    plot: dict[str, str] | None = None
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: ``key=value`` per axis, or a named variant's overrides."""
@@ -89,7 +91,7 @@ def load_grid(method: str, grid: str) -> GridSpec:
             rows=list(table.get("rows", [])), columns=table.get("columns"),
             metrics=list(table.get("metrics", ["acc", "nmi", "ari"])), paper=raw.get("paper", {}) or {},
             time_to_reach=raw.get("time_to_reach"), datasets=raw.get("datasets", {}) or {},
-            variants=raw.get("variants", {}) or {},
+            variants=raw.get("variants", {}) or {}, plot=table.get("plot"),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
@@ -176,6 +178,11 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     tune.report(_final_report(outcome.summary, params))
 
 
+# Final scores a trial reports: clustering (acc/nmi/ari/purity), classification (accuracy/macro_f1/
+# uar), and a method's label-free selection loss when it has one.
+SCORE_KEYS = ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar", "selection_loss")
+
+
 def trial_key(params: dict[str, Any]) -> str:
     """A stable id of a grid point, tagged on its MLflow run (``fedsim.trial``)."""
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -183,7 +190,7 @@ def trial_key(params: dict[str, Any]) -> str:
 
 def _final_report(s: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return {
-        **{k: s[k] for k in ("acc", "nmi", "ari", "purity")}, "sim_time": s["simulated_time"],
+        **{k: s[k] for k in SCORE_KEYS if k in s}, "sim_time": s["simulated_time"],
         "wall_time_s": s["wall_time"], "uploads": s["uploads"], "mlflow_run_id": s["mlflow_run_id"],
         "history": json.dumps(s["history"]), "done_params": json.dumps(params),
     }
@@ -304,8 +311,8 @@ def _trial_frame(results: Any) -> pd.DataFrame:
         m = r.metrics or {}
         if r.error is not None or "done_params" not in m:
             continue
-        rows.append({**json.loads(m["done_params"]), **{k: m[k] for k in ("acc", "nmi", "ari", "purity", "sim_time",
-                                                                          "wall_time_s", "mlflow_run_id")},
+        rows.append({**json.loads(m["done_params"]), **{k: m[k] for k in (*SCORE_KEYS, "sim_time", "wall_time_s",
+                                                                          "mlflow_run_id") if k in m},
                      "history": m["history"]})
     return pd.DataFrame(rows)
 
@@ -378,6 +385,31 @@ def to_markdown(plan: SweepPlan, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _line_plot(plt: Any, spec: GridSpec, frame: pd.DataFrame, d: Path) -> None:
+    """Every metric of the table against ``plot.x``, one line per ``plot.lines`` value, one panel
+    per ``plot.panels`` value; mean +- std over the seeds (e.g. FedRecon: accuracy vs missing
+    rate, one line per method, one panel per Dirichlet alpha)."""
+    x, lines, panels = spec.plot.get("x"), spec.plot.get("lines"), spec.plot.get("panels")
+    panel_values = list(dict.fromkeys(frame[panels])) if panels else [None]
+    for metric in spec.metrics:
+        fig, axes = plt.subplots(1, len(panel_values), figsize=(4.5 * len(panel_values), 3.6), squeeze=False)
+        for ax, pv in zip(axes[0], panel_values):
+            sub = frame[frame[panels] == pv] if panels else frame
+            for lv in (list(dict.fromkeys(sub[lines])) if lines else [None]):
+                part = sub[sub[lines] == lv] if lines else sub
+                stats = part.groupby(x)[metric].agg(["mean", "std"]).sort_index()
+                ax.errorbar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o",
+                            capsize=3, label=str(lv) if lines else metric)
+            ax.set_xlabel(x)
+            ax.set_ylabel(f"{metric} (%)")
+            if panels:
+                ax.set_title(f"{panels}={pv}")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(d / f"{metric}_vs_{x}.png", dpi=120)
+        plt.close(fig)
+
+
 def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd.DataFrame) -> None:
     import matplotlib
 
@@ -394,18 +426,21 @@ def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd
         axes = [k for k in plan.spec.grid if k != "seed" and len(plan.spec.grid[k]) > 1]
         if len(axes) == 2 and not frame.empty:
             a, b = axes
-            pivot = frame.groupby([a, b])["acc"].mean().unstack(b) * 100
+            metric = plan.spec.metrics[0]
+            pivot = frame.groupby([a, b])[metric].mean().unstack(b) * 100
             fig, ax = plt.subplots(figsize=(5, 4))
             im = ax.imshow(pivot.values, cmap="viridis")
             ax.set_xticks(range(len(pivot.columns)), [str(c) for c in pivot.columns])
             ax.set_yticks(range(len(pivot.index)), [str(i) for i in pivot.index])
             ax.set_xlabel(b)
             ax.set_ylabel(a)
-            fig.colorbar(im, label="ACC (%)")
+            fig.colorbar(im, label=f"{metric} (%)")
             fig.tight_layout()
-            fig.savefig(d / "heatmap_acc.png", dpi=120)
+            fig.savefig(d / f"heatmap_{metric}.png", dpi=120)
             plt.close(fig)
-        if "mode" in frame and not frame.empty:
+        if plan.spec.plot and not frame.empty:
+            _line_plot(plt, plan.spec, frame, d)
+        if "mode" in frame and "acc" in frame and not frame.empty:
             fig, ax = plt.subplots(figsize=(6, 4))
             for _, r in frame.iterrows():
                 hist = json.loads(r["history"])

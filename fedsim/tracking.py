@@ -41,6 +41,7 @@ class MLflowTracker(Callback):
         self.uri = tracking_uri(cfg)
         self.run_id: str | None = None
         self.experiment = cfg.tracking.experiment or f"{cfg.method}/{cfg.dataset}"
+        self._prefix = ""  # "restart_<r>/" while model selection runs several trainings
 
     def start(self) -> str:
         mlflow = self.mlflow
@@ -52,6 +53,9 @@ class MLflowTracker(Callback):
         mlflow.log_params(params)
         tags = {"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset, "fedsim.mode": self.cfg.mode,
                 **self.cfg.tracking.tags}
+        if self.cfg.model_selection.runs > 1:
+            tags["fedsim.selection"] = ("acc (uses labels)" if self.cfg.model_selection.criterion == "acc"
+                                        else "loss (label-free)")
         if self.cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = self.cfg.tracking.parent_run_id
         mlflow.set_tags(tags)
@@ -61,12 +65,16 @@ class MLflowTracker(Callback):
     def on_run_start(self, info: dict[str, Any]) -> None:
         self.mlflow.log_params({f"federation.{k}": str(v)[:6000] for k, v in info.items()})
 
+    def on_restart(self, restart: int, runs: int) -> None:
+        self._prefix = f"restart_{restart}/"
+
     def on_evaluation(self, record: EvaluationRecord, progress: Progress) -> None:
         ts = int(time.time() * 1000)
         metrics = {**record.metrics, "sim_time": record.sim_time, "wall_time": record.wall_time,
                    "uploads": float(record.uploads)}
-        self.mlflow.log_metrics(metrics, step=int(round(record.sim_time)), timestamp=ts)
-        self.mlflow.log_metrics({f"{k}_by_eval": v for k, v in record.metrics.items()}, step=record.step, timestamp=ts)
+        p = self._prefix
+        self.mlflow.log_metrics({p + k: v for k, v in metrics.items()}, step=int(round(record.sim_time)), timestamp=ts)
+        self.mlflow.log_metrics({f"{p}{k}_by_eval": v for k, v in record.metrics.items()}, step=record.step, timestamp=ts)
 
     def on_run_end(self, result: Any) -> None:
         mlflow = self.mlflow
@@ -100,6 +108,10 @@ class ProgressPrinter(Callback):
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.min_interval = min_interval_s if self.tty else 10.0
         self._last = 0.0
+        self._restart = ""
+
+    def on_restart(self, restart: int, runs: int) -> None:
+        self._restart = f" restart {restart + 1}/{runs}"
 
     def on_run_start(self, info: dict[str, Any]) -> None:
         where = f"; Ray dashboard {info['dashboard_url']} (bearer token: ~/.ray/auth_token)" if info.get("dashboard_url") else ""
@@ -110,10 +122,11 @@ class ProgressPrinter(Callback):
     def _line(self, p: Progress) -> str:
         if p.phase == "pretrain":
             done, planned = p.pretrain_rounds
-            return f"[{p.mode}] pretraining (Alg. 1): round {done + 1}/{planned} | wall {p.wall_time:.1f}s"
+            return f"[{p.mode}{self._restart}] pretraining (Alg. 1): round {done + 1}/{planned} | wall {p.wall_time:.1f}s"
         total = f"/{p.expected_uploads}" if p.expected_uploads else ""
-        acc = f" | ACC {p.latest_metrics['acc']:.3f}" if "acc" in p.latest_metrics else ""
-        return (f"[{p.mode}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"
+        m = p.latest_metrics
+        acc = f" | ACC {m['acc']:.3f}" if "acc" in m else f" | accuracy {m['accuracy']:.3f}" if "accuracy" in m else ""
+        return (f"[{p.mode}{self._restart}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"
                 f" | sim {p.sim_time:.4g} | wall {p.wall_time:.1f}s{acc}")
 
     def _emit(self, p: Progress, force: bool = False) -> None:

@@ -64,3 +64,15 @@ def test_nmi_and_ari_match_hand_values() -> None:
 def test_bad_shapes_raise(y_true: list, y_pred: list) -> None:
     with pytest.raises(ValueError):
         clustering_metrics(y_true, y_pred)
+
+
+def test_classification_metrics_match_hand_counts():
+    from fedsim.metrics import classification_metrics
+
+    true = [0, 0, 0, 0, 1, 1, 2, 2]
+    pred = [0, 0, 0, 1, 1, 0, 2, 1]
+    m = classification_metrics(true, pred)
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    # recalls 3/4, 1/2, 1/2 -> UAR 7/12; F1 per class: 2*3/(4+4)=0.75, 2*1/(2+3)=0.4, 2*1/(2+1)=2/3
+    assert m["uar"] == pytest.approx((3 / 4 + 1 / 2 + 1 / 2) / 3)
+    assert m["macro_f1"] == pytest.approx((0.75 + 0.4 + 2 / 3) / 3)

@@ -156,3 +156,21 @@ def test_bad_ratios_are_config_errors(ratio: str) -> None:
 def test_too_few_clients_for_the_ratio() -> None:
     with pytest.raises(ConfigError, match="needs at least 3 clients"):
         client_kind_counts(2, "1:1:1", 5)
+
+
+def test_train_test_split_is_disjoint_stratified_and_seeded():
+    from fedsim.data.partition import split_train_test
+
+    labels = np.repeat(np.arange(4), 50)
+    specs = partition(labels, 2, 5, "1:1", scheme="dirichlet", dirichlet_alpha=0.5, seed=3)
+    a = split_train_test(specs, labels, 0.2, seed=1)
+    b = split_train_test(specs, labels, 0.2, seed=1)
+    for spec, s, t in zip(specs, a, b):
+        assert np.array_equal(s.test_indices, t.test_indices)
+        assert np.intersect1d(s.indices, s.test_indices).size == 0
+        assert np.array_equal(np.sort(np.concatenate([s.indices, s.test_indices])), spec.indices)
+        assert s.test_indices.size >= 1 and s.indices.size >= 1 and s.views == spec.views
+        for label in np.unique(labels[spec.indices]):
+            n = int((labels[spec.indices] == label).sum())
+            if n >= 5:  # stratified: ~20% of every class that has enough samples
+                assert abs(int((labels[s.test_indices] == label).sum()) - 0.2 * n) <= 1

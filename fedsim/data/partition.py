@@ -9,7 +9,7 @@ from separate streams, so changing the client ratio leaves the sample split unch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,12 +23,16 @@ MAX_DIRICHLET_TRIES = 1000
 
 @dataclass(frozen=True, eq=False)
 class ClientSpec:
-    """One client: its sample indices into the dataset (sorted int64) and its views (sorted)."""
+    """One client: its sample indices into the dataset (sorted int64) and its views (sorted).
+
+    For the classification task ``indices`` are the client's training samples and
+    ``test_indices`` its held-out ones (same modalities); clustering has no test split."""
 
     client_id: int
     indices: np.ndarray
     views: tuple[int, ...]
     kind: str
+    test_indices: np.ndarray | None = None
 
 
 def parse_client_ratio(ratio: str, n_views: int) -> tuple[int, int, int]:
@@ -159,3 +163,30 @@ def _assign_views(kind_counts: tuple[int, int, int], n_views: int,
         assigned.append(("M", tuple(sorted(int(v) for v in rng.choice(n_views, size, replace=False)))))
     assigned += [("S", (int(rng.integers(n_views)),)) for _ in range(single)]
     return assigned
+
+
+def split_train_test(specs: list[ClientSpec], labels: np.ndarray, test_fraction: float, seed: int) -> list[ClientSpec]:
+    """Hold out ``test_fraction`` of every client's samples as its test split (FedRecon's
+    "dedicated" setting: each client is tested on its own distribution and its own missing
+    modalities). Stratified per class where a class has at least two samples on the client;
+    seeded per client; at least one training and one test sample per client."""
+    out = []
+    for spec in specs:
+        rng = np.random.default_rng([seed, 0x7E57, spec.client_id])
+        test: list[np.ndarray] = []
+        client_labels = labels[spec.indices]
+        for label in np.unique(client_labels):
+            members = spec.indices[client_labels == label]
+            if members.size < 2:
+                continue
+            k = int(round(members.size * test_fraction))
+            test.append(rng.permutation(members)[: min(max(k, 0), members.size - 1)])
+        held = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
+        if held.size == 0 or held.size == spec.indices.size:
+            if spec.indices.size < 2:
+                raise DataError(f"client {spec.client_id} holds {spec.indices.size} sample(s): it cannot have both a "
+                                "training and a test split; use fewer clients")
+            held = np.sort(rng.permutation(spec.indices)[:1]) if held.size == 0 else held[:-1]
+        train = np.setdiff1d(spec.indices, held, assume_unique=True)
+        out.append(replace(spec, indices=train.astype(np.int64), test_indices=held.astype(np.int64)))
+    return out

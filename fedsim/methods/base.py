@@ -24,13 +24,16 @@ class LocalData:
     """One client's private shard, already on the client's device.
 
     ``views`` maps a modality index to its (n, d_v) tensor; only the client's own modalities are
-    present. ``labels`` are kept for evaluation only and must not be used by unsupervised training.
+    present. ``labels`` are kept for evaluation only and must not be used by unsupervised training
+    (methods whose class sets ``supervised = True`` train on them). ``test`` is the client's
+    held-out split for the classification task (same modalities), else None.
     """
 
     client_id: int
     views: dict[int, torch.Tensor]
     labels: np.ndarray
     indices: np.ndarray
+    test: "LocalData | None" = None
 
     @property
     def modalities(self) -> tuple[int, ...]:
@@ -98,6 +101,12 @@ class Method(Protocol):
 
     def round_cost(self, data: LocalData, num_peers: int) -> float:
         """Work units of one round, for the virtual clock (samples x forward-pass equivalents)."""
+
+    # Optional hooks, used when a method defines them:
+    #   supervised: ClassVar[bool] = True  -> may train on data.labels; required by task=classification
+    #   predict(model, data) -> (n, K) class probabilities        (task=classification)
+    #   selection_loss(model, data) -> float, label-free, lower is better   (model_selection)
+    #   extra_metrics(model, data) -> dict[str, float], at the final evaluation, sample-weighted
 
 
 def flat_parameters(model: torch.nn.Module) -> torch.Tensor:

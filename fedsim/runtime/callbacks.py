@@ -43,6 +43,9 @@ class Callback:
 
     def on_run_start(self, info: dict[str, Any]) -> None: ...
 
+    def on_restart(self, restart: int, runs: int) -> None:
+        """Model selection: restart ``restart`` (0-based) of ``runs`` begins."""
+
     def on_upload(self, record: UploadRecord, progress: Progress) -> None: ...
 
     def on_evaluation(self, record: EvaluationRecord, progress: Progress) -> None: ...
@@ -59,6 +62,10 @@ class CallbackList(Callback):
     def on_run_start(self, info: dict[str, Any]) -> None:
         for cb in self.callbacks:
             cb.on_run_start(info)
+
+    def on_restart(self, restart: int, runs: int) -> None:
+        for cb in self.callbacks:
+            cb.on_restart(restart, runs)
 
     def on_upload(self, record: UploadRecord, progress: Progress) -> None:
         for cb in self.callbacks:

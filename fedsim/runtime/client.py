@@ -52,6 +52,9 @@ class ClientActor:
         self.telemetry = ClientTelemetry(run_tag)
         cfg = ExperimentConfig(**config)
         self.cfg = cfg
+        # Model-selection restarts draw new initialisations and batches; restart 0 keeps the seeds
+        # of a run without restarts, so adding restarts never changes the first run.
+        self._restart = (cfg.restart,) if cfg.restart else ()
         self.device = torch.device(device)
         dataset, specs = load_federation(cfg)
         method_cls = get_method(cfg.method)
@@ -61,8 +64,12 @@ class ClientActor:
             spec = specs[cid]
             views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])).to(self.device) for v in spec.views}
             data = LocalData(cid, views, dataset.labels[spec.indices].copy(), spec.indices.copy())
+            if spec.test_indices is not None:
+                test_views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.test_indices])).to(self.device)
+                              for v in spec.views}
+                data.test = LocalData(cid, test_views, dataset.labels[spec.test_indices].copy(), spec.test_indices.copy())
             method = method_cls(method_cfg, dataset.view_dims, dataset.n_clusters, cfg.num_clients)
-            model = method.build_model(seed=derive_seed(cfg.seed, 1, cid)).to(self.device)
+            model = method.build_model(seed=derive_seed(cfg.seed, 1, cid, *self._restart)).to(self.device)
             self.clients[cid] = SimulatedClient(data, method, model, method.make_optimizer(model))
         del dataset  # other clients' samples are dropped here
         self.privacy = None
@@ -82,6 +89,7 @@ class ClientActor:
                 "round_cost": c.method.round_cost(c.data, self.cfg.num_clients),
                 "pretrain_cost": c.method.round_cost(c.data, 0),
                 "num_parameters": sum(p.numel() for p in c.model.parameters()),
+                "hooks": [h for h in ("predict", "selection_loss", "extra_metrics") if hasattr(c.method, h)],
             }
             for cid, c in self.clients.items()
         }
@@ -106,7 +114,7 @@ class ClientActor:
         aggregated_at = time.perf_counter()
         # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
         start_params = flat_parameters(client.model).cpu().numpy() if self.privacy is not None and not pretrain else None
-        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain)))
+        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart))
         context = RoundContext(round_, "pretrain" if pretrain else "train",
                                self.cfg.pretrain_rounds if pretrain else self.cfg.rounds)
         losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
@@ -167,6 +175,25 @@ class ClientActor:
         if p is None:
             raise ValueError(f"method '{self.cfg.method}' has no soft assignments; use evaluation=fmcsc")
         return {"probabilities": p, "labels_true": client.data.labels, "indices": client.data.indices}
+
+
+    def classify(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
+        """Classification task: class probabilities on the client's held-out test split."""
+        client, model = self._load_for_eval(client_id, wrapped_ref)
+        test = client.data.test
+        if test is None:
+            raise ValueError("classification evaluation needs task=classification (a test split)")
+        return {"probabilities": client.method.predict(model, test), "labels_true": test.labels, "indices": test.indices}
+
+    def final_extras(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
+        """The method's optional label-free selection loss and extra metrics on this client."""
+        client, model = self._load_for_eval(client_id, wrapped_ref)
+        out: dict[str, Any] = {"n_samples": client.data.n_samples, "metrics": {}}
+        if hasattr(client.method, "selection_loss"):
+            out["metrics"]["selection_loss"] = float(client.method.selection_loss(model, client.data))
+        if hasattr(client.method, "extra_metrics"):
+            out["metrics"].update({k: float(v) for k, v in client.method.extra_metrics(model, client.data).items()})
+        return out
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 The driver calls this to validate the data before any actor starts; each client actor calls it
 again and keeps only its own shards. Both get the same split because every draw is seeded.
+Order: the partition (samples and F/M/S modalities), the Fig. 5a subsample, the Bernoulli
+missing modalities (a client can only lose modalities it has), then the classification task's
+per-client train/test split.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 
 from fedsim.config import ExperimentConfig
 from fedsim.data.datasets import MultiViewDataset, load_dataset
-from fedsim.data.partition import ClientSpec, partition
+from fedsim.data.partition import ClientSpec, partition, split_train_test
 
 
 def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[ClientSpec]]:
@@ -30,4 +33,10 @@ def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[Clien
             if c.indices.size > cfg.samples_per_client else c
             for c in clients
         ]
+    if cfg.missing_rate:
+        from fedsim.data.missing import apply_missing_modalities
+
+        clients = apply_missing_modalities(clients, dataset.n_views, cfg.missing_rate, seed=cfg.seed)
+    if cfg.task == "classification":
+        clients = split_train_test(clients, dataset.labels, cfg.test_fraction, seed=cfg.seed)
     return dataset, clients

@@ -35,7 +35,7 @@ ACTOR_LOST = (RayActorError, ActorUnavailableError)
 
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import argmax_assignments, global_kmeans
-from fedsim.metrics import cluster_accuracy, clustering_metrics
+from fedsim.metrics import classification_metrics, cluster_accuracy, clustering_metrics
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
 from fedsim.runtime.server import Snapshot, UploadRecord
@@ -97,6 +97,7 @@ class Federation:
         self._latest: dict[str, float] = {}
         self._phase = "train"
         self._pretrain_rounds = (0, 0)
+        self._has_extras = any(h in clients[0].get("hooks", ()) for h in ("selection_loss", "extra_metrics"))
         if cfg.stop.rule == "group":
             self._group = [c for c in range(self.u) if cfg.stop.group == "all" or (c % 2 == 0) == (cfg.stop.group == "even")]
         else:
@@ -286,37 +287,55 @@ class Federation:
         raise AssertionError("unreachable")
 
     def evaluate(self, final: bool = False) -> EvaluationRecord:
-        """Clustering metrics over all N samples, each client using the server's copy of its model.
+        """Metrics over all clients, each client using the server's copy of its model.
 
-        ``fmcsc`` (default, PROTOCOLS.md): k-means on client 0's features, every other client runs
-        k-means initialised with those centres; ``global_kmeans``: one k-means over all clients'
-        embeddings; ``argmax``: argmax of the method's soft assignments."""
+        Clustering (transductive, every sample): ``fmcsc`` (default, PROTOCOLS.md): k-means on
+        client 0's features, every other client runs k-means initialised with those centres;
+        ``global_kmeans``: one k-means over all clients' embeddings; ``argmax``: argmax of the
+        method's soft assignments. Classification: every client predicts its own held-out test
+        split; accuracy, macro-F1 and UAR over all test samples. At the final evaluation the
+        method's optional ``selection_loss`` and ``extra_metrics`` are averaged over clients,
+        weighted by sample count."""
         began = time.perf_counter()
         snapshot = self._snapshot()
         cfg = self.cfg
         refs = {c: [snapshot.entry(c).ref] for c in range(self.u)}
-        if cfg.evaluation == "fmcsc":
-            def run() -> list[dict[str, Any]]:
-                first = ray.get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed))
-                rest = ray.get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
-                                                                  cfg.kmeans_n_init, cfg.seed) for c in range(1, self.u)])
-                return [first, *rest]
-            parts = self._with_retry(run)
-            pred = np.concatenate([p["labels_pred"] for p in parts])
-        elif cfg.evaluation == "global_kmeans":
-            parts = self._with_retry(lambda: ray.get([self.actor_of[c].embed.remote(c, refs[c]) for c in range(self.u)]))
-            pred = global_kmeans(np.concatenate([p["features"] for p in parts]), self.n_clusters, seed=cfg.seed,
-                                 n_init=cfg.kmeans_n_init)
-        else:
-            parts = self._with_retry(lambda: ray.get([self.actor_of[c].soft_assignments.remote(c, refs[c]) for c in range(self.u)]))
+        if cfg.task == "classification":
+            parts = self._with_retry(lambda: ray.get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)]))
+            true = np.concatenate([p["labels_true"] for p in parts])
             pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
-        true = np.concatenate([p["labels_true"] for p in parts])
-        metrics = clustering_metrics(true, pred)
-        # Diagnostic: each client's own ACC. A high mean with a low global ACC means the clients'
-        # cluster ids disagree (their models embed differently), not that the features are poor.
-        sizes = np.cumsum([0] + [len(p["labels_true"]) for p in parts])
-        metrics["client_acc_mean"] = float(np.mean([
-            cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]))
+            metrics = classification_metrics(true, pred)
+        else:
+            if cfg.evaluation == "fmcsc":
+                def run() -> list[dict[str, Any]]:
+                    first = ray.get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed))
+                    rest = ray.get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
+                                                                      cfg.kmeans_n_init, cfg.seed) for c in range(1, self.u)])
+                    return [first, *rest]
+                parts = self._with_retry(run)
+                pred = np.concatenate([p["labels_pred"] for p in parts])
+            elif cfg.evaluation == "global_kmeans":
+                parts = self._with_retry(lambda: ray.get([self.actor_of[c].embed.remote(c, refs[c]) for c in range(self.u)]))
+                pred = global_kmeans(np.concatenate([p["features"] for p in parts]), self.n_clusters, seed=cfg.seed,
+                                     n_init=cfg.kmeans_n_init)
+            else:
+                parts = self._with_retry(lambda: ray.get([self.actor_of[c].soft_assignments.remote(c, refs[c]) for c in range(self.u)]))
+                pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
+            true = np.concatenate([p["labels_true"] for p in parts])
+            metrics = clustering_metrics(true, pred)
+            # Diagnostic: each client's own ACC. A high mean with a low global ACC means the clients'
+            # cluster ids disagree (their models embed differently), not that the features are poor.
+            sizes = np.cumsum([0] + [len(p["labels_true"]) for p in parts])
+            metrics["client_acc_mean"] = float(np.mean([
+                cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]))
+        if final and self._has_extras:
+            extras = self._with_retry(lambda: ray.get([self.actor_of[c].final_extras.remote(c, refs[c]) for c in range(self.u)]))
+            weights = np.array([e["n_samples"] for e in extras], dtype=float)
+            for key in sorted({k for e in extras for k in e["metrics"]}):
+                values = np.array([e["metrics"].get(key, np.nan) for e in extras])
+                ok = ~np.isnan(values)
+                if ok.any():
+                    metrics[key] = float(np.average(values[ok], weights=weights[ok]))
         self._latest = metrics
         self._assignments = pd.DataFrame({
             "client_id": np.concatenate([np.full(len(p["labels_true"]), c) for c, p in enumerate(parts)]),
@@ -327,6 +346,7 @@ class Federation:
                                   wall_time=time.perf_counter() - self._wall_start, metrics=metrics, final=final,
                                   duration_s=time.perf_counter() - began)
         self.history.append(record)
-        self.server.record_evaluation.remote({k: metrics[k] for k in ("acc", "nmi", "ari", "purity")})
+        self.server.record_evaluation.remote({k: metrics[k] for k in ("acc", "nmi", "ari", "purity", "accuracy",
+                                                                      "macro_f1", "uar") if k in metrics})
         self.callback.on_evaluation(record, self.progress())
         return record
