@@ -10,6 +10,8 @@ becomes a one-line ``ConfigError`` naming the key and the fix.
 
 from __future__ import annotations
 
+import copy
+
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -253,8 +255,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Apply ``key=value`` overrides to a raw mapping and validate it (method section included)."""
-    data = dict(raw)
+    """Apply ``key=value`` overrides to a raw mapping and validate it (method section included).
+
+    ``raw`` is never modified: overrides go into a deep copy (a sweep builds every trial from one
+    base mapping; a shallow copy let one trial's ``afmcc.*`` override leak into the next)."""
+    data = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         _set_path(data, path, value)

@@ -98,3 +98,14 @@ def test_cli_run_writes_result_json(tmp_path):
 
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+
+
+def test_overrides_never_leak_into_the_base_mapping():
+    """Sweeps build every trial from one base mapping: an override of a nested key must not
+    change it (it did with a shallow copy, so a Table 3b 'full' trial ran with every ablation)."""
+    from fedsim.config import build_config
+
+    base = {"method": "afmcc", "afmcc": {"alpha": 0.01}, "stop": {"rule": "rounds"}}
+    build_config(base, ["afmcc.use_contrastive=false", "stop.rule=group"])
+    assert base == {"method": "afmcc", "afmcc": {"alpha": 0.01}, "stop": {"rule": "rounds"}}
+    assert build_config(base).method_params["use_contrastive"] is True

@@ -36,7 +36,21 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
             kwargs["num_cpus"] = cfg.runtime.num_cpus
         # address="local": always a fresh local Ray, never a stray cluster left by a crashed
         # run; to attach to a running cluster set RAY_ADDRESS (e.g. "auto" on its head node).
-        context = ray.init(address="local", **kwargs)
+        try:
+            context = ray.init(address="local", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises plain exceptions for a taken port
+            if not (cfg.runtime.include_dashboard and "bind" in str(exc).lower()):
+                raise
+            # Another local Ray (a concurrent run) holds the dashboard port: run without a
+            # dashboard rather than fail; say so, since the user may be looking for it.
+            import sys
+
+            print(f"fedsim: warning: dashboard port {cfg.runtime.dashboard_port} is taken ({exc}); running without "
+                  "the Ray dashboard (set runtime.dashboard_port to another port to have one)", file=sys.stderr)
+            ray.shutdown()
+            kwargs["include_dashboard"] = False
+            kwargs.pop("dashboard_port")
+            context = ray.init(address="local", **kwargs)
     url = getattr(context, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = "http://" + url
