@@ -9,6 +9,14 @@ import pytest
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def pytest_configure(config):
+    # Unit tests train small models in the test process itself: one torch thread, as Ray gives
+    # the actors, since two threads fighting the Ray workers for 2 cores run 20-40x slower.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -14,7 +14,17 @@ from importlib.metadata import entry_points
 from fedsim.errors import ConfigError
 
 BUILTIN_METHODS: dict[str, str] = {
+    # federated clustering
     "afmcc": "fedsim.methods.afmcc:AFMCC",
+    # centralised clustering methods, also runnable federated with modality-aware FedAvg
+    "cmmc": "fedsim.methods.cmmc:CMMC",
+    "msdib": "fedsim.methods.msdib:MSDIB",
+    "gib": "fedsim.methods.gib:GIB",
+    # supervised, missing modalities (task: classification)
+    "fedrecon": "fedsim.methods.fedrecon:FedRecon",
+    "fedavg": "fedsim.methods.supervised:FedAvg",
+    "fedprox": "fedsim.methods.supervised:FedProx",
+    "fedopt": "fedsim.methods.supervised:FedOpt",
 }
 
 
