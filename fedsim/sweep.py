@@ -181,6 +181,13 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 # Final scores a trial reports: clustering (acc/nmi/ari/purity), classification (accuracy/macro_f1/
 # uar), and a method's label-free selection loss when it has one.
 SCORE_KEYS = ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar", "selection_loss")
+# A method's extra_metrics (e.g. FedRecon's coherence_*, recon_mse, cross_mse) are reported too.
+EXTRA_SCORE_PREFIXES = ("coherence", "recon_mse", "cross_mse", "fusion_weight_")
+
+
+def _score_keys(s: dict[str, Any]) -> list[str]:
+    return [k for k in s if (k in SCORE_KEYS or k.startswith(EXTRA_SCORE_PREFIXES))
+            and isinstance(s[k], (int, float)) and not isinstance(s[k], bool)]
 
 
 def trial_key(params: dict[str, Any]) -> str:
@@ -190,7 +197,7 @@ def trial_key(params: dict[str, Any]) -> str:
 
 def _final_report(s: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return {
-        **{k: s[k] for k in SCORE_KEYS if k in s}, "sim_time": s["simulated_time"],
+        **{k: s[k] for k in _score_keys(s)}, "sim_time": s["simulated_time"],
         "wall_time_s": s["wall_time"], "uploads": s["uploads"], "mlflow_run_id": s["mlflow_run_id"],
         "history": json.dumps(s["history"]), "done_params": json.dumps(params),
     }
@@ -311,7 +318,7 @@ def _trial_frame(results: Any) -> pd.DataFrame:
         m = r.metrics or {}
         if r.error is not None or "done_params" not in m:
             continue
-        rows.append({**json.loads(m["done_params"]), **{k: m[k] for k in (*SCORE_KEYS, "sim_time", "wall_time_s",
+        rows.append({**json.loads(m["done_params"]), **{k: m[k] for k in (*_score_keys(m), "sim_time", "wall_time_s",
                                                                           "mlflow_run_id") if k in m},
                      "history": m["history"]})
     return pd.DataFrame(rows)

@@ -120,3 +120,15 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     table = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))).read_text()
     assert "| 2:1 | 2 |" in table and "| 1:1 | 2 |" in table
     assert json.loads(json.dumps(parent.data.metrics))  # the per-cell means are logged as metrics
+
+
+def test_trial_reports_carry_method_extra_metrics():
+    """A grid may tabulate a method's extra metrics (FedRecon's coherence); they must reach the
+    trial's report, or summarise() fails on the missing column."""
+    from fedsim.sweep import _final_report
+
+    summary = {"accuracy": 0.9, "uar": 0.8, "coherence": 0.7, "coherence_real": 0.95, "cross_mse": 0.04,
+               "simulated_time": 1.0, "wall_time": 2.0, "uploads": 3, "mlflow_run_id": None, "history": [], "seed": 0}
+    report = _final_report(summary, {"seed": 0})
+    assert {"accuracy", "uar", "coherence", "coherence_real", "cross_mse"} <= set(report)
+    assert "seed" not in report and "acc" not in report
