@@ -9,7 +9,7 @@ CONFIG ?= configs/afmcc/handwritten.yaml
 SET ?=
 STAMP := $(VENV)/.fedsim-installed
 
-.PHONY: install test run bench mlflow-ui clean
+.PHONY: install test run bench mlflow-ui clean report
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ run: install
 
 bench: install
 	$(BIN)/python bench/bench_afmcc.py
+
+# The reproduction report (reports/REPRODUCTION.md and plots), from the sweeps in MLflow alone.
+report: install
+	$(BIN)/fedsim report --out reports
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -36,7 +36,28 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-concurrent", type=int, default=None)
     sweep.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted sweep")
     sweep.add_argument("--storage", default="results/sweeps", help="where Tune keeps the sweep's state")
+    report = sub.add_parser("report", help="write reports/REPRODUCTION.md (papers' tables beside ours) from MLflow")
+    report.add_argument("--out", default="reports", help="folder for REPRODUCTION.md and its plots")
+    report.add_argument("--tracking-uri", default=None,
+                        help="MLflow store to read (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    report.add_argument("--data-dir", help="folder holding dataset files (to tell runnable from unavailable datasets)")
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedsim.report import write_report
+    from fedsim.tracking import DEFAULT_TRACKING_URI
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise FedsimError(f"no MLflow store at {db}; run a sweep first (make sweep DATASET=bdgp) "
+                              "or pass --tracking-uri")
+        uri = "sqlite:///" + str(db.resolve())
+    path = write_report(uri, args.out, args.data_dir)
+    print(f"fedsim: wrote {path} and {len(list(path.parent.glob('*.png')))} plots from {uri}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -118,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "report":
+            return _report(args)
         return _datasets()
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)

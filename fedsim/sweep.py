@@ -56,6 +56,10 @@ class GridSpec:
     variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # named axis values
     # Line plot of the first metric (mean +- std over seeds): {"x": axis, "lines": axis, "panels": axis}
     plot: dict[str, str] | None = None
+    # For the reproduction report: datasets of ours to run the grid on beyond those with paper
+    # values, and the paper's datasets we do not hold (name -> why), listed rather than omitted.
+    report_datasets: list[str] = field(default_factory=list)
+    not_held: dict[str, str] = field(default_factory=dict)
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: ``key=value`` per axis, or a named variant's overrides."""
@@ -92,6 +96,8 @@ def load_grid(method: str, grid: str) -> GridSpec:
             metrics=list(table.get("metrics", ["acc", "nmi", "ari"])), paper=raw.get("paper", {}) or {},
             time_to_reach=raw.get("time_to_reach"), datasets=raw.get("datasets", {}) or {},
             variants=raw.get("variants", {}) or {}, plot=table.get("plot"),
+            report_datasets=list(raw.get("report", {}).get("datasets", [])),
+            not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
@@ -113,6 +119,13 @@ class SweepPlan:
     trial_gpus: float
     actors_per_trial: int
     clients_per_actor: int
+    extra: list[str] = field(default_factory=list)  # the user's --set overrides (EXTRA=...)
+
+    @property
+    def command(self) -> str:
+        """The command that reruns this sweep (the report prints it beside each table)."""
+        extra = f' EXTRA="{" ".join(self.extra)}"' if self.extra else ""
+        return f"make sweep DATASET={self.dataset} METHOD={self.spec.method} GRID={self.spec.name}{extra}"
 
 
 def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpus: float | None = None,
@@ -138,7 +151,7 @@ def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpu
     name = f"{method}_{dataset}_{grid}"
     return SweepPlan(spec, dataset, base, overrides, experiment=f"sweep/{method}/{dataset}/{grid}",
                      storage=Path(storage).resolve() / name, trial_cpus=cpus, trial_gpus=trial_gpus,
-                     actors_per_trial=actors, clients_per_actor=math.ceil(u / actors))
+                     actors_per_trial=actors, clients_per_actor=math.ceil(u / actors), extra=list(extra))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +181,7 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         tune.report(_final_report(done, params))
         return
     cfg = build_config(ctx["base"], ctx["overrides"] + ctx["spec"].trial_overrides(params) + [
-        f"tracking.tags={json.dumps({'fedsim.trial': key})}",
+        f"tracking.tags={json.dumps({'fedsim.trial': key, 'fedsim.grid_point': json.dumps(params)})}",
         f"tracking.experiment={ctx['experiment']}", f"tracking.parent_run_id={ctx['parent_run_id']}",
         f"tracking.run_name={'-'.join(f'{k}={v}' for k, v in params.items())}", "tracking.progress=false",
         f"runtime.num_cpus={ctx['actor_cpus']}", f"runtime.num_gpus={ctx['actor_gpus']}",
@@ -248,7 +261,8 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
         with mlflow.start_run(run_name=f"{plan.spec.name} summary") as parent:
             parent_id = parent.info.run_id
             mlflow.set_tags({"fedsim.sweep": plan.spec.name, "fedsim.reproduces": plan.spec.reproduces,
-                             "fedsim.dataset": plan.dataset, "fedsim.method": plan.spec.method})
+                             "fedsim.dataset": plan.dataset, "fedsim.method": plan.spec.method,
+                             "fedsim.extra": json.dumps(plan.extra), "fedsim.command": plan.command})
             mlflow.log_dict({"grid": plan.spec.grid, "overrides": plan.overrides}, "grid.json")
         mlflow.MlflowClient().update_run(parent_id, status="RUNNING")  # until the table is logged
         state_file.write_text(json.dumps({"parent_run_id": parent_id}))
@@ -257,6 +271,8 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
     if owned:
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     try:
+        # Where the grid ran, for the wall times the reproduction report prints.
+        mlflow.MlflowClient().set_tag(parent_id, "fedsim.machine", _machine_description())
         # The trainable and the parameter server take a sliver each out of the trial's CPUs: a
         # placement group larger than the node would leave every trial PENDING forever.
         actor_cpus = plan.trial_cpus - 2 * HEAD_BUNDLE_CPUS
@@ -302,6 +318,18 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
             ray.shutdown()
 
 
+def _machine_description() -> str:
+    import platform
+
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    gpus = int(res.get("GPU", 0))
+    return (f"{nodes} node(s), {int(res.get('CPU', 0))} CPUs, {gpus} GPU(s)"
+            f"{'' if gpus else ' (CPU only)'}; driver {platform.system()} {platform.machine()}")
+
+
 def _mark_stale_children(parent_id: str) -> None:
     import mlflow
 
@@ -326,12 +354,17 @@ def _trial_frame(results: Any) -> pd.DataFrame:
 
 def summarise(plan: SweepPlan, frame: pd.DataFrame) -> pd.DataFrame:
     """Mean +- std over the non-table axes (seeds), in percent, with the paper's value beside."""
-    spec = plan.spec
+    return summarise_grid(plan.spec, plan.dataset, frame)
+
+
+def summarise_grid(spec: GridSpec, dataset: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """``summarise`` for a grid and dataset (the report rebuilds tables from MLflow with it).
+    ``{m}_paper`` / ``{m}_paper_std`` hold the paper's mean and std (NaN where not printed)."""
     keys = spec.rows + ([spec.columns] if spec.columns else [])
     if frame.empty:
         return pd.DataFrame()
     groups = frame.groupby(keys, sort=False) if keys else [((), frame)]
-    paper = spec.paper.get(plan.dataset, {})  # none for synthetic stand-ins: not the paper's data
+    paper = spec.paper.get(dataset, {})  # none for synthetic stand-ins: not the paper's data
     rows = []
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
@@ -343,6 +376,7 @@ def summarise(plan: SweepPlan, frame: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_std"] = 100 * g[m].std(ddof=0)
             value = cell.get(m)
             row[f"{m}_paper"] = value[0] if isinstance(value, list) else value
+            row[f"{m}_paper_std"] = value[1] if isinstance(value, list) else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows)
     if spec.time_to_reach:
@@ -417,11 +451,52 @@ def _line_plot(plt: Any, spec: GridSpec, frame: pd.DataFrame, d: Path) -> None:
         plt.close(fig)
 
 
-def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd.DataFrame) -> None:
+def write_plots(spec: GridSpec, frame: pd.DataFrame, d: Path, prefix: str = "") -> list[Path]:
+    """The grid's plots as PNGs in ``d`` (file names start with ``prefix``): a heatmap of the first
+    metric for 2-D grids, the grid's line plot (``table.plot``), and ACC against simulated time for
+    grids with a ``mode`` axis (``frame`` then needs a ``history`` column). Returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    before = set(d.iterdir())
+    axes = [k for k in spec.grid if k != "seed" and len(spec.grid[k]) > 1]
+    if len(axes) == 2 and not frame.empty:
+        a, b = axes
+        metric = spec.metrics[0]
+        pivot = frame.groupby([a, b])[metric].mean().unstack(b) * 100
+        fig, ax = plt.subplots(figsize=(5, 4))
+        im = ax.imshow(pivot.values, cmap="viridis")
+        ax.set_xticks(range(len(pivot.columns)), [str(c) for c in pivot.columns])
+        ax.set_yticks(range(len(pivot.index)), [str(i) for i in pivot.index])
+        ax.set_xlabel(b)
+        ax.set_ylabel(a)
+        fig.colorbar(im, label=f"{metric} (%)")
+        fig.tight_layout()
+        fig.savefig(d / f"heatmap_{metric}.png", dpi=120)
+        plt.close(fig)
+    if spec.plot and not frame.empty:
+        _line_plot(plt, spec, frame, d)
+    if "mode" in frame and "acc" in frame and not frame.empty:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for _, r in frame.iterrows():
+            hist = json.loads(r["history"])
+            label = ", ".join(f"{k}={r[k]}" for k in spec.grid if k != "seed")
+            ax.plot([h["sim_time"] for h in hist], [100 * h["acc"] for h in hist], marker=".", label=label)
+        ax.set_xlabel("simulated time (work units)")
+        ax.set_ylabel("ACC (%)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(d / "acc_vs_sim_time.png", dpi=120)
+        plt.close(fig)
+    made = sorted(set(d.iterdir()) - before)
+    if prefix:
+        made = [p.rename(p.with_name(prefix + p.name)) for p in made]
+    return made
+
+
+def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd.DataFrame) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -430,35 +505,7 @@ def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd
         table.to_parquet(d / "summary.parquet")
         frame.drop(columns=["history"], errors="ignore").to_parquet(d / "trials.parquet")
         (d / "summary.md").write_text(to_markdown(plan, table) if not table.empty else "no finished trials\n")
-        axes = [k for k in plan.spec.grid if k != "seed" and len(plan.spec.grid[k]) > 1]
-        if len(axes) == 2 and not frame.empty:
-            a, b = axes
-            metric = plan.spec.metrics[0]
-            pivot = frame.groupby([a, b])[metric].mean().unstack(b) * 100
-            fig, ax = plt.subplots(figsize=(5, 4))
-            im = ax.imshow(pivot.values, cmap="viridis")
-            ax.set_xticks(range(len(pivot.columns)), [str(c) for c in pivot.columns])
-            ax.set_yticks(range(len(pivot.index)), [str(i) for i in pivot.index])
-            ax.set_xlabel(b)
-            ax.set_ylabel(a)
-            fig.colorbar(im, label=f"{metric} (%)")
-            fig.tight_layout()
-            fig.savefig(d / f"heatmap_{metric}.png", dpi=120)
-            plt.close(fig)
-        if plan.spec.plot and not frame.empty:
-            _line_plot(plt, plan.spec, frame, d)
-        if "mode" in frame and "acc" in frame and not frame.empty:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for _, r in frame.iterrows():
-                hist = json.loads(r["history"])
-                label = ", ".join(f"{k}={r[k]}" for k in plan.spec.grid if k != "seed")
-                ax.plot([h["sim_time"] for h in hist], [100 * h["acc"] for h in hist], marker=".", label=label)
-            ax.set_xlabel("simulated time (work units)")
-            ax.set_ylabel("ACC (%)")
-            ax.legend(fontsize=6)
-            fig.tight_layout()
-            fig.savefig(d / "acc_vs_sim_time.png", dpi=120)
-            plt.close(fig)
+        write_plots(plan.spec, frame, d)
         for path in d.iterdir():
             client.log_artifact(parent_id, str(path))
     for _, r in table.iterrows():

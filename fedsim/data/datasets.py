@@ -538,6 +538,21 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+def dataset_availability(name: str, data_dir: str | None = None) -> str | None:
+    """None when ``name`` can be loaded here (synthetic, or its file is found without reading
+    it); otherwise why not, in one line (the reproduction report lists such datasets)."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        return "not in fedsim's dataset registry: no public copy was obtained (shared/data/MANIFEST.md, 'Not obtained')"
+    if spec.synthetic_params is not None:
+        return None
+    try:
+        _locate(spec, data_dir)
+    except DataError:
+        return f"file not found here ({', '.join(spec.filenames)}); {spec.source}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------

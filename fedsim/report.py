@@ -1,0 +1,344 @@
+"""The reproduction report: the papers' tables beside ours, rebuilt from MLflow alone.
+
+``make report`` (``fedsim report``) reads every sweep in the MLflow store (experiments named
+``sweep/<method>/<dataset>/<grid>``, see fedsim/sweep.py), rebuilds each grid's table from the
+trial runs' final metrics (never from re-typed numbers), and writes ``reports/REPRODUCTION.md``
+with PNG plots beside it. For each grid file in tune/grids and each dataset the grid names
+(paper values, ``report.datasets``) or that has runs, it writes one of:
+
+- the table: ours (mean +- std over seeds, percent), the paper's value, the difference, the
+  number of finished trials against the planned ones, the command that regenerates it, the
+  sweep's wall time and the machine it ran on; rows that fall short of the paper by more than
+  the paper's reported std are marked, and the grid's findings file
+  (``reports/findings/<method>_<grid>.md``, hand-written: what was checked) follows the table;
+- "not run yet" with the command to run it;
+- "not available here" with the reason (file missing, or no public copy exists): datasets the
+  papers use that we cannot obtain are listed, never silently dropped.
+
+Only the latest summary run of an experiment counts (a sweep rerun with ``--fresh`` replaces
+the earlier one); a summary run still RUNNING (a sweep in progress or interrupted) contributes
+its finished trials, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsim.sweep import (GRID_DIR, ROOT, GridSpec, _score_keys, grid_names, load_grid, summarise_grid,
+                          write_plots)
+
+METHOD_ORDER = ("afmcc", "cmmc", "msdib", "gib", "fedrecon")
+SKIPPED_GRIDS = {("afmcc", "smoke")}  # the sweep test's grid, not a paper table
+FINDINGS_DIR = "findings"
+
+
+@dataclass
+class SweepRecord:
+    """One sweep as stored in MLflow: its summary run and the finished trials' scores."""
+
+    spec: GridSpec
+    dataset: str
+    parent_id: str
+    status: str
+    frame: pd.DataFrame  # one row per FINISHED trial: grid axes, final scores, wall_time_s, mlflow_run_id
+    planned: int
+    unmatched: int  # finished runs whose grid point is no longer in the grid file
+    wall_time_s: float | None  # the summary run's start to end (FINISHED sweeps only)
+    trial_wall_time_s: float
+    machine: str
+    command: str
+    started: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading MLflow
+
+
+def _grid_point(run: Any, spec: GridSpec, by_name: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    tag = run.data.tags.get("fedsim.grid_point")
+    if tag:
+        point = json.loads(tag)
+        return point if point in spec.trials else None
+    # Runs logged before the grid point was tagged: the sweep names each run k=v-k=v in grid order.
+    return by_name.get(run.data.tags.get("mlflow.runName", run.info.run_name))
+
+
+def _command(spec: GridSpec, dataset: str, parent: Any, client: Any) -> str:
+    tag = parent.data.tags.get("fedsim.command")
+    if tag:
+        return tag
+    extra: list[str] = []
+    try:  # older sweeps: the user's overrides are what grid.json holds beyond the grid's own
+        overrides = json.loads(Path(client.download_artifacts(parent.info.run_id, "grid.json")).read_text())["overrides"]
+        known = {f"dataset={dataset}", *[f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in
+                                         {**spec.fixed, **spec.datasets.get(dataset, {})}.items()]}
+        extra = [o for o in overrides if o not in known]
+    except Exception:  # noqa: BLE001 - no grid.json: assume no extra overrides
+        pass
+    suffix = f' EXTRA="{" ".join(extra)}"' if extra else ""
+    return f"make sweep DATASET={dataset} METHOD={spec.method} GRID={spec.name}{suffix}"
+
+
+def _history(client: Any, run_id: str) -> str:
+    points = sorted(client.get_metric_history(run_id, "acc"), key=lambda m: (m.timestamp, m.step))
+    return json.dumps([{"sim_time": float(m.step), "acc": float(m.value)} for m in points])
+
+
+def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> SweepRecord | None:
+    runs = client.search_runs([experiment.experiment_id], max_results=50000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        return None
+    children: dict[str, list[Any]] = {}
+    for r in runs:
+        if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED":
+            children.setdefault(r.data.tags["mlflow.parentRunId"], []).append(r)
+    # The latest summary run that has finished trials (else the latest one).
+    parents.sort(key=lambda r: r.info.start_time, reverse=True)
+    parent = next((p for p in parents if children.get(p.info.run_id)), parents[0])
+    by_name = {"-".join(f"{k}={v}" for k, v in t.items()): t for t in spec.trials}
+    needs_history = bool(spec.time_to_reach) or "mode" in spec.grid
+    rows, unmatched, seen = [], 0, set()
+    for run in sorted(children.get(parent.info.run_id, []), key=lambda r: r.info.start_time):
+        point = _grid_point(run, spec, by_name)
+        key = json.dumps(point, sort_keys=True)
+        if point is None or key in seen:
+            unmatched += point is None
+            continue
+        seen.add(key)
+        finals = {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")}
+        row = {**point, **{k: finals[k] for k in _score_keys(finals)},
+               "wall_time_s": finals.get("wall_time", float("nan")), "sim_time": finals.get("sim_time", float("nan")),
+               "mlflow_run_id": run.info.run_id}
+        if needs_history:
+            row["history"] = _history(client, run.info.run_id)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    info = parent.info
+    wall = (info.end_time - info.start_time) / 1000 if info.status == "FINISHED" and info.end_time else None
+    return SweepRecord(
+        spec=spec, dataset=dataset, parent_id=info.run_id, status=info.status, frame=frame, planned=len(spec.trials),
+        unmatched=unmatched, wall_time_s=wall,
+        trial_wall_time_s=float(frame["wall_time_s"].sum()) if not frame.empty else 0.0,
+        machine=parent.data.tags.get("fedsim.machine", "not recorded (sweep run before fedsim tagged the machine)"),
+        command=_command(spec, dataset, parent, client),
+        started=datetime.fromtimestamp(info.start_time / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def read_sweeps(tracking_uri: str) -> dict[tuple[str, str, str], SweepRecord]:
+    """Every sweep in the store whose grid file still exists, keyed (method, dataset, grid)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    out: dict[tuple[str, str, str], SweepRecord] = {}
+    for exp in client.search_experiments():
+        parts = exp.name.split("/")
+        if len(parts) != 4 or parts[0] != "sweep":
+            continue
+        _, method, dataset, grid = parts
+        if (method, grid) in SKIPPED_GRIDS or dataset.startswith("synthetic") \
+                or not (GRID_DIR / method / f"{grid}.yaml").is_file():
+            continue
+        record = read_sweep(client, exp, load_grid(method, grid), dataset)
+        if record is not None:
+            out[(method, dataset, grid)] = record
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and plots
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def gap_rows(spec: GridSpec, table: pd.DataFrame) -> list[tuple[str, str, float, float]]:
+    """(row label, metric, ours - paper, paper std) where ours falls short of the paper by more
+    than the paper's reported std (0 where the paper prints no std)."""
+    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    out = []
+    for _, r in table.iterrows():
+        for m in spec.metrics:
+            paper = r.get(f"{m}_paper")
+            if paper is None or (isinstance(paper, float) and math.isnan(paper)):
+                continue
+            std = r.get(f"{m}_paper_std")
+            std = 0.0 if std is None or math.isnan(std) else float(std)
+            diff = float(r[f"{m}_mean"]) - float(paper)
+            if -diff > std:
+                out.append((" / ".join(str(r[k]) for k in keys) or "all", m.upper(), diff, std))
+    return out
+
+
+def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
+    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    has_paper = any(table[f"{m}_paper"].notna().any() for m in spec.metrics)
+    header = [*keys, "n"]
+    for m in spec.metrics:
+        header += [f"{m.upper()} ours"] + ([f"{m.upper()} paper", "Δ"] if has_paper else [])
+    extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
+    header += extra
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
+        for m in spec.metrics:
+            cells.append(f"{_fmt(r[f'{m}_mean'])} ± {_fmt(r[f'{m}_std'])}")
+            if has_paper:
+                paper, std = r[f"{m}_paper"], r[f"{m}_paper_std"]
+                paper = float("nan") if paper is None else float(paper)
+                cells.append("—" if math.isnan(paper) else _fmt(paper) + ("" if math.isnan(std) else f" ± {_fmt(std)}"))
+                diff = float(r[f"{m}_mean"]) - paper
+                short = not math.isnan(diff) and -diff > (0.0 if math.isnan(std) else std)
+                cells.append("—" if math.isnan(diff) else f"{diff:+.1f}{' ⚠' if short else ''}")
+        cells += [f"{r[c]:.4g}" for c in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_plot(spec: GridSpec, table: pd.DataFrame, path: Path) -> Path | None:
+    """Grouped bars: ours (mean +- std) against the paper's value, per table row and metric."""
+    if not any(table[f"{m}_paper"].notna().any() for m in spec.metrics):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    labels = [" / ".join(str(r[k]) for k in keys) or "all" for _, r in table.iterrows()]
+    fig, axes = plt.subplots(1, len(spec.metrics), figsize=(3.2 * len(spec.metrics) + 1, 3.4), squeeze=False)
+    x = np.arange(len(labels))
+    for ax, m in zip(axes[0], spec.metrics):
+        ours = table[f"{m}_mean"].to_numpy(float)
+        paper = pd.to_numeric(table[f"{m}_paper"], errors="coerce").to_numpy(float)
+        ax.bar(x - 0.2, ours, 0.4, yerr=table[f"{m}_std"].to_numpy(float), capsize=3, label="fedsim")
+        ax.bar(x + 0.2, paper, 0.4, yerr=np.nan_to_num(table[f"{m}_paper_std"].to_numpy(float)), capsize=3,
+               label="paper")
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(f"{m.upper()} (%)")
+        ax.set_ylim(0, 100)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(spec.reproduces, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _datasets_for(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord]) -> list[str]:
+    names = [*spec.report_datasets, *spec.paper, *spec.datasets]
+    names += [d for (m, d, g) in sweeps if m == spec.method and g == spec.name]
+    return [d for d in dict.fromkeys(names) if not d.startswith("synthetic")]
+
+
+def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], out_dir: Path,
+             data_dir: str | None) -> tuple[list[str], list[dict[str, Any]]]:
+    from fedsim.data.datasets import dataset_availability
+
+    lines = [f"### {spec.method}/{spec.name}: {spec.reproduces}", ""]
+    status: list[dict[str, Any]] = []
+    unavailable: list[str] = []
+    findings = out_dir / FINDINGS_DIR / f"{spec.method}_{spec.name}.md"
+    any_gap = False
+    for dataset in _datasets_for(spec, sweeps):
+        record = sweeps.get((spec.method, dataset, spec.name))
+        command = f"make sweep DATASET={dataset} METHOD={spec.method} GRID={spec.name}"
+        if record is None or record.frame.empty:
+            why = dataset_availability(dataset, data_dir)
+            if why is not None:
+                unavailable.append(f"`{dataset}`: {why}")
+                status.append({"grid": f"{spec.method}/{spec.name}", "dataset": dataset, "state": "not available"})
+            else:
+                lines += [f"**{dataset}**: not run yet. Run: `{command}`", ""]
+                status.append({"grid": f"{spec.method}/{spec.name}", "dataset": dataset, "state": "not run"})
+            continue
+        table = summarise_grid(spec, dataset, record.frame)
+        n = len(record.frame)
+        state = "complete" if n >= record.planned and record.status == "FINISHED" else (
+            f"partial: {n} of {record.planned} trials finished, summary run {record.status}")
+        wall = f"{record.wall_time_s:.0f} s" if record.wall_time_s is not None else "— (sweep not finished)"
+        lines += [f"**{dataset}** ({state}). Regenerate: `{record.command}`", "",
+                  f"Sweep started {record.started}; wall time {wall}; sum of trial wall times "
+                  f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; MLflow summary run `{record.parent_id}`"
+                  + (f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
+                     if record.unmatched else "") + ".", "",
+                  table_markdown(spec, table)]
+        gaps = gap_rows(spec, table)
+        if gaps:
+            any_gap = True
+            lines.append("⚠ short of the paper by more than its reported std: " + "; ".join(
+                f"{row} {m} {diff:+.1f} (paper std {std:.1f})" for row, m, diff, std in gaps) + ".")
+            lines.append("")
+        prefix = f"{spec.method}_{dataset}_{spec.name}_"
+        plots = [p for p in [paper_plot(spec, table, out_dir / f"{prefix}vs_paper.png")] if p is not None]
+        plots += write_plots(spec, record.frame, out_dir, prefix=prefix)
+        lines += [f"![{p.stem}]({p.name})" for p in plots]
+        lines.append("")
+        status.append({"grid": f"{spec.method}/{spec.name}", "dataset": dataset, "state": state,
+                       "gaps": len(gaps)})
+    if unavailable or spec.not_held:
+        lines.append("Not available here, so not run: " + "; ".join(
+            unavailable + [f"`{k}`: {v}" for k, v in spec.not_held.items()]) + ".")
+        lines.append("")
+    if findings.is_file():
+        lines += ["**Findings** (reports/findings/" + findings.name + "):", "", findings.read_text().strip(), ""]
+    elif any_gap:
+        lines += ["**Findings**: no investigation of these gaps is recorded yet "
+                  f"(reports/findings/{findings.name}).", ""]
+    return lines, status
+
+
+def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: str | None = None) -> Path:
+    """Write ``out_dir``/REPRODUCTION.md and its plots from the MLflow store; returns the file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):  # plots of sweeps no longer in the store must not linger
+        old.unlink()
+    sweeps = read_sweeps(tracking_uri)
+    methods = [m for m in METHOD_ORDER if (GRID_DIR / m).is_dir()]
+    methods += sorted(p.name for p in GRID_DIR.iterdir() if p.is_dir() and p.name not in methods)
+    body: list[str] = []
+    status: list[dict[str, Any]] = []
+    for method in methods:
+        body += [f"## {method.upper()}", ""]
+        for grid in grid_names(method):
+            if (method, grid) in SKIPPED_GRIDS:
+                continue
+            lines, st = _section(load_grid(method, grid), sweeps, out, data_dir)
+            body += lines
+            status += st
+    counts = pd.Series([s["state"].split(":")[0] for s in status]).value_counts().to_dict() if status else {}
+    shown_uri = tracking_uri if not tracking_uri.startswith("sqlite:///" + str(ROOT)) else \
+        "sqlite:///" + os.path.relpath(tracking_uri.removeprefix("sqlite:///"), ROOT)
+    head = [
+        "# fedsim reproduction report", "",
+        f"Generated by `make report` (fedsim/report.py) from the MLflow store `{shown_uri}` on "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Every number in the tables comes from the "
+        "trial runs' final metrics in that store; do not edit this file, rerun `make report`. The findings paragraphs "
+        "are hand-written, in reports/findings/.", "",
+        "Columns: ours = mean ± std over the grid's seeds (population std), in percent; paper = the paper's value "
+        "(± its std where printed); Δ = ours − paper in points, ⚠ where we fall short by more than the paper's std "
+        "(any shortfall where it prints none). n = finished trials per row.", "",
+        f"Grid × dataset cells: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}.", "",
+    ]
+    protocol = out / FINDINGS_DIR / "protocol.md"
+    if protocol.is_file():
+        head += ["## Run protocol", "", protocol.read_text().strip(), ""]
+    path = out / "REPRODUCTION.md"
+    path.write_text("\n".join(head + body).rstrip() + "\n")
+    return path
