@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
+from fedsim.methods.base import (LocalData, PeerModel, RoundContext, average_by_owners, flat_parameters,
+                                 load_flat_parameters)
 from fedsim.methods.supervised import (
     FedAvg,
     FedOpt,
@@ -19,12 +20,12 @@ from fedsim.methods.supervised import (
     FedProxConfig,
     SupervisedConfig,
     attention_fusion,
-    average_by_owners,
     fedadam_step,
     proximal_term,
     task_loss,
     zero_filled_entries,
 )
+
 
 
 def test_attention_fusion_by_hand():  # Eq. 6

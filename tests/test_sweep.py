@@ -120,6 +120,18 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     table = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))).read_text()
     assert "| 2:1 | 2 |" in table and "| 1:1 | 2 |" in table
     assert json.loads(json.dumps(parent.data.metrics))  # the per-cell means are logged as metrics
+    # What the reproduction report reads back: the grid point, the rerun command, the machine.
+    assert parent.data.tags["fedsim.command"] == "make sweep DATASET=synthetic METHOD=afmcc GRID=smoke"
+    assert "CPUs" in parent.data.tags["fedsim.machine"]
+    from fedsim.report import read_sweep
+
+    record = read_sweep(client, client.get_experiment_by_name("sweep/afmcc/synthetic/smoke"),
+                        load_grid("afmcc", "smoke"), "synthetic")
+    assert record.status == "FINISHED" and record.unmatched == 0
+    assert sorted(zip(record.frame["client_ratio"], record.frame["seed"])) == sorted(
+        [("2:1", 0), ("2:1", 1), ("1:1", 0), ("1:1", 1)])
+    by_run = {r.info.run_id: r.data.metrics["final_acc"] for r in finished}
+    assert all(by_run[rid] == acc for rid, acc in zip(record.frame["mlflow_run_id"], record.frame["acc"]))
 
 
 def test_trial_reports_carry_method_extra_metrics():

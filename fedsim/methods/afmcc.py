@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, unflatten
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, unflatten
 
 
 class AFMCCConfig(BaseModel):
@@ -265,8 +265,7 @@ class AFMCC:
     def train_round(self, model: MultiModalAutoencoder, optimizer: torch.optim.Optimizer, data: LocalData,
                     generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
         model.train()
-        sums: dict[str, float] = {}
-        steps = 0
+        losses = RoundLosses()
         n = data.n_samples
         for subset in self.fusion_subsets(data.modalities):
             for _ in range(self.cfg.phi):
@@ -276,14 +275,8 @@ class AFMCC:
                 else:  # full batch: the paper's setting (~208 samples per client, batch 1024)
                     x = data.views
                 total, terms = self.loss(model, x, subset)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-                steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+                losses.step(optimizer, total, terms)
+        return losses.means()
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

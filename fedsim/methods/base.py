@@ -142,30 +142,85 @@ def parameter_segments(model: torch.nn.Module) -> list[tuple[str, int, int]]:
     return out
 
 
-def modality_aware_average(model: torch.nn.Module, peers: list[PeerModel],
-                           modality_of: Callable[[str], int | None]) -> tuple[torch.Tensor, dict[int, float]]:
-    """FedAvg (McMahan et al. 2017) over the downloaded models, weighted by sample count, for
-    models with per-modality parts.
+def average_by_owners(model: torch.nn.Module, peers: list[PeerModel],
+                      owners_of: Callable[[str], tuple[int, ...] | None],
+                      weighting: str = "samples") -> tuple[torch.Tensor, dict[int, float]]:
+    """FedAvg (McMahan et al. 2017) over the downloaded models, for models whose parameters may
+    belong to modalities.
 
-    A parameter that ``modality_of(name)`` assigns to modality v is averaged over the peers that
-    hold v only (weights renormalised among them): a client without v never trains v's encoder,
-    so its copy carries no information and must not dilute the others'. A parameter with no
-    modality (fusion, heads) is averaged over every peer. If no peer holds v, the client keeps
-    its own current value. Returns the flat parameters and each peer's weight on shared parts.
+    ``owners_of(name)`` gives the modalities a peer must hold for its copy of the parameter to
+    count (``()`` = every peer; ``None`` = not averaged, the client keeps its own value): a
+    client without modality v never trains v's encoder, so its copy carries no information and
+    must not dilute the others'. Weights are sample counts (``weighting="samples"``) or 1 per peer
+    (``"uniform"``, FedRecon Alg. 1's 1/K), renormalised over the owning peers; if no peer owns a
+    parameter the client keeps its own value. FedRecon's mappings T_{n,m} need two modalities.
+    Returns the flat parameters and each peer's weight on the shared (``()``) parameters.
     """
     own = flat_parameters(model)
     out = own.clone()
-    counts = torch.tensor([float(max(p.n_samples, 1)) for p in peers], dtype=own.dtype)
-    shared = counts / counts.sum()
+    if weighting == "samples":
+        base = torch.tensor([float(max(p.n_samples, 1)) for p in peers], dtype=own.dtype)
+    elif weighting == "uniform":
+        base = torch.ones(len(peers), dtype=own.dtype)
+    else:
+        raise ValueError(f"weighting must be 'samples' or 'uniform', not {weighting!r}")
     for name, start, end in parameter_segments(model):
-        v = modality_of(name)
-        w = counts if v is None else counts * torch.tensor([float(v in p.modalities) for p in peers], dtype=own.dtype)
+        owners = owners_of(name)
+        if owners is None:
+            continue
+        mask = torch.tensor([float(all(v in p.modalities for v in owners)) for p in peers], dtype=own.dtype)
+        w = base * mask
         total = float(w.sum())
         if total == 0.0:
             continue
         seg = torch.zeros(end - start, dtype=own.dtype, device=own.device)
         for peer, wi in zip(peers, (w / total).tolist()):
             if wi:
-                seg.add_(peer.params[start:end], alpha=wi)
+                seg.add_(peer.params[start:end].to(own.device), alpha=wi)
         out[start:end] = seg
-    return out, {p.client_id: float(w) for p, w in zip(peers, shared)}
+    return out, {p.client_id: float(w) for p, w in zip(peers, base / base.sum())}
+
+
+def modality_aware_average(model: torch.nn.Module, peers: list[PeerModel],
+                           modality_of: Callable[[str], int | None]) -> tuple[torch.Tensor, dict[int, float]]:
+    """``average_by_owners`` weighted by sample count, where a parameter belongs to at most one
+    modality: ``modality_of(name)`` is v for v's encoder / decoder, None for shared parts
+    (fusion, heads), which are averaged over every peer."""
+    def owners_of(name: str) -> tuple[int, ...]:
+        v = modality_of(name)
+        return () if v is None else (v,)
+
+    return average_by_owners(model, peers, owners_of, "samples")
+
+
+class RoundLosses:
+    """A round's gradient steps and the running means of its loss terms (what ``train_round``
+    returns: each term's mean over the round's steps, and ``loss``, the mean total)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def step(self, optimizer: torch.optim.Optimizer, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """One optimiser step on ``total``, recorded with its ``terms``."""
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
+        self.sums["loss"] = self.sums.get("loss", 0.0) + float(total.detach())
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 1) -> list[torch.Tensor]:
+    """One epoch: a seeded permutation of 0..n-1 cut into batches of ``batch_size``; a trailing
+    batch smaller than ``min_size`` is merged into the one before (BatchNorm, and losses with an
+    n(n-1) normaliser, need two samples)."""
+    parts = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(parts) > 1 and parts[-1].numel() < min_size:
+        last = parts.pop()
+        parts[-1] = torch.cat([parts[-1], last])
+    return parts

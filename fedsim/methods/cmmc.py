@@ -98,7 +98,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, modality_aware_average
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, modality_aware_average
 
 Stage = Literal["pretrain", "contrastive", "finetune"]
 
@@ -373,21 +373,14 @@ class CMMC:
         n = data.n_samples
         device = next(iter(data.views.values())).device
         order = torch.randperm(n, generator=generator).to(device)
-        sums: dict[str, float] = {}
-        steps = 0
+        losses = RoundLosses()
         for start in range(0, n, self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
             x = {v: t[idx] for v, t in data.views.items()}
             batch_targets = None if targets is None else {v: t[idx] for v, t in targets.items()}
             total, terms = self.loss(model, x, stage, batch_targets)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-            steps += 1
-        out = {k: v / max(steps, 1) for k, v in sums.items()}
+            losses.step(optimizer, total, terms)
+        out = losses.means()
         out["stage"] = code
         return out
 

@@ -90,13 +90,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, parameter_segments
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, average_by_owners, minibatches, parameter_segments
 from fedsim.methods.supervised import (
     MultimodalClassifier,
     SupervisedConfig,
-    average_by_owners,
     make_local_optimizer,
-    minibatches,
     mlp,
     reset_optimizer,
     task_loss,

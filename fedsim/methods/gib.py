@@ -137,7 +137,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, modality_aware_average
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, modality_aware_average
 from fedsim.methods.ddc import DDCHead, ddc_loss
 
 FUSED = "fused"  # key of the fused representation S beside the modality indices
@@ -708,22 +708,15 @@ class GIB:
         model.train()
         n = data.n_samples
         order = torch.randperm(n, generator=generator).to(device)
-        sums: dict[str, float] = {}
-        steps = 0
+        losses = RoundLosses()
         for start in range(0, n, self.cfg.batch_size):
             batch = order[start : start + self.cfg.batch_size]
             if batch.numel() < 2:  # BatchNorm and DDC2's n (n - 1) need two samples
                 continue
             x = {v: t[batch] for v, t in data.views.items()}
             total, terms = self.loss(model, x, {key: i[batch] for key, i in ids.items()}, generator)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-            steps += 1
-        out = {k: v / max(steps, 1) for k, v in sums.items()}
+            losses.step(optimizer, total, terms)
+        out = losses.means()
         out.update({f"balls_{key}": float(b.n_balls) for key, b in balls.items()})
         self.timing = {"balls_s": ball_seconds, **self._clock, "round_s": time.perf_counter() - started}
         return out

@@ -106,7 +106,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, modality_aware_average
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, minibatches, modality_aware_average
 from fedsim.methods.ddc import DDCHead, ddc_loss
 
 
@@ -377,12 +377,7 @@ class MSDIB:
     def batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
         """A seeded shuffle cut into batches of ``batch_size``; a trailing batch of one sample is
         merged into the previous one (BatchNorm and DDC2's n(n-1) need two samples)."""
-        order = torch.randperm(n, generator=generator)
-        parts = list(torch.split(order, self.cfg.batch_size))
-        if len(parts) > 1 and parts[-1].numel() < 2:
-            last = parts.pop()
-            parts[-1] = torch.cat([parts[-1], last])
-        return parts
+        return minibatches(n, self.cfg.batch_size, generator, min_size=2)
 
     @torch.no_grad()
     def _project_fusion_weights(self, model: MSDIBNetwork, modalities: tuple[int, ...], mass: float) -> None:
@@ -398,23 +393,16 @@ class MSDIB:
         model.train()
         modalities = data.modalities
         device = next(iter(data.views.values())).device
-        sums: dict[str, float] = {}
-        steps = 0
+        losses = RoundLosses()
         for idx in self.batches(data.n_samples, generator):
             x = {v: data.views[v][idx.to(device)] for v in modalities}
             # theta of Eq. 10, drawn on the CPU generator so a seed gives the same run on any device
             noise = {v: torch.randn(idx.numel(), self.cfg.latent_dim, generator=generator).to(device) for v in modalities}
             mass = float(model.fusion_weights.detach()[list(modalities)].sum())
             total, terms = self.loss(model, x, noise)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            losses.step(optimizer, total, terms)
             self._project_fusion_weights(model, modalities, mass)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-            steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        return losses.means()
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -47,7 +47,7 @@ runtime's seeded generator.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, parameter_segments
+from fedsim.methods.base import (LocalData, PeerModel, RoundContext, RoundLosses, average_by_owners, flat_parameters,
+                                 minibatches)
 
 
 class SupervisedConfig(BaseModel):
@@ -187,51 +188,11 @@ def fedadam_step(x_prev: torch.Tensor, average: torch.Tensor, m: torch.Tensor, v
     return x_prev + lr * m / (v.sqrt() + tau), m, v
 
 
-def average_by_owners(model: nn.Module, peers: list[PeerModel], owners_of: Callable[[str], tuple[int, ...] | None],
-                      weighting: str = "samples") -> tuple[torch.Tensor, dict[int, float]]:
-    """FedAvg over the downloaded models where a parameter may need several modalities.
-
-    ``owners_of(name)`` gives the modalities a peer must hold for its copy of the parameter to
-    count (``()`` = every peer; ``None`` = not averaged, the client keeps its own value). Weights
-    are sample counts (``weighting="samples"``, McMahan et al.) or 1 per peer (``"uniform"``,
-    FedRecon Alg. 1's 1/K), renormalised over the owning peers; if no peer owns a parameter the
-    client keeps its own value. This generalises ``base.modality_aware_average`` to FedRecon's
-    mappings T_{n,m}, which only clients holding both n and m can train.
-    Returns the flat parameters and each peer's weight on the shared (``()``) parameters."""
-    own = flat_parameters(model)
-    out = own.clone()
-    if weighting == "samples":
-        base = torch.tensor([float(max(p.n_samples, 1)) for p in peers], dtype=own.dtype)
-    else:
-        base = torch.ones(len(peers), dtype=own.dtype)
-    for name, start, end in parameter_segments(model):
-        owners = owners_of(name)
-        if owners is None:
-            continue
-        mask = torch.tensor([float(all(v in p.modalities for v in owners)) for p in peers], dtype=own.dtype)
-        w = base * mask
-        total = float(w.sum())
-        if total == 0.0:
-            continue
-        seg = torch.zeros(end - start, dtype=own.dtype, device=own.device)
-        for peer, wi in zip(peers, (w / total).tolist()):
-            if wi:
-                seg.add_(peer.params[start:end].to(own.device), alpha=wi)
-        out[start:end] = seg
-    return out, {p.client_id: float(w) for p, w in zip(peers, base / base.sum())}
-
-
 def encoder_modality(name: str, prefix: str = "encoders.") -> int | None:
     """The modality index of a parameter under ``<prefix><m>.``, else None."""
     if not name.startswith(prefix):
         return None
     return int(name[len(prefix):].split(".", 1)[0])
-
-
-def minibatches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch: a seeded permutation of 0..n-1 cut into batches (the last may be smaller)."""
-    order = torch.randperm(n, generator=generator)
-    return list(order.split(batch_size))
 
 
 def make_local_optimizer(groups: list[dict], cfg: SupervisedConfig) -> torch.optim.Optimizer:
@@ -296,22 +257,15 @@ class FedAvg:
         reset_optimizer(optimizer)
         anchor = [p.detach().clone() for p in model.parameters()]  # w^t, the aggregated start
         labels = torch.as_tensor(data.labels, dtype=torch.long, device=next(model.parameters()).device)
-        sums: dict[str, float] = {}
-        steps = 0
+        losses = RoundLosses()
         for _ in range(self.cfg.local_epochs):
             for idx in minibatches(data.n_samples, self.cfg.batch_size, generator):
                 idx = idx.to(labels.device)
                 logits, _ = model.classify(self.entries(model, {m: x[idx] for m, x in data.views.items()}))
                 terms = {"loss_task": task_loss(logits, labels[idx]), **self.extra_loss(model, anchor)}
                 total = sum(terms.values())
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-                steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+                losses.step(optimizer, total, terms)
+        return losses.means()
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
