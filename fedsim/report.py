@@ -122,6 +122,9 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         if needs_history:
             row["history"] = _history(client, run.info.run_id)
         rows.append(row)
+    # Grid order (the order the grid file lists its axes' values), not finishing order.
+    order = {json.dumps(t, sort_keys=True): i for i, t in enumerate(spec.trials)}
+    rows.sort(key=lambda r: order[json.dumps({k: r[k] for k in spec.grid}, sort_keys=True)])
     frame = pd.DataFrame(rows)
     info = parent.info
     wall = (info.end_time - info.start_time) / 1000 if info.status == "FINISHED" and info.end_time else None
@@ -201,7 +204,7 @@ def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
                 diff = float(r[f"{m}_mean"]) - paper
                 short = not math.isnan(diff) and -diff > (0.0 if math.isnan(std) else std)
                 cells.append("—" if math.isnan(diff) else f"{diff:+.1f}{' ⚠' if short else ''}")
-        cells += [f"{r[c]:.4g}" for c in extra]
+        cells += ["not reached" if c == "sim_time_to_target" and math.isnan(r[c]) else f"{r[c]:.4g}" for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -238,6 +241,11 @@ def paper_plot(spec: GridSpec, table: pd.DataFrame, path: Path) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------
 # The report
+
+
+def _grid_order(name: str) -> tuple[int, str]:
+    """Paper tables first, then figures, then other grids (e.g. gap investigations)."""
+    return (0 if name.startswith("table") else 1 if name.startswith("fig") else 2, name)
 
 
 def _datasets_for(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord]) -> list[str]:
@@ -279,18 +287,20 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
                      if record.unmatched else "") + ".", "",
                   table_markdown(spec, table)]
         gaps = gap_rows(spec, table)
+        cells = sum(int(table[f"{m}_paper"].notna().sum()) for m in spec.metrics)
         if gaps:
             any_gap = True
-            lines.append("⚠ short of the paper by more than its reported std: " + "; ".join(
-                f"{row} {m} {diff:+.1f} (paper std {std:.1f})" for row, m, diff, std in gaps) + ".")
-            lines.append("")
+            worst = min(gaps, key=lambda g: g[2])
+            lines += [f"⚠ {len(gaps)} of {cells} cells with a paper value fall short by more than the paper's std; "
+                      f"the largest gap: {worst[0]} {worst[1]} {worst[2]:+.1f} points.", ""]
         prefix = f"{spec.method}_{dataset}_{spec.name}_"
         plots = [p for p in [paper_plot(spec, table, out_dir / f"{prefix}vs_paper.png")] if p is not None]
         plots += write_plots(spec, record.frame, out_dir, prefix=prefix)
         lines += [f"![{p.stem}]({p.name})" for p in plots]
         lines.append("")
         status.append({"grid": f"{spec.method}/{spec.name}", "dataset": dataset, "state": state,
-                       "gaps": len(gaps)})
+                       "gaps": f"{len(gaps)} of {cells}" if cells else "no paper value",
+                       "trials": f"{n}/{record.planned}"})
     if unavailable or spec.not_held:
         lines.append("Not available here, so not run: " + "; ".join(
             unavailable + [f"`{k}`: {v}" for k, v in spec.not_held.items()]) + ".")
@@ -316,7 +326,7 @@ def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: s
     status: list[dict[str, Any]] = []
     for method in methods:
         body += [f"## {method.upper()}", ""]
-        for grid in grid_names(method):
+        for grid in sorted(grid_names(method), key=_grid_order):
             if (method, grid) in SKIPPED_GRIDS:
                 continue
             lines, st = _section(load_grid(method, grid), sweeps, out, data_dir)
@@ -336,6 +346,12 @@ def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: s
         "(any shortfall where it prints none). n = finished trials per row.", "",
         f"Grid × dataset cells: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}.", "",
     ]
+    ran = [x for x in status if "trials" in x]
+    if ran:
+        head += ["| grid | dataset | state | trials | cells short of the paper by > its std |", "|---|---|---|---|---|"]
+        head += [f"| {x['grid']} | {x['dataset']} | {x['state'].split(':')[0]} | {x['trials']} | {x['gaps']} |"
+                 for x in ran]
+        head.append("")
     protocol = out / FINDINGS_DIR / "protocol.md"
     if protocol.is_file():
         head += ["## Run protocol", "", protocol.read_text().strip(), ""]
