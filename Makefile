@@ -41,15 +41,17 @@ mlflow-ui: install
 clean:
 	rm -rf $(VENV) mlflow.db mlruns .pytest_cache
 
-# Sweeps: `make sweep DATASET=bdgp [METHOD=afmcc] [GRID=table2] [EXTRA="key=value ..."]`.
+# Sweeps: `make sweep DATASET=bdgp [METHOD=afmcc] [GRID=table2] [EXTRA="key=value ..."] [ONLY="axis=v1,v2 ..."]`.
 # Local Ray by default; set RAY_ADDRESS to run on a cluster (TRIAL_CPUS / TRIAL_GPUS per trial).
 METHOD ?= afmcc
 GRID ?= table2
 EXTRA ?=
+ONLY ?=
 TRIAL_CPUS ?=
 TRIAL_GPUS ?= 0
 .PHONY: sweep
 sweep: install
 	@test -n "$(DATASET)" || { echo "usage: make sweep DATASET=<name> [METHOD=afmcc] [GRID=table2] [EXTRA=\"key=value ...\"]"; exit 2; }
 	$(BIN)/fedsim sweep --method $(METHOD) --dataset $(DATASET) --grid $(GRID) \
-		$(if $(TRIAL_CPUS),--trial-cpus $(TRIAL_CPUS)) --trial-gpus $(TRIAL_GPUS) $(foreach s,$(EXTRA),--set $(s))
+		$(if $(TRIAL_CPUS),--trial-cpus $(TRIAL_CPUS)) --trial-gpus $(TRIAL_GPUS) $(foreach s,$(EXTRA),--set $(s)) \
+		$(foreach o,$(ONLY),--only $(o))

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", default=None, help="grid name (default: the method's main table, table2)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override applied to every trial")
+    sweep.add_argument("--only", action="append", default=[], metavar="AXIS=V1[,V2]",
+                       help="run only these values of a grid axis (repeatable), e.g. --only client_ratio=1:1")
     sweep.add_argument("--trial-cpus", type=float, default=None, help="CPUs reserved per trial (default: all)")
     sweep.add_argument("--trial-gpus", type=float, default=0.0, help="GPUs reserved per trial")
     sweep.add_argument("--max-failures", type=int, default=1, help="retries per failed trial")
@@ -108,7 +110,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     plan = plan_sweep(args.method, args.dataset, args.grid or "table2", args.overrides,
-                      trial_cpus=args.trial_cpus, trial_gpus=args.trial_gpus, storage=args.storage)
+                      trial_cpus=args.trial_cpus, trial_gpus=args.trial_gpus, storage=args.storage, only=args.only)
     print(f"fedsim sweep: {plan.spec.reproduces} on {plan.dataset}: {len(plan.spec.trials)} trials, "
           f"{plan.actors_per_trial} actors x {plan.trial_cpus / plan.actors_per_trial:g} CPU per trial; "
           f"state in {plan.storage}", flush=True)

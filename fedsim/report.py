@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +48,7 @@ class SweepRecord:
 
     spec: GridSpec
     dataset: str
-    parent_id: str
+    parent_ids: list[str]  # the summary runs whose trials fill the table
     status: str
     frame: pd.DataFrame  # one row per FINISHED trial: grid axes, final scores, wall_time_s, mlflow_run_id
     planned: int
@@ -55,7 +56,7 @@ class SweepRecord:
     wall_time_s: float | None  # the summary run's start to end (FINISHED sweeps only)
     trial_wall_time_s: float
     machine: str
-    command: str
+    commands: list[str]  # what regenerates it (several when parts of the grid ran separately)
     started: str
 
 
@@ -93,22 +94,35 @@ def _history(client: Any, run_id: str) -> str:
     return json.dumps([{"sim_time": float(m.step), "acc": float(m.value)} for m in points])
 
 
+def _setting(command: str) -> str:
+    """A sweep's setting: its command without the ONLY part (parts of one grid run separately
+    with the same overrides fill one table)."""
+    return re.sub(r' ONLY="[^"]*"', "", command)
+
+
 def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> SweepRecord | None:
+    """The grid's table data: the latest summary run with finished trials, together with the
+    other summary runs of the same setting (e.g. ``ONLY=client_ratio=1:1`` and then ``2:1``);
+    per grid point the latest FINISHED trial counts. Summary runs of another setting (other
+    EXTRA overrides) are left out: the latest setting wins."""
     runs = client.search_runs([experiment.experiment_id], max_results=50000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+                     key=lambda r: r.info.start_time, reverse=True)
     if not parents:
         return None
     children: dict[str, list[Any]] = {}
     for r in runs:
         if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED":
             children.setdefault(r.data.tags["mlflow.parentRunId"], []).append(r)
-    # The latest summary run that has finished trials (else the latest one).
-    parents.sort(key=lambda r: r.info.start_time, reverse=True)
-    parent = next((p for p in parents if children.get(p.info.run_id)), parents[0])
+    commands = {p.info.run_id: _command(spec, dataset, p, client) for p in parents}
+    lead = next((p for p in parents if children.get(p.info.run_id)), parents[0])
+    group = [p for p in parents if _setting(commands[p.info.run_id]) == _setting(commands[lead.info.run_id])]
     by_name = {"-".join(f"{k}={v}" for k, v in t.items()): t for t in spec.trials}
     needs_history = bool(spec.time_to_reach) or "mode" in spec.grid
+    members = sorted((c for p in group for c in children.get(p.info.run_id, [])),
+                     key=lambda r: r.info.start_time, reverse=True)
     rows, unmatched, seen = [], 0, set()
-    for run in sorted(children.get(parent.info.run_id, []), key=lambda r: r.info.start_time):
+    for run in members:  # latest first: a rerun grid point replaces its earlier run
         point = _grid_point(run, spec, by_name)
         key = json.dumps(point, sort_keys=True)
         if point is None or key in seen:
@@ -126,15 +140,19 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
     order = {json.dumps(t, sort_keys=True): i for i, t in enumerate(spec.trials)}
     rows.sort(key=lambda r: order[json.dumps({k: r[k] for k in spec.grid}, sort_keys=True)])
     frame = pd.DataFrame(rows)
-    info = parent.info
-    wall = (info.end_time - info.start_time) / 1000 if info.status == "FINISHED" and info.end_time else None
+    used = [p for p in group if children.get(p.info.run_id)] or [lead]
+    finished = all(p.info.status == "FINISHED" and p.info.end_time for p in used)
+    wall = sum((p.info.end_time - p.info.start_time) / 1000 for p in used) if finished else None
+    machines = list(dict.fromkeys(p.data.tags.get("fedsim.machine", "not recorded (sweep run before fedsim tagged "
+                                                               "the machine)") for p in used))
     return SweepRecord(
-        spec=spec, dataset=dataset, parent_id=info.run_id, status=info.status, frame=frame, planned=len(spec.trials),
-        unmatched=unmatched, wall_time_s=wall,
+        spec=spec, dataset=dataset, parent_ids=[p.info.run_id for p in used],
+        status="FINISHED" if finished else next(p.info.status for p in used if p.info.status != "FINISHED"),
+        frame=frame, planned=len(spec.trials), unmatched=unmatched, wall_time_s=wall,
         trial_wall_time_s=float(frame["wall_time_s"].sum()) if not frame.empty else 0.0,
-        machine=parent.data.tags.get("fedsim.machine", "not recorded (sweep run before fedsim tagged the machine)"),
-        command=_command(spec, dataset, parent, client),
-        started=datetime.fromtimestamp(info.start_time / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine="; ".join(machines), commands=list(dict.fromkeys(commands[p.info.run_id] for p in reversed(used))),
+        started=datetime.fromtimestamp(min(p.info.start_time for p in used) / 1000, timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"),
     )
 
 
@@ -280,9 +298,10 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
         state = "complete" if n >= record.planned and record.status == "FINISHED" else (
             f"partial: {n} of {record.planned} trials finished, summary run {record.status}")
         wall = f"{record.wall_time_s:.0f} s" if record.wall_time_s is not None else "— (sweep not finished)"
-        lines += [f"**{dataset}** ({state}). Regenerate: `{record.command}`", "",
+        lines += [f"**{dataset}** ({state}). Regenerate: " + ", then ".join(f"`{c}`" for c in record.commands), "",
                   f"Sweep started {record.started}; wall time {wall}; sum of trial wall times "
-                  f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; MLflow summary run `{record.parent_id}`"
+                  f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; MLflow summary run(s) "
+                  + ", ".join(f"`{i}`" for i in record.parent_ids)
                   + (f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
                      if record.unmatched else "") + ".", "",
                   table_markdown(spec, table)]

@@ -18,6 +18,7 @@ unfinished ones rerun, and MLflow runs the dead driver left RUNNING are marked K
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -120,18 +121,39 @@ class SweepPlan:
     actors_per_trial: int
     clients_per_actor: int
     extra: list[str] = field(default_factory=list)  # the user's --set overrides (EXTRA=...)
+    only: list[str] = field(default_factory=list)  # axes cut to some values (ONLY=...)
 
     @property
     def command(self) -> str:
         """The command that reruns this sweep (the report prints it beside each table)."""
         extra = f' EXTRA="{" ".join(self.extra)}"' if self.extra else ""
-        return f"make sweep DATASET={self.dataset} METHOD={self.spec.method} GRID={self.spec.name}{extra}"
+        only = f' ONLY="{" ".join(self.only)}"' if self.only else ""
+        return f"make sweep DATASET={self.dataset} METHOD={self.spec.method} GRID={self.spec.name}{only}{extra}"
+
+
+def restrict_grid(spec: GridSpec, only: list[str]) -> GridSpec:
+    """The grid with some axes cut to the listed values: ``only`` holds ``axis=v1,v2`` strings
+    (e.g. ``client_ratio=1:1`` runs Table 2's F/S 1:1 row with all its seeds)."""
+    grid = dict(spec.grid)
+    for item in only:
+        axis, sep, values = item.partition("=")
+        if not sep or axis not in grid:
+            raise ConfigError(f"--only '{item}': expected axis=value[,value...] with an axis of grid "
+                              f"'{spec.name}' ({', '.join(grid)})")
+        wanted = values.split(",")
+        kept = [v for v in grid[axis] if str(v) in wanted]
+        if len(kept) != len(wanted):
+            raise ConfigError(f"--only '{item}': axis '{axis}' of grid '{spec.name}' has values "
+                              f"{[str(v) for v in spec.grid[axis]]}")
+        grid[axis] = kept
+    return dataclasses.replace(spec, grid=grid)
 
 
 def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpus: float | None = None,
-               trial_gpus: float = 0.0, storage: str | Path = "results/sweeps") -> SweepPlan:
-    """Validate the whole grid before anything starts: every trial's config must build."""
-    spec = load_grid(method, grid)
+               trial_gpus: float = 0.0, storage: str | Path = "results/sweeps", only: list[str] = ()) -> SweepPlan:
+    """Validate the whole grid before anything starts: every trial's config must build. ``only``
+    runs part of the grid (``restrict_grid``); its trials count towards the same table."""
+    spec = restrict_grid(load_grid(method, grid), list(only))
     base_path = spec.config.format(dataset=dataset.removeprefix("synthetic-"))
     if not (ROOT / base_path).is_file() and not Path(base_path).is_file():
         base_path = spec.config.format(dataset="bdgp")  # synthetic-only shapes borrow BDGP's defaults
@@ -149,9 +171,12 @@ def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpu
 
     load_federation(configs[0])
     name = f"{method}_{dataset}_{grid}"
+    if only:  # a part of the grid keeps its own Tune state (a resume must see the same trials)
+        name += "__" + "_".join(o.replace("=", "-").replace(",", "+").replace(":", "-") for o in only)
     return SweepPlan(spec, dataset, base, overrides, experiment=f"sweep/{method}/{dataset}/{grid}",
                      storage=Path(storage).resolve() / name, trial_cpus=cpus, trial_gpus=trial_gpus,
-                     actors_per_trial=actors, clients_per_actor=math.ceil(u / actors), extra=list(extra))
+                     actors_per_trial=actors, clients_per_actor=math.ceil(u / actors), extra=list(extra),
+                     only=list(only))
 
 
 # ---------------------------------------------------------------------------------------------

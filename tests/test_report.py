@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _sweep(client, name, parent_tags, trials, grid_json=None):
     """A summary run and FINISHED child runs, as fedsim.sweep logs them."""
-    exp = client.create_experiment(name)
+    found = client.get_experiment_by_name(name)
+    exp = found.experiment_id if found is not None else client.create_experiment(name)
     parent = client.create_run(exp, run_name="summary", tags=parent_tags)
     if grid_json is not None:
         client.log_dict(parent.info.run_id, grid_json, "grid.json")
@@ -51,6 +53,15 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
                     {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1", "fedsim.machine": "test box"},
                     [(f"seed={s}", {"seed": s}, {"acc": 0.99, "nmi": 0.95, "purity": 0.99}) for s in (0, 1, 2)])
     client.set_terminated(parent.info.run_id, "FINISHED")
+    # MNIST-USPS: Table 2's rows run separately (ONLY=...) fill one table; an older sweep with
+    # other overrides (EXTRA) is a different setting and is left out.
+    cmd = "make sweep DATASET=mnist_usps METHOD=afmcc GRID=table2"
+    for command, (ratio, acc) in [(cmd + ' EXTRA="rounds=1"', ("1:1", 0.1)), (cmd + ' ONLY="client_ratio=1:1"', ("1:1", 0.96)),
+                                  (cmd + ' ONLY="client_ratio=1:2"', ("1:2", 0.94))]:
+        parent = _sweep(client, "sweep/afmcc/mnist_usps/table2", {"fedsim.command": command},
+                        [(f"client_ratio={ratio}-seed=0", None, {"acc": acc, "nmi": acc, "ari": acc})])
+        client.set_terminated(parent.info.run_id, "FINISHED")
+        time.sleep(0.01)  # distinct start times: "latest" is well defined
     out = tmp_path / "reports"
     (out / "findings").mkdir(parents=True)
     (out / "findings" / "cmmc_table1.md").write_text("Checked Eq. 9 against the code.")
@@ -63,7 +74,10 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "1 finished run(s) match no point" in t2
     # mean +- population std of 70 and 90 = 80 +- 10, paper 95.7 +- 0.4, 15.7 points short
     assert "| 2:1 | 2 | 80.0 ± 10.0 | 95.7 ± 0.4 | -15.7 ⚠ | 55.0 ± 5.0 | 87.2 ± 2.4 | -32.2 ⚠ |" in t2
-    assert "**mnist_usps**" in t2  # a paper dataset without runs is listed, runnable or not
+    mu = t2[t2.index("**mnist_usps**"):]
+    assert mu.startswith("**mnist_usps** (partial: 2 of 15 trials finished, summary run FINISHED)")
+    assert f'`{cmd} ONLY="client_ratio=1:1"`, then `{cmd} ONLY="client_ratio=1:2"`' in mu
+    assert "| 1:1 | 1 | 96.0 ± 0.0 |" in mu and "| 1:2 | 1 | 94.0 ± 0.0 |" in mu and "rounds=1" not in mu
     assert "`nuswide`: file not found here" in t2  # held by nobody here: listed as unavailable
     assert "no investigation of these gaps is recorded yet" in t2
 
@@ -74,6 +88,21 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "`caltech5v`" in c1  # not held: listed, not dropped
     assert (out / "cmmc_bdgp_table1_vs_paper.png").stat().st_size > 1000
     assert "afmcc/smoke" not in text  # the test grid is not a paper table
+
+
+def test_only_runs_part_of_a_grid_with_its_own_state():
+    from fedsim.errors import ConfigError
+    from fedsim.sweep import load_grid, plan_sweep, restrict_grid
+
+    spec = restrict_grid(load_grid("afmcc", "table2"), ["client_ratio=1:1,1:2", "seed=0"])
+    assert spec.trials == [{"client_ratio": "1:1", "seed": 0}, {"client_ratio": "1:2", "seed": 0}]
+    with pytest.raises(ConfigError, match="axis 'client_ratio' of grid 'table2' has values"):
+        restrict_grid(load_grid("afmcc", "table2"), ["client_ratio=3:1"])
+    with pytest.raises(ConfigError, match="expected axis=value"):
+        restrict_grid(load_grid("afmcc", "table2"), ["ratio=1:1"])
+    plan = plan_sweep("afmcc", "synthetic-bdgp", "table2", [], trial_cpus=2, only=["client_ratio=1:1"])
+    assert len(plan.spec.trials) == 5 and plan.storage.name == "afmcc_synthetic-bdgp_table2__client_ratio-1-1"
+    assert plan.command.endswith('GRID=table2 ONLY="client_ratio=1:1"')
 
 
 def test_report_without_a_store_is_one_clear_line(tmp_path):
