@@ -202,6 +202,37 @@ def gap_rows(spec: GridSpec, table: pd.DataFrame) -> list[tuple[str, str, float,
     return out
 
 
+def ablation_ordering(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str | None:
+    """For an ablation grid (one row axis of named variants): the variants ranked by the first
+    metric, ours against the paper's ranking on this dataset, or on the paper's own datasets when
+    it has none here."""
+    if len(spec.rows) != 1 or spec.columns or spec.rows[0] not in spec.variants:
+        return None
+    axis, metric = spec.rows[0], spec.metrics[0]
+
+    def rank(values: dict[str, float]) -> str:
+        return " > ".join(k for k, _ in sorted(values.items(), key=lambda kv: -kv[1]))
+
+    def paper_values(cells: dict[str, Any]) -> dict[str, float]:
+        out = {}
+        for row, cell in cells.items():
+            v = cell.get(metric) if isinstance(cell, dict) else None
+            if v is not None:
+                out[row] = float(v[0] if isinstance(v, list) else v)
+        return out
+
+    ours = rank(dict(zip(table[axis].astype(str), table[f"{metric}_mean"])))
+    text = f"{metric.upper()} ordering of the {axis} variants, ours: {ours}"
+    here = paper_values(spec.paper.get(dataset, {}))
+    if len(here) == len(table) and len(set(here.values())) > 1:
+        paper = rank(here)
+        return text + f"; paper: {paper} ({'the same' if paper == ours else 'different'})."
+    elsewhere = {d: rank(paper_values(c)) for d, c in spec.paper.items() if len(set(paper_values(c).values())) > 1}
+    if elsewhere:
+        text += "; the paper's, on its own datasets: " + "; ".join(f"{d}: {r}" for d, r in elsewhere.items())
+    return text + "."
+
+
 def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
     keys = spec.rows + ([spec.columns] if spec.columns else [])
     has_paper = any(table[f"{m}_paper"].notna().any() for m in spec.metrics)
@@ -305,6 +336,9 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
                   + (f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
                      if record.unmatched else "") + ".", "",
                   table_markdown(spec, table)]
+        ordering = ablation_ordering(spec, dataset, table)
+        if ordering:
+            lines += [ordering, ""]
         gaps = gap_rows(spec, table)
         cells = sum(int(table[f"{m}_paper"].notna().sum()) for m in spec.metrics)
         if gaps:

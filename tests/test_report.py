@@ -90,6 +90,22 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "afmcc/smoke" not in text  # the test grid is not a paper table
 
 
+def test_ablation_ordering_against_the_paper():
+    import pandas as pd
+
+    from fedsim.report import ablation_ordering
+    from fedsim.sweep import load_grid
+
+    table = pd.DataFrame({"ablation": ["full", "no_A", "no_B", "no_C"], "acc_mean": [75.0, 55.0, 70.0, 74.0]})
+    text = ablation_ordering(load_grid("afmcc", "table3b"), "bdgp", table)
+    assert text == ("ACC ordering of the ablation variants, ours: full > no_C > no_B > no_A; "
+                    "paper: full > no_B > no_C > no_A (different).")
+    gib = ablation_ordering(load_grid("gib", "table2"), "cub", table.assign(
+        ablation=["full", "ddc_only", "ddc_balls", "ddc_samples"]))
+    assert "ours: full > ddc_samples > ddc_balls > ddc_only; the paper's, on its own datasets: caltech_2v: " in gib
+    assert ablation_ordering(load_grid("afmcc", "table2"), "bdgp", table) is None  # not an ablation grid
+
+
 def test_only_runs_part_of_a_grid_with_its_own_state():
     from fedsim.errors import ConfigError
     from fedsim.sweep import load_grid, plan_sweep, restrict_grid
