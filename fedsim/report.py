@@ -56,6 +56,7 @@ class SweepRecord:
     wall_time_s: float | None  # the summary run's start to end (FINISHED sweeps only)
     trial_wall_time_s: float
     machine: str
+    code: str  # the trials' git commits (fedsim.git_commit), "not recorded" for older runs
     commands: list[str]  # what regenerates it (several when parts of the grid ran separately)
     started: str
 
@@ -143,6 +144,8 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
     used = [p for p in group if children.get(p.info.run_id)] or [lead]
     finished = all(p.info.status == "FINISHED" and p.info.end_time for p in used)
     wall = sum((p.info.end_time - p.info.start_time) / 1000 for p in used) if finished else None
+    commits = sorted({r.data.tags.get("fedsim.git_commit", "not recorded") for r in members
+                      if r.info.run_id in set(frame.get("mlflow_run_id", []))})
     machines = list(dict.fromkeys(p.data.tags.get("fedsim.machine", "not recorded (sweep run before fedsim tagged "
                                                                "the machine)") for p in used))
     return SweepRecord(
@@ -150,7 +153,8 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         status="FINISHED" if finished else next(p.info.status for p in used if p.info.status != "FINISHED"),
         frame=frame, planned=len(spec.trials), unmatched=unmatched, wall_time_s=wall,
         trial_wall_time_s=float(frame["wall_time_s"].sum()) if not frame.empty else 0.0,
-        machine="; ".join(machines), commands=list(dict.fromkeys(commands[p.info.run_id] for p in reversed(used))),
+        machine="; ".join(machines), code=", ".join(c if c == "not recorded" else c[:10] + c[40:] for c in commits)
+        or "—", commands=list(dict.fromkeys(commands[p.info.run_id] for p in reversed(used))),
         started=datetime.fromtimestamp(min(p.info.start_time for p in used) / 1000, timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"),
     )
@@ -331,7 +335,7 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
         wall = f"{record.wall_time_s:.0f} s" if record.wall_time_s is not None else "— (sweep not finished)"
         lines += [f"**{dataset}** ({state}). Regenerate: " + ", then ".join(f"`{c}`" for c in record.commands), "",
                   f"Sweep started {record.started}; wall time {wall}; sum of trial wall times "
-                  f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; MLflow summary run(s) "
+                  f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; code: {record.code}; MLflow summary run(s) "
                   + ", ".join(f"`{i}`" for i in record.parent_ids)
                   + (f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
                      if record.unmatched else "") + ".", "",

@@ -268,7 +268,7 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
     from ray import tune
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-    from fedsim.tracking import DEFAULT_TRACKING_URI
+    from fedsim.tracking import DEFAULT_TRACKING_URI, code_version
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -287,7 +287,8 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
             parent_id = parent.info.run_id
             mlflow.set_tags({"fedsim.sweep": plan.spec.name, "fedsim.reproduces": plan.spec.reproduces,
                              "fedsim.dataset": plan.dataset, "fedsim.method": plan.spec.method,
-                             "fedsim.extra": json.dumps(plan.extra), "fedsim.command": plan.command})
+                             "fedsim.extra": json.dumps(plan.extra), "fedsim.command": plan.command,
+                             "fedsim.git_commit": code_version()})
             mlflow.log_dict({"grid": plan.spec.grid, "overrides": plan.overrides}, "grid.json")
         mlflow.MlflowClient().update_run(parent_id, status="RUNNING")  # until the table is logged
         state_file.write_text(json.dumps({"parent_run_id": parent_id}))

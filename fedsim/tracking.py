@@ -9,8 +9,10 @@ and assignments.parquet (final cluster assignment of every sample).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +26,24 @@ from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.server import UploadRecord
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the fedsim checkout running this code, with ``+dirty`` when tracked files
+    have local changes; ``unknown`` outside a git checkout. Tagged on every run: a change of
+    floating-point summation order changes a run's numbers, so a result names its code."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def tracking_uri(cfg: ExperimentConfig) -> str:
@@ -52,7 +72,7 @@ class MLflowTracker(Callback):
         params = {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(self.cfg.to_dict()).items()}
         mlflow.log_params(params)
         tags = {"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset, "fedsim.mode": self.cfg.mode,
-                **self.cfg.tracking.tags}
+                "fedsim.git_commit": code_version(), **self.cfg.tracking.tags}
         if self.cfg.model_selection.runs > 1:
             tags["fedsim.selection"] = ("acc (uses labels)" if self.cfg.model_selection.criterion == "acc"
                                         else "loss (label-free)")

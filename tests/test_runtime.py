@@ -103,6 +103,9 @@ def test_run_is_tracked_in_mlflow(ray_session, small_config, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["afmcc.alpha"] == "0.01" and run.data.params["mode"] == "virtual"
     assert run.data.metrics["final_acc"] == pytest.approx(out["acc"])
+    from fedsim.tracking import code_version  # the run names its code: a 40-hex commit here
+
+    assert run.data.tags["fedsim.git_commit"] == code_version() and len(code_version().split("+")[0]) == 40
     history = client.get_metric_history(run.info.run_id, "acc")
     assert len(history) == len(out["history"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
