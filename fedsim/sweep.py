@@ -333,6 +333,9 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
         except BaseException:
             mlflow.MlflowClient().set_terminated(parent_id, "FAILED")
             raise
+        finally:
+            # A trial stopped by Ctrl-C (Tune ends the sweep gracefully) never closed its run.
+            _mark_stale_children(parent_id)
         frame = _trial_frame(results)
         summary = summarise(plan, frame)
         _log_summary(parent_id, plan, frame, summary)
