@@ -41,24 +41,63 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write reports/REPRODUCTION.md (papers' tables beside ours) from MLflow")
     report.add_argument("--out", default="reports", help="folder for REPRODUCTION.md and its plots")
     report.add_argument("--tracking-uri", default=None,
-                        help="MLflow store to read (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+                        help="MLflow store whose sweeps are archived first (default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///mlflow.db; skipped when that store does not exist)")
+    report.add_argument("--archive", default=None, help="the sweep archive (default: <out>/runs)")
     report.add_argument("--data-dir", help="folder holding dataset files (to tell runnable from unavailable datasets)")
+    archive = sub.add_parser("archive", help="move sweep runs between an MLflow store and the archive (reports/runs)")
+    archive.add_argument("action", choices=["export", "import"],
+                         help="export: the store's sweeps into the archive; import: the archive into the store")
+    archive.add_argument("--tracking-uri", default=None,
+                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    archive.add_argument("--archive", default="reports/runs", help="the archive folder (default: reports/runs)")
     return parser
 
 
-def _report(args: argparse.Namespace) -> int:
-    from fedsim.report import write_report
+def _store_uri(given: str | None, must_exist: bool) -> str | None:
+    """The MLflow store named on the command line or by the environment; a sqlite store that does
+    not exist is None (or an error when ``must_exist``)."""
     from fedsim.tracking import DEFAULT_TRACKING_URI
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.is_file():
-            raise FedsimError(f"no MLflow store at {db}; run a sweep first (make sweep DATASET=bdgp) "
-                              "or pass --tracking-uri")
+            if must_exist:
+                raise FedsimError(f"no MLflow store at {db}; run a sweep first (make sweep DATASET=bdgp) "
+                                  "or pass --tracking-uri")
+            return None
         uri = "sqlite:///" + str(db.resolve())
-    path = write_report(uri, args.out, args.data_dir)
-    print(f"fedsim: wrote {path} and {len(list(path.parent.glob('*.png')))} plots from {uri}")
+    return uri
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedsim.report import build_report
+
+    uri = _store_uri(args.tracking_uri, must_exist=args.tracking_uri is not None)
+    try:
+        path, exported, archived = build_report(uri, args.out, args.data_dir, args.archive)
+    except ValueError as exc:  # a damaged archive line
+        raise FedsimError(str(exc)) from None
+    source = f"{exported} sweep runs exported from {uri}; " if uri else "no local MLflow store; "
+    print(f"fedsim: wrote {path} and {len(list(path.parent.glob('*.png')))} plots "
+          f"({source}{archived} runs in the archive)")
+    return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from fedsim.archive import export_sweeps, import_archive, read_archive
+
+    if args.action == "export":
+        uri = _store_uri(args.tracking_uri, must_exist=True)
+        print(f"fedsim: exported {export_sweeps(uri, args.archive)} sweep runs from {uri} into {args.archive}")
+        return 0
+    uri = _store_uri(args.tracking_uri, must_exist=False) or args.tracking_uri or "sqlite:///mlflow.db"
+    try:
+        records = read_archive(args.archive)
+    except ValueError as exc:
+        raise FedsimError(str(exc)) from None
+    print(f"fedsim: imported {import_archive(records, uri)} of {len(records)} archived runs into {uri}")
     return 0
 
 
@@ -143,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "archive":
+            return _archive(args)
         return _datasets()
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)

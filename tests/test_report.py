@@ -37,9 +37,11 @@ def _sweep(client, name, parent_tags, trials, grid_json=None):
     return parent
 
 
-@pytest.mark.timeout(120)
-def test_report_rebuilds_tables_from_mlflow(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+MNIST_USPS_SWEEP = "make sweep DATASET=mnist_usps METHOD=afmcc GRID=table2"
+
+
+def _populate(uri):
+    """A store with three sweeps as fedsim.sweep logs them (see the assertions below)."""
     client = mlflow.MlflowClient(tracking_uri=uri)
     # Table 2 on BDGP, 2 of its 15 trials (one named the old way, one tagged), still RUNNING; the
     # user passed an extra override, known only from grid.json.
@@ -55,16 +57,26 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     client.set_terminated(parent.info.run_id, "FINISHED")
     # MNIST-USPS: Table 2's rows run separately (ONLY=...) fill one table; an older sweep with
     # other overrides (EXTRA) is a different setting and is left out.
-    cmd = "make sweep DATASET=mnist_usps METHOD=afmcc GRID=table2"
+    cmd = MNIST_USPS_SWEEP
     for command, (ratio, acc) in [(cmd + ' EXTRA="rounds=1"', ("1:1", 0.1)), (cmd + ' ONLY="client_ratio=1:1"', ("1:1", 0.96)),
                                   (cmd + ' ONLY="client_ratio=1:2"', ("1:2", 0.94))]:
         parent = _sweep(client, "sweep/afmcc/mnist_usps/table2", {"fedsim.command": command},
                         [(f"client_ratio={ratio}-seed=0", None, {"acc": acc, "nmi": acc, "ari": acc})])
         client.set_terminated(parent.info.run_id, "FINISHED")
         time.sleep(0.01)  # distinct start times: "latest" is well defined
-    out = tmp_path / "reports"
-    (out / "findings").mkdir(parents=True)
-    (out / "findings" / "cmmc_table1.md").write_text("Checked Eq. 9 against the code.")
+
+
+def _reports_dir(path):
+    (path / "findings").mkdir(parents=True)
+    (path / "findings" / "cmmc_table1.md").write_text("Checked Eq. 9 against the code.")
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_report_rebuilds_tables_from_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _populate(uri)
+    out = _reports_dir(tmp_path / "reports")
 
     text = write_report(uri, out).read_text()
 
@@ -74,7 +86,7 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "1 finished run(s) match no point" in t2
     # mean +- population std of 70 and 90 = 80 +- 10, paper 95.7 +- 0.4, 15.7 points short
     assert "| 2:1 | 2 | 80.0 ± 10.0 | 95.7 ± 0.4 | -15.7 ⚠ | 55.0 ± 5.0 | 87.2 ± 2.4 | -32.2 ⚠ |" in t2
-    mu = t2[t2.index("**mnist_usps**"):]
+    mu, cmd = t2[t2.index("**mnist_usps**"):], MNIST_USPS_SWEEP
     assert mu.startswith("**mnist_usps** (partial: 2 of 15 trials finished, summary run FINISHED)")
     assert f'`{cmd} ONLY="client_ratio=1:1"`, then `{cmd} ONLY="client_ratio=1:2"`' in mu
     assert "| 1:1 | 1 | 96.0 ± 0.0 |" in mu and "| 1:2 | 1 | 94.0 ± 0.0 |" in mu and "rounds=1" not in mu
@@ -88,6 +100,56 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "`caltech5v`" in c1  # not held: listed, not dropped
     assert (out / "cmmc_bdgp_table1_vs_paper.png").stat().st_size > 1000
     assert "afmcc/smoke" not in text  # the test grid is not a paper table
+
+
+def _body(text):
+    return text[text.index("## AFMCC"):]
+
+
+@pytest.mark.timeout(180)
+def test_archive_carries_the_report_to_a_machine_without_the_store(tmp_path):
+    """make report exports the store's sweeps to reports/runs; a clone without the store rebuilds
+    the same tables from the archive alone, and re-exporting or re-importing changes nothing."""
+    from fedsim.archive import export_sweeps, import_archive, read_archive
+    from fedsim.report import build_report
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _populate(uri)
+    direct = write_report(uri, _reports_dir(tmp_path / "direct")).read_text()
+    archive = tmp_path / "runs"
+
+    path, exported, archived = build_report(uri, _reports_dir(tmp_path / "first"), archive_dir=archive)
+    assert exported == archived == 14  # 5 summary runs + 9 FINISHED trials
+    assert sorted(p.name for p in archive.iterdir()) == ["afmcc__bdgp__table2.jsonl", "afmcc__mnist_usps__table2.jsonl",
+                                                         "cmmc__bdgp__table1.jsonl"]
+    assert _body(path.read_text()) == _body(direct)  # the EXTRA from grid.json and the run ids survive
+    assert "from the sweep archive" in path.read_text()
+
+    # A fresh clone: no store, only the committed archive.
+    alone, exported, archived = build_report(None, _reports_dir(tmp_path / "clone"), archive_dir=archive)
+    assert exported == 0 and archived == 14
+    assert _body(alone.read_text()) == _body(direct)
+
+    # Importing twice adds nothing; exporting the imported store gives the same archive back.
+    before = {p.name: p.read_text() for p in archive.iterdir()}
+    copy_uri = f"sqlite:///{tmp_path}/copy.db"
+    assert import_archive(read_archive(archive), copy_uri) == 14
+    assert import_archive(read_archive(archive), copy_uri) == 0
+    export_sweeps(copy_uri, archive)
+    assert {p.name: p.read_text() for p in archive.iterdir()} == before
+    record = next(r for r in read_archive(archive / "cmmc__bdgp__table1.jsonl") if r["run_name"] == "seed=0")
+    assert record["metrics"]["final_acc"][0][2] == 0.99 and record["status"] == "FINISHED"
+
+
+def test_a_damaged_archive_is_one_clear_line(tmp_path):
+    runs = tmp_path / "reports" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "afmcc__bdgp__table2.jsonl").write_text('{"run_id": "x"\n')
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "report", "--out", str(tmp_path / "reports")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("fedsim: error: ") and "afmcc__bdgp__table2.jsonl:1" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "reports" / "REPRODUCTION.md").exists()
 
 
 def test_ablation_ordering_against_the_paper():
