@@ -171,6 +171,31 @@ def test_ablation_switches_drop_terms():
     assert set(terms) == {"loss_r"} and total.item() == pytest.approx(terms["loss_r"].item())
 
 
+def test_reconstruction_pretraining_trains_on_eq2_alone():
+    """pretrain_loss="reconstruction" (FMCSC's pretraining): Alg. 1's rounds optimise L_r only;
+    the W of Eq. 4 gets no gradient there, and ordinary rounds still use all of Eq. 7."""
+    method, data = _tiny_method(pretrain_loss="reconstruction")
+    model = method.build_model(seed=0)
+    w_before = model.projection.weight.detach().clone()
+    losses = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0),
+                                RoundContext(0, "pretrain", 1))
+    assert set(losses) == {"loss", "loss_r"} and losses["loss"] == pytest.approx(losses["loss_r"])
+    assert torch.equal(model.projection.weight, w_before)
+    losses = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0),
+                                RoundContext(1, "train", 1))
+    assert set(losses) == {"loss", "loss_r", "loss_d", "loss_c"}
+    assert not torch.equal(model.projection.weight, w_before)
+
+
+def test_normalized_embedding_has_unit_rows_and_keeps_directions():
+    fused, data = _tiny_method()
+    unit, _ = _tiny_method(embedding="normalized")
+    model = fused.build_model(seed=0)
+    raw, normed = fused.embed(model, data), unit.embed(model, data)
+    assert np.allclose(np.linalg.norm(normed, axis=1), 1.0, atol=1e-6)
+    assert np.allclose(normed, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+
+
 def test_flat_roundtrip_and_unflatten_views():
     method, _ = _tiny_method()
     a, b = method.build_model(seed=0), method.build_model(seed=1)
