@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 run: install
 	$(BIN)/fedsim run $(CONFIG) $(foreach s,$(SET),--set $(s))
