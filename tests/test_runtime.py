@@ -69,7 +69,7 @@ def test_virtual_eo_ratio_orders_rounds(ray_session, small_config):
 
 def test_async_mode_is_really_asynchronous(ray_session, small_config):
     cfg = small_config("mode=async", "speed_profile=eo:3:1", "stop.rule=group", "stop.group=odd",
-                       "stop.group_rounds=2", "eval_every=0", "afmcc.phi=6", "client_ratio=1:0")
+                       "stop.group_rounds=4", "eval_every=0", "afmcc.phi=6", "client_ratio=1:0")
     out, res = _run(cfg)
     even = np.mean([res.rounds_done[c] for c in (0, 2)])
     odd = np.mean([res.rounds_done[c] for c in (1, 3)])
