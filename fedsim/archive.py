@@ -117,8 +117,10 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[i:i + size]
 
 
-def import_archive(records: list[dict[str, Any]], tracking_uri: str) -> int:
+def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_root: str | None = None) -> int:
     """Log the archived runs into the store at ``tracking_uri``; returns how many were imported.
+    Experiments created here keep their artifacts under ``artifact_root`` (default: the store's
+    own default, which for a sqlite store is ./mlruns of the working directory).
 
     A run whose original id is already in the target experiment (as its run id or its
     ``fedsim.archived_run_id``) is skipped, so importing twice adds nothing. Parents are created
@@ -135,7 +137,11 @@ def import_archive(records: list[dict[str, Any]], tracking_uri: str) -> int:
     for record in ordered:
         name = record["experiment"]
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:
+            location = None if artifact_root is None else Path(artifact_root, name.replace("/", "__")).as_uri()
+            exp_id = client.create_experiment(name, artifact_location=location)
         if name not in present:
             present[name] = set()
             for run in client.search_runs([exp_id], max_results=50000):

@@ -134,7 +134,7 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         finals = {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")}
         row = {**point, **{k: finals[k] for k in _score_keys(finals)},
                "wall_time_s": finals.get("wall_time", float("nan")), "sim_time": finals.get("sim_time", float("nan")),
-               "mlflow_run_id": run.info.run_id, "archived_run_id": original_id(run)}
+               "mlflow_run_id": run.info.run_id}
         if needs_history:
             row["history"] = _history(client, run.info.run_id)
         rows.append(row)
@@ -384,7 +384,7 @@ def build_report(tracking_uri: str | None, out_dir: str | Path = "reports", data
     records = read_archive(archive) if archive.is_dir() else []
     with tempfile.TemporaryDirectory(prefix="fedsim-report-") as tmp:
         uri = f"sqlite:///{tmp}/archive.db"
-        import_archive(records, uri)
+        import_archive(records, uri, artifact_root=f"{tmp}/artifacts")
         try:
             shown = os.path.relpath(archive.resolve(), ROOT)
         except ValueError:
