@@ -52,11 +52,12 @@ alternative is a switch:
   code AFMCC builds on does (an autoencoder warm-up before any contrastive term; there 250
   full-batch epochs, i.e. ``pretrain.rounds=17`` at 15 steps per round on BDGP's 2 modalities).
 
-Which reading reproduces Table 2: the printed defaults do not (BDGP F/S 1:1 ~76-79 ACC against the
-paper's 93.9). The FMCSC code-lineage reading, ``reconstruction="mse"`` + ``embedding="normalized"``
+Which reading reproduces Table 2: the printed defaults do not (BDGP F/S 1:1: 76.4 +- 4.1 ACC over
+5 seeds against the paper's 93.9). The FMCSC code-lineage reading, ``reconstruction="mse"`` + ``embedding="normalized"``
 + ``pretrain_loss="reconstruction"`` with ``pretrain.rounds=17`` (tune/grids/afmcc/table2_lineage.yaml),
-comes closest; the reproduction report gives both tables side by side, with seeds and the
-remaining gap (reports/findings/afmcc_table2.md). The printed readings stay the defaults.
+comes closest (83.2 +- 11.1 over 5 seeds, bimodal: 3 seeds at 0.89-0.93); the reproduction report
+gives both tables side by side (reports/findings/afmcc_table2_lineage.md). The printed readings
+stay the defaults.
 """
 
 from __future__ import annotations
