@@ -80,9 +80,9 @@ def read_archive(archive: str | Path) -> list[dict[str, Any]]:
 def export_sweeps(tracking_uri: str, archive_dir: str | Path) -> int:
     """Write the store's sweep runs into the archive; returns how many runs were written.
 
-    Runs still RUNNING (a sweep in progress) are left out of the archive until they end, so an
-    interrupted trial never becomes part of the committed record; the same applies to a summary
-    run that is still RUNNING, whose finished trials are kept."""
+    Trial runs still RUNNING (a sweep in progress) are left out until they end, so an
+    interrupted trial never becomes part of the committed record. A summary run is archived even
+    while RUNNING (the report then says the sweep is partial); a later export replaces it."""
     import mlflow
 
     out = Path(archive_dir)
@@ -105,7 +105,7 @@ def export_sweeps(tracking_uri: str, archive_dir: str | Path) -> int:
         path = _file_for(exp.name, out)
         kept = {r["run_id"]: r for r in (read_archive(path) if path.is_file() else [])}
         kept.update(fresh)
-        lines = [json.dumps(r, sort_keys=False, separators=(",", ":"))
+        lines = [json.dumps(r, separators=(",", ":"))
                  for r in sorted(kept.values(), key=lambda r: (r["start_time"], r["run_id"]))]
         path.write_text("\n".join(lines) + "\n")
         written += len(fresh)
@@ -129,8 +129,8 @@ def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_ro
     from mlflow.entities import Metric, Param
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    new_id: dict[str, str] = {}
-    present: dict[str, set[str]] = {}
+    new_id: dict[str, str] = {}  # original run id -> its id in the target store
+    scanned: set[str] = set()  # experiments whose existing runs are already in new_id
     imported = 0
     # Parents (no parent tag) first; within each group, the archive's time order.
     ordered = sorted(records, key=lambda r: ("mlflow.parentRunId" in r["tags"], r["start_time"]))
@@ -142,12 +142,11 @@ def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_ro
         else:
             location = None if artifact_root is None else Path(artifact_root, name.replace("/", "__")).as_uri()
             exp_id = client.create_experiment(name, artifact_location=location)
-        if name not in present:
-            present[name] = set()
-            for run in client.search_runs([exp_id], max_results=50000):
-                present[name].add(original_id(run))
-                new_id[original_id(run)] = run.info.run_id
-        if record["run_id"] in present[name]:
+        if name not in scanned:
+            scanned.add(name)
+            new_id.update({original_id(run): run.info.run_id
+                           for run in client.search_runs([exp_id], max_results=50000)})
+        if record["run_id"] in new_id:
             continue
         tags = dict(record["tags"])
         parent = tags.get("mlflow.parentRunId")
@@ -168,6 +167,5 @@ def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_ro
         if record["status"] != "RUNNING":  # a new run is RUNNING; ending it would stamp an end time
             client.set_terminated(run_id, record["status"], end_time=record["end_time"])
         new_id[record["run_id"]] = run_id
-        present[name].add(record["run_id"])
         imported += 1
     return imported

@@ -92,7 +92,9 @@ def _archive(args: argparse.Namespace) -> int:
         uri = _store_uri(args.tracking_uri, must_exist=True)
         print(f"fedsim: exported {export_sweeps(uri, args.archive)} sweep runs from {uri} into {args.archive}")
         return 0
-    uri = _store_uri(args.tracking_uri, must_exist=False) or args.tracking_uri or "sqlite:///mlflow.db"
+    from fedsim.tracking import DEFAULT_TRACKING_URI
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI  # created if absent
     try:
         records = read_archive(args.archive)
     except ValueError as exc:
