@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import GetTimeoutError
 
 from fedsim.config import ExperimentConfig, method_config
 from fedsim.errors import ConfigError
 from fedsim.runtime.callbacks import Callback, CallbackList
-from fedsim.runtime.cluster import ensure_ray, plan_placement, start_client_actors
+from fedsim.runtime.cluster import ensure_ray, plan_placement, start_client_actors, stop_actors
 from fedsim.runtime.federation_data import load_federation
 from fedsim.runtime.orchestrator import Federation, FederationResult
 from fedsim.runtime.server import make_server
@@ -125,13 +126,24 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
 def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts: dict[str, Any], shard_bytes: int,
               run_tag: str, ray_info: dict[str, Any], callback: Callback) -> tuple[FederationResult, dict[str, Any]]:
     """One federation from fresh actors: a parameter server, the client actors, the run."""
-    server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
-    probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
-    placement = plan_placement(cfg, probe, shard_bytes)
-    actors, actor_of = start_client_actors(cfg, placement, run_tag)
+    server: Any = None
+    actors: list[Any] = []
     try:
+        # Everything Ray-side is created inside the try: an interruption half-way through
+        # start-up must not leave actors holding CPUs, or the next run's actors pend forever.
+        server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
+        probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
+        placement = plan_placement(cfg, probe, shard_bytes)
+        actor_of = start_client_actors(cfg, placement, run_tag, created=actors)
         described: dict[int, dict[str, Any]] = {}
-        for part in ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s):
+        try:
+            parts = ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s)
+        except GetTimeoutError:
+            raise ConfigError(
+                f"the {len(actors)} client actors ({placement.num_cpus:g} CPUs, {placement.num_gpus:g} GPUs each) were "
+                f"not running after {cfg.runtime.round_timeout_s:g} s (runtime.round_timeout_s); Ray has "
+                f"{ray.cluster_resources()}: lower runtime.num_cpus/num_gpus or free the cluster (`ray status`)") from None
+        for part in parts:
             described.update(part)
         info = {
             "n_samples": facts["n_samples"], "n_clusters": facts["n_clusters"], "view_dims": list(facts["view_dims"]),
@@ -147,9 +159,7 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)
         return federation.run(), info
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        ray.kill(server)
+        stop_actors([*actors, *([server] if server is not None else [])])
 
 
 def _selection_score(metrics: dict[str, float], criterion: str) -> float:

@@ -440,7 +440,6 @@ def _stages(upload_log, client):
     return [int(i["losses"]["stage"]) for i in rows["info"]], list(rows["info"])
 
 
-@pytest.mark.timeout(120)
 def test_centralised_run_through_the_runtime(ray_session):
     from fedsim.runner import run_experiment
 
@@ -456,7 +455,6 @@ def test_centralised_run_through_the_runtime(ray_session):
     assert {"nmi", "ari", "purity"} <= set(out)
 
 
-@pytest.mark.timeout(120)
 def test_federated_run_with_single_modality_clients(ray_session):
     from fedsim.runner import run_experiment
 

@@ -294,7 +294,6 @@ def test_predict_and_extra_metrics():
     assert set(one.extra_metrics(one.build_model(0), single)) == {"recon_mse"}
 
 
-@pytest.mark.timeout(600)
 def test_fedrecon_runs_through_the_runtime_with_missing_modalities(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment

@@ -450,7 +450,6 @@ GIB_SMALL = {
 }
 
 
-@pytest.mark.timeout(120)
 def test_centralised_run_through_the_runtime(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment
@@ -464,7 +463,6 @@ def test_centralised_run_through_the_runtime(ray_session):
     assert all(math.isfinite(entry["loss"]) for entry in losses)
 
 
-@pytest.mark.timeout(120)
 def test_federated_run_through_the_runtime(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment

@@ -90,7 +90,6 @@ def test_classification_test_split_misses_the_same_modalities():
         assert not set(s.test_indices) & set(s.indices)
 
 
-@pytest.mark.timeout(300)
 def test_afmcc_clustering_runs_with_missing_modalities(ray_session, small_config):
     """Deliverable 3: the Bernoulli option also serves the clustering methods."""
     from fedsim.runner import run_experiment

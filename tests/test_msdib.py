@@ -394,7 +394,6 @@ TINY = {
 }
 
 
-@pytest.mark.timeout(120)
 def test_tiny_centralised_run(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment
@@ -410,7 +409,6 @@ def test_tiny_centralised_run(ray_session):
     assert sum(out[f"fusion_weight_{v}"] for v in (0, 1)) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.timeout(120)
 def test_tiny_federated_run(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment

@@ -8,7 +8,6 @@ import pytest
 
 from fedsim.runner import run_experiment
 
-pytestmark = pytest.mark.timeout(240)
 
 
 def _train_log(result_log):

@@ -216,7 +216,6 @@ CLASSIFY = {
 }
 
 
-@pytest.mark.timeout(600)
 @pytest.mark.parametrize("method", ["fedavg", "fedprox", "fedopt"])
 def test_baselines_run_classification_with_missing_modalities(ray_session, method):
     from fedsim.config import build_config

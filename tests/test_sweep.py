@@ -77,7 +77,7 @@ def _child_runs(uri):
     return children, (parents[0] if parents else None)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)  # its own deadlines: 400 s for a first trial, 500 s for the resumed sweep
 def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": ""}

@@ -22,10 +22,9 @@ def _panel_metrics(dashboard: dict) -> set[str]:
     return {m for e in exprs for m in re.findall(r"\bray_fedsim_[a-zA-Z0-9_]+", e)}
 
 
-@pytest.mark.timeout(300)
 def test_metrics_are_exported_and_dashboards_query_only_those():
     proc = subprocess.run([sys.executable, "-m", "tests.metrics_probe", "8"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=280)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert EXPECTED <= seen, EXPECTED - seen

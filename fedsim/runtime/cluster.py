@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +82,14 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     to the CPUs available: more would leave actors pending forever without an error.
     """
     resources = ray.available_resources() if ray.is_initialized() else {}
-    cpus = available_cpus if available_cpus is not None else resources.get("CPU", os.cpu_count() or 1)
-    gpus = available_gpus if available_gpus is not None else resources.get("GPU", 0.0)
+    total = ray.cluster_resources() if ray.is_initialized() else {}
+    # Ray's availability report lags by about a second: right after a previous run's actors
+    # were killed it can lack the "CPU" key altogether. Then the cluster's total is the right
+    # figure (os.cpu_count() is not: in a container it can exceed what Ray was given, and
+    # actors asking for more than the cluster has pend forever).
+    cpus = available_cpus if available_cpus is not None else (
+        resources.get("CPU") or total.get("CPU") or len(os.sched_getaffinity(0)))
+    gpus = available_gpus if available_gpus is not None else (resources.get("GPU") or total.get("GPU", 0.0))
     memory = available_memory if available_memory is not None else psutil.virtual_memory().available
     if cfg.runtime.num_cpus is not None:
         cpus = cfg.runtime.num_cpus
@@ -107,9 +114,11 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     return Placement(groups=groups, num_cpus=max(cpus / n_actors, 0.01), num_gpus=num_gpus)
 
 
-def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: str) -> tuple[list[Any], dict[int, Any]]:
-    """Create the actors; returns them and a map client id -> hosting actor."""
-    actors = []
+def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: str,
+                        created: list[Any]) -> dict[int, Any]:
+    """Create the actors, appending each to ``created`` as soon as it exists (so the caller can
+    stop them even if this is interrupted); returns the map client id -> hosting actor."""
+    actors = created
     by_client: dict[int, Any] = {}
     remote_cls = ray.remote(ClientActor)
     config = cfg.model_dump(mode="json")
@@ -125,4 +134,23 @@ def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: st
         actors.append(actor)
         for cid in group:
             by_client[cid] = actor
-    return actors, by_client
+    return by_client
+
+
+def stop_actors(actors: list[Any], wait_s: float = 30.0) -> None:
+    """Kill ``actors`` and wait (at most ``wait_s``) until Ray reports each one dead.
+
+    ``ray.kill`` only asks; a run that starts right after would otherwise plan its placement
+    while the old actors still hold their CPUs. Every actor is killed even if one kill fails."""
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already dead or never created: nothing to stop
+            pass
+    deadline = time.monotonic() + wait_s
+    for actor in actors:
+        try:
+            # A call on a killed actor fails with RayActorError once Ray has marked it dead.
+            ray.get(actor.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - RayActorError is the expected outcome
+            pass

@@ -49,6 +49,16 @@ def _backoff(attempt: int) -> None:
     time.sleep(min(2.0 ** attempt, 10.0))
 
 
+def _get(refs: Any, timeout_s: float, what: str) -> Any:
+    """``ray.get`` that cannot wait forever: a call on an actor that never got scheduled blocks
+    in Ray's C++ core, where not even a signal handler (pytest-timeout, Ctrl-C) runs."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError as exc:
+        raise TimeoutError(f"{what} did not answer in {timeout_s:g} s (runtime.round_timeout_s); are the actors "
+                           "pending for lack of CPUs/GPUs? see `ray status`") from exc
+
+
 @dataclass
 class RoundJob:
     client_id: int
@@ -130,7 +140,7 @@ class Federation:
         return self.clients[cid][key] / self.speeds[cid]
 
     def _snapshot(self) -> Snapshot:
-        return ray.get(self.server.snapshot.remote())
+        return _get(self.server.snapshot.remote(), self.cfg.runtime.round_timeout_s, "the parameter server")
 
     def _submit(self, job: RoundJob) -> RoundJob:
         # Real modes wait out the speed difference; the fastest client never waits.
@@ -165,9 +175,9 @@ class Federation:
                     f"pending for lack of CPUs/GPUs? see `ray status`") from exc
 
     def _commit(self, job: RoundJob, info: dict[str, Any]) -> UploadRecord:
-        record: UploadRecord = ray.get(self.server.commit.remote(
+        record: UploadRecord = _get(self.server.commit.remote(
             job.client_id, [job.flat_ref], job.round, job.phase, job.snapshot, job.sim_start, job.sim_end,
-            info["upload_bytes"], info))
+            info["upload_bytes"], info), self.cfg.runtime.round_timeout_s, "the parameter server")
         self.total_uploads += 1
         self.sim_time = max(self.sim_time, job.sim_end)
         if job.phase == "train":
@@ -195,7 +205,7 @@ class Federation:
         """AFMCC Alg. 1: the designated client trains alone, then seeds every client."""
         p = self.cfg.pretrain.client
         init = self.actor_of[p].initial_parameters.remote(p)
-        ray.get(self.server.seed_all.remote([init]))
+        _get(self.server.seed_all.remote([init]), self.cfg.runtime.round_timeout_s, "the parameter server")
         t = 0.0
         self._phase = "pretrain"
         for done in range(rounds):
@@ -204,7 +214,7 @@ class Federation:
             self._commit(job, self._resolve(job))
             t = job.sim_end
         latest = self._snapshot().entry(p).ref
-        ray.get(self.server.seed_all.remote([latest]))
+        _get(self.server.seed_all.remote([latest]), self.cfg.runtime.round_timeout_s, "the parameter server")
         self.sim_time = t
         self._phase = "train"
 
@@ -212,7 +222,7 @@ class Federation:
         self.pretrain(self.cfg.pretrain_rounds)
         {"sync": self._run_sync, "async": self._run_async, "virtual": self._run_virtual}[self.cfg.mode]()
         final = self.evaluate(final=True)
-        log = pd.DataFrame(ray.get(self.server.upload_log.remote()))
+        log = pd.DataFrame(_get(self.server.upload_log.remote(), self.cfg.runtime.round_timeout_s, "the parameter server"))
         return FederationResult(
             metrics=final.metrics, history=self.history, upload_log=log, assignments=self._assignments,
             rounds_done=list(self.rounds_done), sim_time=self.sim_time,
@@ -275,6 +285,9 @@ class Federation:
                 start(cid, finish)
 
     # -- evaluation -------------------------------------------------------------------------------
+    def _eval_get(self, refs: Any) -> Any:
+        return _get(refs, self.cfg.runtime.round_timeout_s, "an evaluation call on the client actors")
+
     def _with_retry(self, fn: Callable[[], Any]) -> Any:
         for attempt in range(MAX_ROUND_RETRIES + 1):
             try:
@@ -301,25 +314,25 @@ class Federation:
         cfg = self.cfg
         refs = {c: [snapshot.entry(c).ref] for c in range(self.u)}
         if cfg.task == "classification":
-            parts = self._with_retry(lambda: ray.get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)]))
+            parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)]))
             true = np.concatenate([p["labels_true"] for p in parts])
             pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
             metrics = classification_metrics(true, pred)
         else:
             if cfg.evaluation == "fmcsc":
                 def run() -> list[dict[str, Any]]:
-                    first = ray.get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed))
-                    rest = ray.get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
+                    first = self._eval_get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed))
+                    rest = self._eval_get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
                                                                       cfg.kmeans_n_init, cfg.seed) for c in range(1, self.u)])
                     return [first, *rest]
                 parts = self._with_retry(run)
                 pred = np.concatenate([p["labels_pred"] for p in parts])
             elif cfg.evaluation == "global_kmeans":
-                parts = self._with_retry(lambda: ray.get([self.actor_of[c].embed.remote(c, refs[c]) for c in range(self.u)]))
+                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].embed.remote(c, refs[c]) for c in range(self.u)]))
                 pred = global_kmeans(np.concatenate([p["features"] for p in parts]), self.n_clusters, seed=cfg.seed,
                                      n_init=cfg.kmeans_n_init)
             else:
-                parts = self._with_retry(lambda: ray.get([self.actor_of[c].soft_assignments.remote(c, refs[c]) for c in range(self.u)]))
+                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].soft_assignments.remote(c, refs[c]) for c in range(self.u)]))
                 pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
             true = np.concatenate([p["labels_true"] for p in parts])
             metrics = clustering_metrics(true, pred)
@@ -329,7 +342,7 @@ class Federation:
             metrics["client_acc_mean"] = float(np.mean([
                 cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]))
         if final and self._has_extras:
-            extras = self._with_retry(lambda: ray.get([self.actor_of[c].final_extras.remote(c, refs[c]) for c in range(self.u)]))
+            extras = self._with_retry(lambda: self._eval_get([self.actor_of[c].final_extras.remote(c, refs[c]) for c in range(self.u)]))
             weights = np.array([e["n_samples"] for e in extras], dtype=float)
             for key in sorted({k for e in extras for k in e["metrics"]}):
                 values = np.array([e["metrics"].get(key, np.nan) for e in extras])

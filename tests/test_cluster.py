@@ -1,0 +1,69 @@
+"""Placement of simulated clients onto actors, and that a run never leaves actors behind.
+
+Actors asking for more CPUs than the cluster has pend forever without an error, and a call on
+a pending actor blocks inside Ray's C++ core where no signal handler runs: these tests guard
+the two ways that happened (a stale availability report, and actors leaked by a failed run)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from fedsim.runtime import cluster
+from fedsim.runtime.cluster import plan_placement
+
+
+
+def test_placement_never_asks_for_more_cpus_than_given(small_config):
+    cfg = small_config("num_clients=48", "client_ratio=2:1")
+    p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=2, available_gpus=0,
+                       available_memory=24 * 2**30)
+    assert len(p.groups) == 2 and p.num_cpus * len(p.groups) <= 2 and p.num_gpus == 0
+    assert sorted(c for g in p.groups for c in g) == list(range(48))
+    # memory bounds the actor count: ~350 MB each, 60% of 1 GiB holds one
+    p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=16, available_gpus=0,
+                       available_memory=2**30)
+    assert len(p.groups) == 1
+    # GPUs: at most clients_per_gpu clients share one GPU, no actor asks for more than one
+    p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=16, available_gpus=4,
+                       available_memory=64 * 2**30)
+    assert len(p.groups) == 16 and p.device == "cuda" and 0 < p.num_gpus <= 1
+    assert p.num_gpus * len(p.groups) <= 4 + 1e-9 and p.num_cpus * len(p.groups) <= 16
+
+
+def test_placement_uses_the_cluster_total_when_the_availability_report_lags(ray_session, small_config, monkeypatch):
+    # Right after a run's actors are killed, Ray's report can lack "CPU" for about a second;
+    # os.cpu_count() may then be the host's count, more than Ray was given (here 2).
+    monkeypatch.setattr(cluster.ray, "available_resources", lambda: {})
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 64)
+    p = plan_placement(small_config(), param_bytes=10_000, shard_bytes=10_000)
+    assert p.num_cpus * len(p.groups) <= ray.cluster_resources()["CPU"]
+
+
+def _cpus_back(expected: float, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= expected:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_failed_run_leaves_no_actors_holding_cpus(ray_session, small_config, monkeypatch):
+    from fedsim.runner import run_experiment
+    from fedsim.runtime.orchestrator import Federation
+
+    def fail(self):
+        raise RuntimeError("injected failure in the middle of a run")
+
+    monkeypatch.setattr(Federation, "run", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_experiment(small_config())
+    total = ray.cluster_resources()["CPU"]
+    assert _cpus_back(total, within_s=10), ray.available_resources()
+    monkeypatch.undo()
+    # and the next run gets its actors scheduled and finishes
+    out = run_experiment(small_config("rounds=1")).summary
+    assert out["rounds"] == {str(c): 1 for c in range(4)}
