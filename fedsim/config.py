@@ -84,6 +84,7 @@ class RuntimeConfig(Strict):
     num_cpus: float | None = Field(None, gt=0)
     include_dashboard: bool = True
     dashboard_port: int = 8265
+    # bounds every wait on an actor (start-up, a round, an evaluation): nothing waits forever
     round_timeout_s: float = Field(600.0, gt=0)
 
 
