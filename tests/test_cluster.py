@@ -15,7 +15,6 @@ from fedsim.runtime import cluster
 from fedsim.runtime.cluster import plan_placement
 
 
-
 def test_placement_never_asks_for_more_cpus_than_given(small_config):
     cfg = small_config("num_clients=48", "client_ratio=2:1")
     p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=2, available_gpus=0,
@@ -51,19 +50,37 @@ def _cpus_back(expected: float, within_s: float) -> bool:
     return False
 
 
-def test_a_failed_run_leaves_no_actors_holding_cpus(ray_session, small_config, monkeypatch):
-    from fedsim.runner import run_experiment
+@pytest.mark.parametrize("where", ["start-up", "mid-run"])
+def test_a_failed_run_leaves_no_actors_holding_cpus(ray_session, small_config, monkeypatch, where):
+    from ray.exceptions import RayActorError
+
+    from fedsim import runner
     from fedsim.runtime.orchestrator import Federation
 
-    def fail(self):
-        raise RuntimeError("injected failure in the middle of a run")
+    seen: list = []  # the run's client actors; holding their handles keeps them alive unless stopped
+    if where == "start-up":
+        real = runner.start_client_actors
 
-    monkeypatch.setattr(Federation, "run", fail)
+        def start_then_fail(*args, **kwargs):
+            seen.extend(real(*args, **kwargs).values())
+            raise RuntimeError("injected failure after the actors were created")
+
+        monkeypatch.setattr(runner, "start_client_actors", start_then_fail)
+    else:
+        def fail(self):
+            seen.extend(self.actor_of.values())
+            raise RuntimeError("injected failure in the middle of a run")
+
+        monkeypatch.setattr(Federation, "run", fail)
     with pytest.raises(RuntimeError, match="injected"):
-        run_experiment(small_config())
-    total = ray.cluster_resources()["CPU"]
-    assert _cpus_back(total, within_s=10), ray.available_resources()
+        runner.run_experiment(small_config())
+    assert seen
+    for actor in seen:  # stopped before run_experiment returned, not merely garbage-collected later
+        with pytest.raises(RayActorError):
+            ray.get(actor.__ray_ready__.remote(), timeout=30)
+    del seen
+    assert _cpus_back(ray.cluster_resources()["CPU"], within_s=10), ray.available_resources()
     monkeypatch.undo()
     # and the next run gets its actors scheduled and finishes
-    out = run_experiment(small_config("rounds=1")).summary
+    out = runner.run_experiment(small_config("rounds=1")).summary
     assert out["rounds"] == {str(c): 1 for c in range(4)}
