@@ -105,6 +105,8 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
                 best = (score, result, info)
         assert best is not None
         _, result, info = best
+        if selection.runs > 1:
+            result.metrics.update(selected_by(restarts))
         wall = time.perf_counter() - started
         out = _result_json(cfg, result, wall, run_id, ray_info, info)
         if selection.runs > 1:
@@ -167,6 +169,22 @@ def _selection_score(metrics: dict[str, float], criterion: str) -> float:
     if criterion == "acc":
         return -float(metrics.get("acc", metrics.get("accuracy", float("nan"))))
     return float(metrics["selection_loss"])  # _check_method made sure the method has one
+
+
+def selected_by(restarts: list[dict[str, Any]]) -> dict[str, float]:
+    """The restart each selection criterion keeps, from one set of restarts: its metrics as
+    ``selected_by_<criterion>/<metric>`` (and ``.../restart``). One trial then serves both the
+    label-free choice and the papers' label-using one (MSDIB/GIB Table 1 rows), at half the cost
+    of training the same restarts twice; ``loss`` only when every restart has a selection loss."""
+    criteria = ["acc"] + (["loss"] if all("selection_loss" in r for r in restarts) else [])
+    out: dict[str, float] = {}
+    for criterion in criteria:
+        scores = [_selection_score(r, criterion) for r in restarts]
+        kept = restarts[int(np.argmin(scores))]  # first of equal scores, as the restart loop keeps
+        for key, value in kept.items():
+            if key != "wall_time" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"selected_by_{criterion}/{key}"] = float(value)
+    return out
 
 
 def _parameter_bytes(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int) -> int:

@@ -55,6 +55,10 @@ class GridSpec:
     time_to_reach: dict[str, Any] | None = None  # Table 3d: {"reference": {"mode": "sync"}}
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset extra overrides
     variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # named axis values
+    # Table rows read off each trial rather than trained per row: axis -> row value -> metric
+    # prefix, e.g. {"selection": {"label_free": "selected_by_loss"}}: that row's ACC is the trial's
+    # ``selected_by_loss/acc`` (the restart the label-free criterion keeps; runner.selected_by).
+    derived_rows: dict[str, dict[str, str]] = field(default_factory=dict)
     # Line plot of the first metric (mean +- std over seeds): {"x": axis, "lines": axis, "panels": axis}
     plot: dict[str, str] | None = None
     # For the reproduction report: datasets of ours to run the grid on beyond those with paper
@@ -99,6 +103,7 @@ def load_grid(method: str, grid: str) -> GridSpec:
             variants=raw.get("variants", {}) or {}, plot=table.get("plot"),
             report_datasets=list(raw.get("report", {}).get("datasets", [])),
             not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
+            derived_rows={k: dict(v) for k, v in (raw.get("derived_rows", {}) or {}).items()},
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
@@ -220,7 +225,8 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 # uar), and a method's label-free selection loss when it has one.
 SCORE_KEYS = ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar", "selection_loss")
 # A method's extra_metrics (e.g. FedRecon's coherence_*, recon_mse, cross_mse) are reported too.
-EXTRA_SCORE_PREFIXES = ("coherence", "recon_mse", "cross_mse", "fusion_weight_")
+# selected_by_<criterion>/<metric>: the restart each model-selection criterion keeps (runner.selected_by).
+EXTRA_SCORE_PREFIXES = ("coherence", "recon_mse", "cross_mse", "fusion_weight_", "selected_by_")
 
 
 def _score_keys(s: dict[str, Any]) -> list[str]:
@@ -392,6 +398,7 @@ def summarise_grid(spec: GridSpec, dataset: str, frame: pd.DataFrame) -> pd.Data
     keys = spec.rows + ([spec.columns] if spec.columns else [])
     if frame.empty:
         return pd.DataFrame()
+    frame = expand_derived_rows(spec, frame)
     groups = frame.groupby(keys, sort=False) if keys else [((), frame)]
     paper = spec.paper.get(dataset, {})  # none for synthetic stand-ins: not the paper's data
     rows = []
@@ -411,6 +418,23 @@ def summarise_grid(spec: GridSpec, dataset: str, frame: pd.DataFrame) -> pd.Data
     if spec.time_to_reach:
         table = _add_time_to_reach(spec, frame, table)
     return table
+
+
+def expand_derived_rows(spec: GridSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """One copy of the trials per derived row value (``GridSpec.derived_rows``), its metrics
+    taken from the value's prefix: ``acc`` <- ``<prefix>/acc``. Trials without the prefixed
+    metrics (logged before the runner recorded them) count in no derived row."""
+    for axis, values in spec.derived_rows.items():
+        parts = []
+        for value, prefix in values.items():
+            cols = {f"{prefix}/{m}": m for m in spec.metrics if f"{prefix}/{m}" in frame}
+            if len(cols) < len(spec.metrics):
+                continue
+            part = frame.drop(columns=spec.metrics, errors="ignore").rename(columns=cols)
+            part = part[part[spec.metrics].notna().all(axis=1)]
+            parts.append(part.assign(**{axis: value}))
+        frame = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0].assign(**{axis: []})
+    return frame
 
 
 def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:

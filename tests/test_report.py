@@ -101,6 +101,25 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "afmcc/smoke" not in text  # the test grid is not a paper table
 
 
+def test_derived_rows_come_from_the_same_trials(tmp_path):
+    """MSDIB Table 1's two selections are rows read off one trial per seed (selected_by_<c>/...):
+    each row's mean is over the seeds of its own prefixed metrics."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    trials = [(f"seed={s}", {"seed": s}, {"acc": a, "nmi": a, "selected_by_loss/acc": a, "selected_by_loss/nmi": a,
+                                          "selected_by_acc/acc": b, "selected_by_acc/nmi": b / 2})
+              for s, (a, b) in enumerate([(0.30, 0.50), (0.40, 0.70)])]
+    parent = _sweep(client, "sweep/msdib/cub/table1", {"fedsim.command": "make sweep DATASET=cub METHOD=msdib GRID=table1"},
+                    trials)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    text = write_report(uri, _reports_dir(tmp_path / "reports")).read_text()
+    m1 = text[text.index("### msdib/table1"):]
+    m1 = m1[m1.index("**cub**"):]
+    assert m1.startswith("**cub** (partial: 2 of 3 trials finished")
+    assert "| label_free | 2 | 35.0 ± 5.0 | 35.0 ± 5.0 |" in m1
+    assert "| paper_acc_uses_labels | 2 | 60.0 ± 10.0 | 30.0 ± 5.0 |" in m1
+
+
 def _body(text):
     return text[text.index("## AFMCC"):]
 

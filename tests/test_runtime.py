@@ -137,12 +137,30 @@ def test_model_selection_keeps_the_best_of_several_restarts(ray_session, small_c
     accs = [r["acc"] for r in sel["restarts"]]
     assert [r["restart"] for r in sel["restarts"]] == [0, 1] and sel["uses_labels"]
     assert out["acc"] == max(accs) and sel["chosen"] == int(np.argmax(accs))
+    # the runner records the kept restart per criterion; this method has no selection loss
+    assert out["selected_by_acc/acc"] == out["acc"] and out["selected_by_acc/restart"] == sel["chosen"]
+    assert not any(k.startswith("selected_by_loss/") for k in out)
     # restart 0 is the run without model selection: adding restarts never changes it
     single = run_experiment(small_config("rounds=2")).summary
     assert single["acc"] == pytest.approx(accs[0]) and single["nmi"] == pytest.approx(sel["restarts"][0]["nmi"])
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(out["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["fedsim.selection"] == "acc (uses labels)"
     assert "restart_1/acc" in run.data.metrics
+
+
+def test_selected_by_keeps_each_criterions_restart():
+    """One set of restarts serves both selections: the lowest selection loss and the highest ACC
+    (first of ties), each restart's metrics under its criterion's prefix."""
+    from fedsim.runner import selected_by
+
+    restarts = [{"restart": 0, "acc": 0.5, "nmi": 0.4, "selection_loss": 0.2, "wall_time": 3.0},
+                {"restart": 1, "acc": 0.9, "nmi": 0.8, "selection_loss": 0.3, "wall_time": 3.0},
+                {"restart": 2, "acc": 0.9, "nmi": 0.7, "selection_loss": 0.1, "wall_time": 3.0}]
+    got = selected_by(restarts)
+    assert got["selected_by_acc/restart"] == 1 and got["selected_by_acc/nmi"] == 0.8
+    assert got["selected_by_loss/restart"] == 2 and got["selected_by_loss/acc"] == 0.9
+    assert "selected_by_acc/wall_time" not in got
+    assert not any(k.startswith("selected_by_loss/") for k in selected_by([{"restart": 0, "acc": 0.1}]))
 
 
 def test_label_free_selection_needs_a_selection_loss(small_config):
