@@ -105,7 +105,9 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
                 best = (score, result, info)
         assert best is not None
         _, result, info = best
-        if selection.runs > 1:
+        if selection.runs > 1 or "selection_loss" in result.metrics:
+            # also for one restart (both criteria keep it): a grid's derived rows then read the
+            # same metrics whatever EXTRA="model_selection.runs=..." a sweep was given
             result.metrics.update(selected_by(restarts))
         wall = time.perf_counter() - started
         out = _result_json(cfg, result, wall, run_id, ray_info, info)

@@ -407,6 +407,10 @@ def test_tiny_centralised_run(ray_session):
     assert out["model_selection"]["runs"] == 2
     assert math.isfinite(out["selection_loss"])
     assert sum(out[f"fusion_weight_{v}"] for v in (0, 1)) == pytest.approx(1.0, abs=1e-5)
+    # the kept restart is the label-free choice; the label-using one is recorded beside it
+    assert out["selected_by_loss/acc"] == out["acc"]
+    restarts = out["model_selection"]["restarts"]
+    assert out["selected_by_acc/acc"] == max(r["acc"] for r in restarts)
 
 
 def test_tiny_federated_run(ray_session):
@@ -418,6 +422,8 @@ def test_tiny_federated_run(ray_session):
     outcome = run_experiment(cfg)
     res = outcome.federation
     assert res.rounds_done == [2, 2, 2, 2]
+    # one restart: both criteria keep it, so Table 1's derived rows read the run's own metrics
+    assert outcome.summary["selected_by_loss/acc"] == outcome.summary["selected_by_acc/acc"] == outcome.summary["acc"]
     log = res.upload_log[res.upload_log["phase"] == "train"]
     assert len(log) == 8
     for info in log["info"]:
