@@ -210,15 +210,29 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     if done is not None:  # finished before the driver died, but Tune had not recorded it yet
         tune.report(_final_report(done, params))
         return
-    cfg = build_config(ctx["base"], ctx["overrides"] + ctx["spec"].trial_overrides(params) + [
+    overrides = ctx["overrides"] + ctx["spec"].trial_overrides(params)
+    cpus, gpus = trial_actor_resources(ctx, build_config(ctx["base"], overrides).num_clients)
+    cfg = build_config(ctx["base"], overrides + [
         f"tracking.tags={json.dumps({'fedsim.trial': key, 'fedsim.grid_point': json.dumps(params)})}",
         f"tracking.experiment={ctx['experiment']}", f"tracking.parent_run_id={ctx['parent_run_id']}",
         f"tracking.run_name={'-'.join(f'{k}={v}' for k, v in params.items())}", "tracking.progress=false",
-        f"runtime.num_cpus={ctx['actor_cpus']}", f"runtime.num_gpus={ctx['actor_gpus']}",
+        f"runtime.num_cpus={cpus}", f"runtime.num_gpus={gpus}",
         f"runtime.clients_per_actor={ctx['clients_per_actor']}", "runtime.include_dashboard=false",
     ])
     outcome = run_experiment(cfg, callbacks=[TuneReporter()])
     tune.report(_final_report(outcome.summary, params))
+
+
+def trial_actor_resources(ctx: dict[str, Any], num_clients: int) -> tuple[float, float]:
+    """The CPUs and GPUs (``runtime.num_cpus`` / ``num_gpus``) a trial's client actors ask for.
+
+    The placement group has one bundle per actor of the grid's largest trial; a trial with fewer
+    clients (a centralised row beside 12-client ones) starts fewer actors, and each must ask for
+    one bundle's share, not for all the trial's CPUs, which fit no bundle (Tune then fails the
+    trial: "cannot fit into any bundles")."""
+    n_actors = min(ctx["actors_per_trial"], math.ceil(num_clients / ctx["clients_per_actor"]))
+    share = n_actors / ctx["actors_per_trial"]
+    return ctx["actor_cpus"] * share, ctx["actor_gpus"] * share
 
 
 # Final scores a trial reports: clustering (acc/nmi/ari/purity), classification (accuracy/macro_f1/
@@ -317,7 +331,7 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
         context = {
             "spec": plan.spec, "base": plan.base, "overrides": plan.overrides, "experiment": plan.experiment,
             "parent_run_id": parent_id, "actor_cpus": actor_cpus, "actor_gpus": plan.trial_gpus,
-            "clients_per_actor": plan.clients_per_actor,
+            "clients_per_actor": plan.clients_per_actor, "actors_per_trial": plan.actors_per_trial,
         }
         trainable = tune.with_resources(tune.with_parameters(fedsim_trial, context=context),
                                         PlacementGroupFactory(bundles, strategy="PACK"))

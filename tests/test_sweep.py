@@ -134,6 +134,27 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     assert all(by_run[rid] == acc for rid, acc in zip(record.frame["mlflow_run_id"], record.frame["acc"]))
 
 
+def test_trials_with_fewer_clients_fit_the_placement_bundles():
+    """A grid mixing 12-client and 1-client trials (the federated grids' centralised row): the
+    placement group has a bundle per actor of the largest trial; the 1-client trial's actor asks
+    for one bundle's share, and the clients_per_actor grouping gives each actor one bundle."""
+    from fedsim.runtime.cluster import plan_placement
+    from fedsim.sweep import trial_actor_resources
+
+    plan = plan_sweep("msdib", "synthetic-bdgp", "federated", [], trial_cpus=2)
+    assert plan.actors_per_trial == 2 and plan.clients_per_actor == 6
+    bundle = (2 - 0.02) / plan.actors_per_trial
+    ctx = {"actor_cpus": 2 - 0.02, "actor_gpus": 0.0, "actors_per_trial": 2, "clients_per_actor": 6}
+    from fedsim.config import build_config
+
+    for overrides in ([], ["num_clients=1", "client_ratio=1:0"]):
+        cfg = build_config(plan.base, plan.overrides + overrides)
+        cpus, _ = trial_actor_resources(ctx, cfg.num_clients)
+        placed = plan_placement(build_config(plan.base, plan.overrides + overrides + [
+            f"runtime.num_cpus={cpus}", "runtime.clients_per_actor=6"]), 1000, 1000)
+        assert len(placed.groups) <= plan.actors_per_trial and placed.num_cpus <= bundle + 1e-9
+
+
 def test_trial_reports_carry_method_extra_metrics():
     """A grid may tabulate a method's extra metrics (FedRecon's coherence); they must reach the
     trial's report, or summarise() fails on the missing column."""
