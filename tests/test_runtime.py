@@ -55,6 +55,17 @@ def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     assert c_out["simulated_time"] != a_out["simulated_time"] or c_out["acc"] != a_out["acc"] or c_out["nmi"] != a_out["nmi"]
 
 
+def test_virtual_mode_does_not_depend_on_actor_placement(ray_session, small_config):
+    # The automatic placement follows the machine (free CPUs and memory), so the same config may
+    # host its clients on one actor here and on four there: the result must not change with it.
+    one_actor_out, one_actor = _run(small_config("speed_profile=eo:3:1", "runtime.clients_per_actor=4"))
+    four_actors_out, four_actors = _run(small_config("speed_profile=eo:3:1", "runtime.clients_per_actor=1"))
+    assert (one_actor_out["federation"]["actors"], four_actors_out["federation"]["actors"]) == (1, 4)
+    for key in ("acc", "nmi", "ari", "purity", "simulated_time"):
+        assert one_actor_out[key] == four_actors_out[key], key
+    assert [i["losses"] for i in one_actor.upload_log["info"]] == [i["losses"] for i in four_actors.upload_log["info"]]
+
+
 def test_virtual_eo_ratio_orders_rounds(ray_session, small_config):
     # all clients full-modality, so rounds cost the same work and only the speed differs
     cfg = small_config("speed_profile=eo:3:1", "stop.rule=group", "stop.group=odd", "stop.group_rounds=2",
