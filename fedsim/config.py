@@ -86,6 +86,10 @@ class RuntimeConfig(Strict):
     dashboard_port: int = 8265
     # bounds every wait on an actor (start-up, a round, an evaluation): nothing waits forever
     round_timeout_s: float = Field(600.0, gt=0)
+    # intra-op threads of each client actor's torch. Fixed, not taken from the actor's CPU share:
+    # the share follows the machine (one actor on 2 CPUs here, four on 0.5 there) and a different
+    # thread count changes float reductions, so virtual mode would stop being bit-for-bit.
+    torch_threads: int = Field(1, ge=1)
 
 
 class TrackingConfig(Strict):

@@ -52,6 +52,9 @@ class ClientActor:
         self.telemetry = ClientTelemetry(run_tag)
         cfg = ExperimentConfig(**config)
         self.cfg = cfg
+        # Ray sets OMP_NUM_THREADS from the actor's CPU share, which depends on the placement;
+        # pinning the count keeps results independent of how clients were spread over actors.
+        torch.set_num_threads(cfg.runtime.torch_threads)
         # Model-selection restarts draw new initialisations and batches; restart 0 keeps the seeds
         # of a run without restarts, so adding restarts never changes the first run.
         self._restart = (cfg.restart,) if cfg.restart else ()
