@@ -315,7 +315,13 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
 
     owned = not ray.is_initialized()
     if owned:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+        except BaseException:
+            # e.g. Ray's fixed 30 s node start-up wait on an overloaded machine: the summary
+            # run must not stay RUNNING (a resume reopens it)
+            mlflow.MlflowClient().set_terminated(parent_id, "FAILED")
+            raise
     try:
         # Where the grid ran, for the wall times the reproduction report prints.
         mlflow.MlflowClient().set_tag(parent_id, "fedsim.machine", _machine_description())

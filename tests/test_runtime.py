@@ -38,6 +38,7 @@ def test_each_mode_completes(ray_session, small_config, mode, evaluation):
             assert reads.nunique() == 1
 
 
+@pytest.mark.slow(31)
 def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     cfg = small_config("speed_profile=eo:3:1")
     a_out, a = _run(cfg)
@@ -135,6 +136,7 @@ def test_private_uploads_and_argmax_evaluation(ray_session, small_config):
     assert 0.0 <= out["acc"] <= 1.0
 
 
+@pytest.mark.slow(34)
 def test_model_selection_keeps_the_best_of_several_restarts(ray_session, small_config, tmp_path):
     """model_selection.runs trains from different initialisations on the same split and keeps one;
     criterion=acc (the MSDIB/GIB papers' label-using choice) is tagged as such in MLflow."""
