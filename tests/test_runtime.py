@@ -56,6 +56,7 @@ def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     assert c_out["simulated_time"] != a_out["simulated_time"] or c_out["acc"] != a_out["acc"] or c_out["nmi"] != a_out["nmi"]
 
 
+@pytest.mark.slow(30)
 def test_virtual_mode_does_not_depend_on_actor_placement(ray_session, small_config):
     # The automatic placement follows the machine (free CPUs and memory), so the same config may
     # host its clients on one actor here and on four there: the result must not change with it.
