@@ -8,9 +8,6 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/afmcc/handwritten.yaml
 SET ?=
 STAMP := $(VENV)/.fedsim-installed
-# pytest-xdist workers: two, each with its own 2-CPU local Ray; much of a federation test is
-# process start-up and waiting, which the other worker fills. More workers than cores thrash.
-TEST_WORKERS ?= 2
 
 .PHONY: install test run bench mlflow-ui clean report
 
@@ -26,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -q --durations=15
 
 run: install
 	$(BIN)/fedsim run $(CONFIG) $(foreach s,$(SET),--set $(s))

@@ -17,17 +17,6 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config, items):
-    # The suite runs on two xdist workers (Makefile): the few minute-long tests go first, so
-    # one worker carries them while the other works through the many short ones, instead of
-    # the longest starting last and running alone.
-    def expected_seconds(item) -> float:
-        marker = item.get_closest_marker("slow")
-        return float(marker.args[0]) if marker is not None else 0.0
-
-    items.sort(key=expected_seconds, reverse=True)  # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

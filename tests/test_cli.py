@@ -79,7 +79,6 @@ def test_malformed_data_file(tmp_path):
     assert _no_running_mlflow_runs(tmp_path)
 
 
-@pytest.mark.slow(32)
 def test_cli_run_writes_result_json(tmp_path):
     cfg = _write(tmp_path, "cfg.yaml", {**SMALL_SYNTHETIC, "tracking": {"enabled": True, "progress": True},
                                         "runtime": {"include_dashboard": False, "num_cpus": 2}})

@@ -38,7 +38,6 @@ def test_each_mode_completes(ray_session, small_config, mode, evaluation):
             assert reads.nunique() == 1
 
 
-@pytest.mark.slow(31)
 def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     cfg = small_config("speed_profile=eo:3:1")
     a_out, a = _run(cfg)
@@ -56,7 +55,6 @@ def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     assert c_out["simulated_time"] != a_out["simulated_time"] or c_out["acc"] != a_out["acc"] or c_out["nmi"] != a_out["nmi"]
 
 
-@pytest.mark.slow(30)
 def test_virtual_mode_does_not_depend_on_actor_placement(ray_session, small_config):
     # The automatic placement follows the machine (free CPUs and memory), so the same config may
     # host its clients on one actor here and on four there: the result must not change with it.
@@ -137,7 +135,6 @@ def test_private_uploads_and_argmax_evaluation(ray_session, small_config):
     assert 0.0 <= out["acc"] <= 1.0
 
 
-@pytest.mark.slow(34)
 def test_model_selection_keeps_the_best_of_several_restarts(ray_session, small_config, tmp_path):
     """model_selection.runs trains from different initialisations on the same split and keeps one;
     criterion=acc (the MSDIB/GIB papers' label-using choice) is tagged as such in MLflow."""

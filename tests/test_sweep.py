@@ -78,7 +78,6 @@ def _child_runs(uri):
 
 
 @pytest.mark.timeout(1500)  # its own deadlines: 400 s for a first trial, 500 s for the resumed sweep
-@pytest.mark.slow(152)
 def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": ""}

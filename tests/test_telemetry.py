@@ -22,7 +22,6 @@ def _panel_metrics(dashboard: dict) -> set[str]:
     return {m for e in exprs for m in re.findall(r"\bray_fedsim_[a-zA-Z0-9_]+", e)}
 
 
-@pytest.mark.slow(36)
 def test_metrics_are_exported_and_dashboards_query_only_those():
     proc = subprocess.run([sys.executable, "-m", "tests.metrics_probe", "8"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
