@@ -84,8 +84,11 @@ class RuntimeConfig(Strict):
     num_cpus: float | None = Field(None, gt=0)
     include_dashboard: bool = True
     dashboard_port: int = 8265
-    # bounds every wait on an actor (start-up, a round, an evaluation): nothing waits forever
+    # bounds every wait on an actor (a round, an evaluation, the server): nothing waits forever
     round_timeout_s: float = Field(600.0, gt=0)
+    # how long a run's client actors may take to start (pending for CPUs/GPUs, importing torch,
+    # loading their shards) before the run fails with what Ray has free
+    start_timeout_s: float = Field(300.0, gt=0)
     # intra-op threads of each client actor's torch. Fixed, not taken from the actor's CPU share:
     # the share follows the machine (one actor on 2 CPUs here, four on 0.5 there) and a different
     # thread count changes float reductions, so virtual mode would stop being bit-for-bit.

@@ -132,6 +132,7 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
     """One federation from fresh actors: a parameter server, the client actors, the run."""
     server: Any = None
     actors: list[Any] = []
+    placement = None
     try:
         # Everything Ray-side is created inside the try: an interruption half-way through
         # start-up must not leave actors holding CPUs, or the next run's actors pend forever.
@@ -141,12 +142,14 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         actor_of = start_client_actors(cfg, placement, run_tag, created=actors)
         described: dict[int, dict[str, Any]] = {}
         try:
-            parts = ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.round_timeout_s)
+            parts = ray.get([a.describe.remote() for a in actors], timeout=cfg.runtime.start_timeout_s)
         except GetTimeoutError:
+            free = _cpu_gpu(ray.available_resources())
             raise ConfigError(
                 f"the {len(actors)} client actors ({placement.num_cpus:g} CPUs, {placement.num_gpus:g} GPUs each) were "
-                f"not running after {cfg.runtime.round_timeout_s:g} s (runtime.round_timeout_s); Ray has "
-                f"{ray.cluster_resources()}: lower runtime.num_cpus/num_gpus or free the cluster (`ray status`)") from None
+                f"not running after {cfg.runtime.start_timeout_s:g} s (runtime.start_timeout_s); Ray has "
+                f"{free or 'no CPU or GPU'} free of {_cpu_gpu(ray.cluster_resources())}: lower "
+                "runtime.num_cpus/num_gpus or free the cluster (`ray status`)") from None
         for part in parts:
             described.update(part)
         info = {
@@ -163,7 +166,15 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)
         return federation.run(), info
     finally:
-        stop_actors([*actors, *([server] if server is not None else [])])
+        # Wait for the CPUs to be free again only where the next run plans from what is free: a
+        # sweep trial names its CPUs and its actors give them back to its placement group, which
+        # the cluster-wide report never shows.
+        held = placement.num_cpus * len(actors) if placement is not None and cfg.runtime.num_cpus is None else 0.0
+        stop_actors([*actors, *([server] if server is not None else [])], held_cpus=held)
+
+
+def _cpu_gpu(resources: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in resources.items() if k in ("CPU", "GPU")}
 
 
 def _selection_score(metrics: dict[str, float], criterion: str) -> float:

@@ -84,3 +84,25 @@ def test_a_failed_run_leaves_no_actors_holding_cpus(ray_session, small_config, m
     # and the next run gets its actors scheduled and finishes
     out = runner.run_experiment(small_config("rounds=1")).summary
     assert out["rounds"] == {str(c): 1 for c in range(4)}
+
+
+def test_placement_waits_out_a_lagging_availability_report(small_config, monkeypatch):
+    # The report lacks "CPU" for a moment after a kill; planning from the total then would ask
+    # for CPUs a dying actor still holds. Here one CPU is really free once the report settles.
+    reports = iter([{}, {}, {"CPU": 1.0}])
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(cluster.ray, "available_resources", lambda: next(reports, {"CPU": 1.0}))
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    p = plan_placement(small_config(), param_bytes=10_000, shard_bytes=10_000, available_memory=8 * 2**30)
+    assert len(p.groups) == 1 and p.num_cpus == 1.0
+
+
+def test_actors_that_cannot_start_fail_the_run_with_what_is_free(ray_session, small_config):
+    from fedsim import runner
+    from fedsim.errors import ConfigError
+
+    # 4 actors asking 3 CPUs each on a 2-CPU cluster: infeasible, they would pend forever
+    with pytest.raises(ConfigError, match=r"not running after 5 s \(runtime.start_timeout_s\); Ray has \{'CPU': 2") as err:
+        runner.run_experiment(small_config("runtime.num_cpus=12", "runtime.start_timeout_s=5"))
+    assert "free of {'CPU': 2" in str(err.value)
+    assert _cpus_back(ray.cluster_resources()["CPU"], within_s=10), ray.available_resources()

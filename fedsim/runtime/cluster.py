@@ -81,12 +81,18 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     on GPUs enough actors that each asks for at most one GPU. The actors' fractional CPUs add up
     to the CPUs available: more would leave actors pending forever without an error.
     """
-    resources = ray.available_resources() if ray.is_initialized() else {}
+    # (A sweep trial names its CPUs: its share of the cluster is its placement group's, and
+    # the report outside that group, often "no CPU", is no business of it.)
+    resources = {}
+    if ray.is_initialized():
+        named = cfg.runtime.num_cpus is not None or available_cpus is not None
+        resources = ray.available_resources() if named else _settled_availability()
     total = ray.cluster_resources() if ray.is_initialized() else {}
-    # Ray's availability report lags by about a second: right after a previous run's actors
-    # were killed it can lack the "CPU" key altogether. Then the cluster's total is the right
-    # figure (os.cpu_count() is not: in a container it can exceed what Ray was given, and
-    # actors asking for more than the cluster has pend forever).
+    # Ray's report lacks the "CPU" key while no CPU is free, and lags by about a second after
+    # a previous run's actors were killed. _settled_availability waits out that lag; if the key
+    # is still missing the cluster's total is the figure left (os.cpu_count() is not: in a
+    # container it can exceed what Ray was given, and actors asking for more than the cluster
+    # has pend forever).
     cpus = available_cpus if available_cpus is not None else (
         resources.get("CPU") or total.get("CPU") or len(os.sched_getaffinity(0)))
     gpus = available_gpus if available_gpus is not None else (resources.get("GPU") or total.get("GPU", 0.0))
@@ -114,6 +120,20 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     return Placement(groups=groups, num_cpus=max(cpus / n_actors, 0.01), num_gpus=num_gpus)
 
 
+def _settled_availability(settle_s: float = 5.0) -> dict[str, float]:
+    """``ray.available_resources()``, waiting (at most ``settle_s``) while it reports no CPU.
+
+    Falling back to the cluster's total at once, as this once did, asked for CPUs a killed
+    actor had not yet handed back: with one of them never handed back (seen once in CI) the new
+    actors pended until the start-up timeout, run after run."""
+    deadline = time.monotonic() + settle_s
+    resources = ray.available_resources()
+    while "CPU" not in resources and time.monotonic() < deadline:
+        time.sleep(0.1)
+        resources = ray.available_resources()
+    return resources
+
+
 def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: str,
                         created: list[Any]) -> dict[int, Any]:
     """Create the actors, appending each to ``created`` as soon as it exists (so the caller can
@@ -137,11 +157,15 @@ def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: st
     return by_client
 
 
-def stop_actors(actors: list[Any], wait_s: float = 30.0) -> None:
-    """Kill ``actors`` and wait (at most ``wait_s``) until Ray reports each one dead.
+def stop_actors(actors: list[Any], wait_s: float = 30.0, held_cpus: float = 0.0) -> None:
+    """Kill ``actors`` and wait (at most ``wait_s``) until Ray reports each one dead and the
+    ``held_cpus`` they asked for free again.
 
-    ``ray.kill`` only asks; a run that starts right after would otherwise plan its placement
-    while the old actors still hold their CPUs. Every actor is killed even if one kill fails."""
+    ``ray.kill`` only asks, and an actor reported dead can hold its CPUs a while longer (Ray
+    frees them when the worker process is gone): a run that starts right after would otherwise
+    plan its placement while the old actors still hold their CPUs. Every actor is killed even
+    if one kill fails."""
+    before = ray.available_resources().get("CPU", 0.0) if held_cpus > 0 else 0.0
     for actor in actors:
         try:
             ray.kill(actor)
@@ -154,3 +178,8 @@ def stop_actors(actors: list[Any], wait_s: float = 30.0) -> None:
             ray.get(actor.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - RayActorError is the expected outcome
             pass
+    if held_cpus > 0:
+        # Other runs sharing the cluster (Tune trials) may take CPUs meanwhile: bounded, best effort.
+        target = min(ray.cluster_resources().get("CPU", 0.0), before + held_cpus) - 1e-6
+        while ray.available_resources().get("CPU", 0.0) < target and time.monotonic() < deadline:
+            time.sleep(0.1)
