@@ -74,14 +74,19 @@ def _store_uri(given: str | None, must_exist: bool) -> str | None:
 def _report(args: argparse.Namespace) -> int:
     from fedsim.report import build_report
 
+    from fedsim.tracking import DEFAULT_TRACKING_URI
+
     uri = _store_uri(args.tracking_uri, must_exist=args.tracking_uri is not None)
+    # The report itself is an MLflow run too, in the store named (created if absent).
+    log_to = uri or args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     try:
-        path, exported, archived = build_report(uri, args.out, args.data_dir, args.archive)
+        path, exported, archived = build_report(uri, args.out, args.data_dir, args.archive, log_to=log_to)
     except ValueError as exc:  # a damaged archive line
         raise FedsimError(str(exc)) from None
     source = f"{exported} sweep runs exported from {uri}; " if uri else "no local MLflow store; "
     print(f"fedsim: wrote {path} and {len(list(path.parent.glob('*.png')))} plots "
-          f"({source}{archived} runs in the archive)")
+          f"({source}{archived} runs in the archive); the report, its plots and tables (CSV) are MLflow run "
+          f"'reproduction-report' of experiment fedsim-report in {log_to}")
     return 0
 
 

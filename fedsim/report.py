@@ -309,7 +309,7 @@ def _datasets_for(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord
 
 
 def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], out_dir: Path,
-             data_dir: str | None) -> tuple[list[str], list[dict[str, Any]]]:
+             data_dir: str | None, tables_dir: Path | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     from fedsim.data.datasets import dataset_availability
 
     lines = [f"### {spec.method}/{spec.name}: {spec.reproduces}", ""]
@@ -330,6 +330,8 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
                 status.append({"grid": f"{spec.method}/{spec.name}", "dataset": dataset, "state": "not run"})
             continue
         table = summarise_grid(spec, dataset, record.frame)
+        if tables_dir is not None:
+            table.to_csv(tables_dir / f"{spec.method}_{dataset}_{spec.name}.csv", index=False)
         n = len(record.frame)
         state = "complete" if n >= record.planned and record.status == "FINISHED" else (
             f"partial: {n} of {record.planned} trials finished, summary run {record.status}")
@@ -372,11 +374,13 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
 
 
 def build_report(tracking_uri: str | None, out_dir: str | Path = "reports", data_dir: str | None = None,
-                 archive_dir: str | Path | None = None) -> tuple[Path, int, int]:
+                 archive_dir: str | Path | None = None, log_to: str | None = None) -> tuple[Path, int, int]:
     """``make report``: export the store's sweeps into the archive (fedsim/archive.py), import the
     whole archive into a fresh temporary MLflow store and write the report from that store.
-    ``tracking_uri`` None: no local store, the archive alone. Returns (report, runs exported,
-    runs in the archive)."""
+    ``tracking_uri`` None: no local store, the archive alone. ``log_to``: an MLflow store that
+    gets the report as a run of experiment ``fedsim-report`` (REPRODUCTION.md, the plots and every
+    table as CSV): a grid run in several partial sweeps has its combined table there, where each
+    sweep's summary run holds only its part. Returns (report, runs exported, runs in the archive)."""
     import tempfile
 
     archive = Path(archive_dir) if archive_dir is not None else Path(out_dir) / "runs"
@@ -391,14 +395,48 @@ def build_report(tracking_uri: str | None, out_dir: str | Path = "reports", data
             shown = str(archive)
         source = (f"the sweep archive `{shown}/` ({len(records)} MLflow runs, exported from the stores the sweeps "
                   "ran in and imported into a fresh MLflow store for this report)")
-        path = write_report(uri, out_dir, data_dir, source=source)
+        tables = Path(tmp) / "tables"
+        tables.mkdir()
+        path = write_report(uri, out_dir, data_dir, source=source, tables_dir=tables)
+        if log_to is not None:
+            log_report_run(log_to, path, tables, n_runs=len(records))
     return path, exported, len(records)
 
 
+REPORT_EXPERIMENT = "fedsim-report"
+
+
+def log_report_run(tracking_uri: str, report: Path, tables: Path, n_runs: int) -> str:
+    """Record one report as an MLflow run: REPRODUCTION.md, its plots (plots/) and tables (tables/)."""
+    import mlflow
+
+    from fedsim.tracking import code_version
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(REPORT_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(REPORT_EXPERIMENT)
+    run = client.create_run(experiment_id, run_name="reproduction-report",
+                            tags={"fedsim.kind": "report", "fedsim.code_version": code_version()})
+    try:
+        client.log_param(run.info.run_id, "archived_runs", n_runs)
+        client.log_artifact(run.info.run_id, str(report))
+        for plot in sorted(report.parent.glob("*.png")):
+            client.log_artifact(run.info.run_id, str(plot), artifact_path="plots")
+        for table in sorted(tables.glob("*.csv")):
+            client.log_artifact(run.info.run_id, str(table), artifact_path="tables")
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
 def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: str | None = None,
-                 source: str | None = None) -> Path:
+                 source: str | None = None, tables_dir: str | Path | None = None) -> Path:
     """Write ``out_dir``/REPRODUCTION.md and its plots from the MLflow store; returns the file.
-    ``source`` says in the header where the store's runs came from (default: the store's URI)."""
+    ``source`` says in the header where the store's runs came from (default: the store's URI);
+    ``tables_dir``, if given, receives each section's table as CSV."""
+    tables = Path(tables_dir) if tables_dir is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # plots of sweeps no longer in the store must not linger
@@ -413,7 +451,7 @@ def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: s
         for grid in sorted(grid_names(method), key=_grid_order):
             if (method, grid) in SKIPPED_GRIDS:
                 continue
-            lines, st = _section(load_grid(method, grid), sweeps, out, data_dir)
+            lines, st = _section(load_grid(method, grid), sweeps, out, data_dir, tables)
             body += lines
             status += st
     counts = pd.Series([s["state"].split(":")[0] for s in status]).value_counts().to_dict() if status else {}

@@ -206,3 +206,34 @@ def test_report_without_a_store_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("fedsim: error: no MLflow store at") and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_report_is_an_mlflow_run_with_its_tables_and_plots(tmp_path):
+    """A grid run in partial sweeps has its combined table only in the report: make report logs
+    REPRODUCTION.md, the plots and every section's table (CSV) as one MLflow run."""
+    import mlflow
+    import pandas as pd
+
+    from fedsim.report import REPORT_EXPERIMENT, build_report
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _populate(uri)
+    log_uri = f"sqlite:///{tmp_path}/log.db"
+    out = _reports_dir(tmp_path / "reports")
+    path, _, _ = build_report(uri, out, archive_dir=tmp_path / "runs", log_to=log_uri)
+    client = mlflow.MlflowClient(tracking_uri=log_uri)
+    runs = client.search_runs([client.get_experiment_by_name(REPORT_EXPERIMENT).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"REPRODUCTION.md", "plots", "tables"} <= names
+    tables = {a.path for a in client.list_artifacts(run_id, "tables")}
+    assert "tables/afmcc_bdgp_table2.csv" in tables
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="tables/afmcc_bdgp_table2.csv",
+                                                tracking_uri=log_uri, dst_path=str(tmp_path / "dl"))
+    table = pd.read_csv(local)
+    assert set(table["client_ratio"]) <= {"2:1", "1:1", "1:2"} and "acc_mean" in table.columns
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {f"plots/{p.name}" for p in out.glob("*.png")} and plots
+    # the report's own experiment is never exported into the sweep archive
+    assert not any("report" in p.name for p in (tmp_path / "runs").iterdir())
