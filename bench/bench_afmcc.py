@@ -18,6 +18,7 @@ thread seconds and are read as shares.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import threading
@@ -43,6 +44,18 @@ class MemorySampler(threading.Thread):
         self._halt.set()
         self.join()
         return self.peak
+
+
+def fingerprint(fed) -> str:
+    """A hash of what a virtual-mode run must reproduce bit for bit: the upload log's order and
+    simulated times, every round's losses and the final assignments (not the measured seconds).
+    Two runs of one config and seed compare equal here exactly when tests/test_runtime.py's
+    reproducibility test would pass for them; it lets a benchmark machine check the same."""
+    cols = ["client_id", "round", "versions_read", "version_written", "sim_start", "sim_end", "staleness"]
+    digest = hashlib.sha256(fed.upload_log[cols].astype(str).to_csv(index=False).encode())
+    digest.update(repr([i.get("losses") for i in fed.upload_log["info"]]).encode())
+    digest.update(fed.assignments.astype(str).to_csv(index=False).encode())
+    return digest.hexdigest()[:16]
 
 
 def main() -> int:
@@ -87,10 +100,19 @@ def main() -> int:
         "download_s": total(train, "download_s"), "aggregation_s": total(train, "aggregate_s"),
         "local_training_s": total(train, "train_s"), "evaluation_s": evaluation,
         "client_compute_s": client_compute,
+        "num_cpus_per_actor": s["federation"].get("num_cpus_per_actor"),
+        "num_gpus_per_actor": s["federation"].get("num_gpus_per_actor"),
+        "fingerprint": fingerprint(fed),
+        # training rounds each client completed (async with a speed profile: fast clients do more)
+        "rounds_per_client": {int(c): int(n) for c, n in
+                              fed.upload_log[fed.upload_log["phase"] == "train"].groupby("client_id").size().items()},
     }
     print(f"\n{cfg.method} {cfg.dataset} {cfg.num_clients} clients, {cfg.mode}: ACC {s['acc']:.4f} NMI {s['nmi']:.4f} ARI {s['ari']:.4f}")
     print(f"wall time {wall:.1f} s (setup: Ray, actors, data {numbers['setup_s']:.1f} s; federation {fed.wall_time:.1f} s)")
-    print(f"peak memory {numbers['peak_memory_gib']:.2f} GiB over the baseline, {actors} actors")
+    print(f"peak memory {numbers['peak_memory_gib']:.2f} GiB over the baseline, {actors} actors "
+          f"({numbers['num_cpus_per_actor']} CPUs, {numbers['num_gpus_per_actor']} GPUs each)")
+    print(f"fingerprint (upload log, losses, assignments) {numbers['fingerprint']}")
+    print(f"training rounds per client {numbers['rounds_per_client']}")
     # Rounds share the actors' CPUs in threads, so their seconds add up to more than the wall
     # time: read them as shares of the client compute, not as wall time.
     print("client compute by phase (thread seconds, summed over concurrent rounds):")
