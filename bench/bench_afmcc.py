@@ -49,8 +49,8 @@ class MemorySampler(threading.Thread):
 def fingerprint(fed) -> str:
     """A hash of what a virtual-mode run must reproduce bit for bit: the upload log's order and
     simulated times, every round's losses and the final assignments (not the measured seconds).
-    Two runs of one config and seed compare equal here exactly when tests/test_runtime.py's
-    reproducibility test would pass for them; it lets a benchmark machine check the same."""
+    The same columns and losses as tests/test_runtime.py's reproducibility test compares, so a
+    benchmark machine (a GPU one, say) can check that property without the test suite."""
     cols = ["client_id", "round", "versions_read", "version_written", "sim_start", "sim_end", "staleness"]
     digest = hashlib.sha256(fed.upload_log[cols].astype(str).to_csv(index=False).encode())
     digest.update(repr([i.get("losses") for i in fed.upload_log["info"]]).encode())
