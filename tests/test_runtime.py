@@ -85,10 +85,12 @@ def test_async_mode_is_really_asynchronous(ray_session, small_config):
     odd = np.mean([res.rounds_done[c] for c in (1, 3)])
     assert min(res.rounds_done[c] for c in (1, 3)) >= 2
     # Real time: a slow client sleeps out 2x its *measured* compute, so CPU contention on its
-    # rounds is tripled too. Alone this test sees ~2-3x; inside the full suite on 2 cores it has
-    # seen 5.9x. The exact 3x is asserted on the virtual clock (test_virtual_eo_ratio_orders_rounds);
-    # here: clearly asynchronous, and the slow clients not starved.
-    assert 1.8 <= even / odd <= 10, res.rounds_done
+    # rounds is tripled too. Alone this test sees ~3x ([12, 4, 13, 4]); inside the full suite on
+    # 2 cores it has seen from 1.75x ([7, 4, 7, 4], a CI run) to 5.9x. The exact 3x is asserted on
+    # the virtual clock (test_virtual_eo_ratio_orders_rounds); here: clearly not lock-step (a
+    # synchronous run gives 1x), every fast client ahead of every slow one, slow ones not starved.
+    assert min(res.rounds_done[c] for c in (0, 2)) > max(res.rounds_done[c] for c in (1, 3)), res.rounds_done
+    assert 1.5 <= even / odd <= 10, res.rounds_done
     assert out["mean_staleness"] > 0
     waited = [i["waited_s"] for i, cid in zip(res.upload_log["info"], res.upload_log["client_id"]) if cid % 2 == 1]
     assert np.mean(waited) > 0  # slow clients really wait out their speed
