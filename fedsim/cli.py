@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="override applied to every trial")
     sweep.add_argument("--only", action="append", default=[], metavar="AXIS=V1[,V2]",
                        help="run only these values of a grid axis (repeatable), e.g. --only client_ratio=1:1")
-    sweep.add_argument("--trial-cpus", type=float, default=None, help="CPUs reserved per trial (default: all)")
+    sweep.add_argument("--trial-cpus", type=float, default=None, help="CPUs reserved per trial (default: runtime.torch_threads per client, at most all)")
     sweep.add_argument("--trial-gpus", type=float, default=0.0, help="GPUs reserved per trial")
     sweep.add_argument("--max-failures", type=int, default=1, help="retries per failed trial")
     sweep.add_argument("--max-concurrent", type=int, default=None)

@@ -166,8 +166,13 @@ def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpu
     overrides = [f"dataset={dataset}", *(_override_strings(spec.fixed)),
                  *(_override_strings(spec.datasets.get(dataset, {}))), *extra]
     configs = [build_config(base, overrides + spec.trial_overrides(t)) for t in spec.trials]
-    cpus = trial_cpus if trial_cpus is not None else float(os.cpu_count() or 1)
     u = max(c.num_clients for c in configs)
+    # Default: one torch thread's CPU per client actor, at most the whole machine. A client actor
+    # never uses more than runtime.torch_threads cores, so a one-client (centralised) trial that
+    # reserved every CPU would leave the rest of a small machine idle instead of running a second
+    # trial beside it.
+    machine = float(os.cpu_count() or 1)
+    cpus = trial_cpus if trial_cpus is not None else min(machine, float(u * configs[0].runtime.torch_threads))
     actors = max(1, min(u, int(cpus)))
     if trial_gpus:
         actors = max(actors, math.ceil(u / configs[0].runtime.clients_per_gpu))

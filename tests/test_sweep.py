@@ -27,6 +27,16 @@ def test_every_grid_file_builds_its_trials():
         assert plan.actors_per_trial >= 1
 
 
+def test_default_trial_cpus_follow_the_client_count(monkeypatch):
+    """Without --trial-cpus a trial reserves one torch thread's CPU per client, capped at the
+    machine: centralised trials on a 2-core machine run two at a time, a 12-client one alone."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert plan_sweep("cmmc", "synthetic-bdgp", "table1", []).trial_cpus == 1.0
+    assert plan_sweep("afmcc", "synthetic-bdgp", "table2", []).trial_cpus == 2.0
+    assert plan_sweep("cmmc", "synthetic-bdgp", "table1", ["runtime.torch_threads=2"]).trial_cpus == 2.0
+    assert plan_sweep("cmmc", "synthetic-bdgp", "table1", [], trial_cpus=0.5).trial_cpus == 0.5
+
+
 def test_table2_has_15_trials_and_paper_values():
     spec = load_grid("afmcc", "table2")
     assert len(spec.trials) == 15
