@@ -248,6 +248,20 @@ def test_ablated_stages_are_idle():  # Table 3 rows (1)-(3): no L_r -> no pretra
     assert torch.equal(flat_parameters(model), trained) and method.pseudo_targets is None
 
 
+def test_ablated_stages_can_contrast_instead():  # the other reading of Sec. 5.1 (ablated_stages)
+    method, data = _tiny_method(use_reconstruction=False, use_finetune=False, ablated_stages="contrastive")
+    model = method.build_model(seed=0)
+    opt = method.make_optimizer(model)
+    for round_ in (1, 5):  # a pretraining and a fine-tuning round both run the remaining Eq. 10
+        before = flat_parameters(model)
+        losses = _train(method, data, round_, model=model, opt=opt)[2]
+        assert losses["stage"] == 1.0 and "idle" not in losses and "loss_r" not in losses and "loss_fc" in losses
+        assert not torch.equal(flat_parameters(model), before)
+    assert method.pseudo_targets is None
+    full, _ = _tiny_method(ablated_stages="contrastive")  # no ablation: the switch changes nothing
+    assert _train(full, data, 1)[2]["stage"] == 0.0 and "loss_r" in _train(full, data, 1)[2]
+
+
 def test_pseudo_labels_are_computed_once_and_match_each_view():
     method, data = _tiny_method()
     model, opt, out = _train(method, data, 5)
@@ -407,6 +421,9 @@ def test_grids_reproduce_the_paper():
     assert table1.grid["seed"] == [0, 1, 2] and table1.paper["bdgp"]["all"]["nmi"] == 96.6
     for grid in ("table1", "fig3c"):  # every trial's config builds (as tests/test_sweep.py checks)
         assert plan_sweep("cmmc", "synthetic-bdgp", grid, [], trial_cpus=2).actors_per_trial == 1
+    longer = load_grid("cmmc", "table3_contrastive")
+    assert longer.fixed == {"cmmc.ablated_stages": "contrastive"} and longer.paper["bdgp"]["lc"] == table3.paper["bdgp"]["lc"]
+    assert longer.variants["ablation"] == {k: v for k, v in table3.variants["ablation"].items() if k != "full"}
     fig3c = load_grid("cmmc", "fig3c")
     assert {"cmmc.tau_f", "cmmc.tau_l"} <= set(fig3c.grid) and 0.5 in fig3c.grid["cmmc.tau_f"] and 1.0 in fig3c.grid["cmmc.tau_l"]
 
