@@ -45,8 +45,9 @@ What is implemented, equation by equation:
   Sec. 5.1 does not say how long the ablated variants train. ``ablated_stages="idle"`` (default)
   is the reading above: row (1) on BDGP trains E_c = 10 epochs in all. ``"contrastive"`` is the
   other reading: a stage left without its loss trains the variant's Eq. 10 terms instead, so every
-  variant trains E_p + E_c + E_f epochs (row (3) then contrasts for E_c + E_f). Which one reproduces
-  Table 3 rows (1)-(2) is in reports/findings/cmmc_table3.md.
+  variant trains E_p + E_c + E_f epochs (row (3) then contrasts for E_c + E_f). Neither reproduces
+  both rows on BDGP (3 seeds): "idle" gives 44.7 / 75.0 ACC for rows (1) / (2), "contrastive"
+  76.8 / 82.3, paper 62.4 / 81.2, with seed spreads of 13-20 points (reports/findings/cmmc_table3*.md).
 
 Where the paper is ambiguous or looks wrong, the printed version is the default and the
 alternative is a switch:
