@@ -172,7 +172,8 @@ def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpu
     # reserved every CPU would leave the rest of a small machine idle instead of running a second
     # trial beside it.
     machine = float(os.cpu_count() or 1)
-    cpus = trial_cpus if trial_cpus is not None else min(machine, float(u * configs[0].runtime.torch_threads))
+    wanted = max(c.num_clients * c.runtime.torch_threads for c in configs)
+    cpus = trial_cpus if trial_cpus is not None else min(machine, float(wanted))
     actors = max(1, min(u, int(cpus)))
     if trial_gpus:
         actors = max(actors, math.ceil(u / configs[0].runtime.clients_per_gpu))
