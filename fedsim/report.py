@@ -22,6 +22,7 @@ its finished trials, and the report says so.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -60,6 +61,7 @@ class SweepRecord:
     code: str  # the trials' git commits (fedsim.git_commit), "not recorded" for older runs
     commands: list[str]  # what regenerates it (several when parts of the grid ran separately)
     started: str
+    borrowed: list[str] = dataclasses.field(default_factory=list)  # what borrow_rows took or refused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +180,98 @@ def read_sweeps(tracking_uri: str) -> dict[tuple[str, str, str], SweepRecord]:
         record = read_sweep(client, exp, load_grid(method, grid), dataset)
         if record is not None:
             out[(method, dataset, grid)] = record
+    for record in out.values():
+        borrow_rows(client, record, out)
     return out
+
+
+# Params that say where and how a run was placed and recorded (Ray resources, actor layout,
+# MLflow names, the data directory), not what it computed. runtime.torch_threads is not among
+# them: the thread count changes the order of float reductions.
+PLACEMENT_PARAMS = ("tracking.", "runtime.", "data_dir")
+RESULT_RUNTIME_PARAMS = {"runtime.torch_threads"}
+
+
+def _extra_of(command: str) -> list[str]:
+    found = re.search(r' EXTRA="([^"]*)"', command)
+    return found.group(1).split() if found else []
+
+
+def config_differences(expected: dict[str, str], actual: dict[str, str],
+                       defaults: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(keys whose values differ, keys the run predates) between the params a run of ``expected``
+    would log and a logged run's ``actual`` params, placement keys aside. A key the run predates
+    (fedsim added it later) counts as equal when ``expected`` holds its default: config switches
+    are added with the earlier behaviour as their default."""
+    differ, predates = [], []
+    for key, want in expected.items():
+        if key.startswith(PLACEMENT_PARAMS) and key not in RESULT_RUNTIME_PARAMS:
+            continue
+        if key not in actual:
+            predates.append(key)
+            if want != defaults.get(key):
+                differ.append(f"{key}: {want} here, absent there")
+        elif actual[key] != want:
+            differ.append(f"{key}: {want} here, {actual[key]} there")
+    return differ, predates
+
+
+def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, str], SweepRecord]) -> None:
+    """Fill the grid points ``record`` has not run from another grid's runs (``GridSpec.borrow``):
+    the other grid's FINISHED run of the same remaining axes (the seed) counts here when its
+    logged params equal the config this grid would resolve for the point (same EXTRA), placement
+    keys aside. What was taken, and what was refused and why, goes into ``record.borrowed``."""
+    from fedsim.config import build_config
+    from fedsim.sweep import sweep_base
+    from fedsim.tracking import config_params
+
+    spec, dataset = record.spec, record.dataset
+    if not spec.borrow:
+        return
+    have = set()
+    if not record.frame.empty:
+        have = {json.dumps({k: r[k] for k in spec.grid}, sort_keys=True) for r in record.frame.to_dict("records")}
+    base, overrides = sweep_base(spec, dataset, _extra_of(record.commands[-1]) if record.commands else [])
+    defaults = config_params(build_config({"method": spec.method, "dataset": dataset}))
+    taken: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    rows: list[dict[str, Any]] = []
+    for point in spec.trials:
+        source = next((g for axis, values in spec.borrow.items() for v, g in values.items()
+                       if str(point.get(axis)) == v), None)
+        if source is None or json.dumps(point, sort_keys=True) in have:
+            continue
+        label = " ".join(f"{k}={v}" for k, v in point.items())
+        other = sweeps.get((spec.method, dataset, source))
+        wanted = {k: point[k] for k in other.spec.grid} if other is not None and set(other.spec.grid) <= set(point) \
+            else None
+        match = [] if other is None or other.frame.empty or wanted is None else [
+            r for r in other.frame.to_dict("records") if all(r.get(k) == v for k, v in wanted.items())]
+        if not match:
+            record.borrowed.append(f"{label}: no finished run of {spec.method}/{source} to take")
+            continue
+        run = client.get_run(match[0]["mlflow_run_id"])
+        expected = config_params(build_config(base, overrides + spec.trial_overrides(point)))
+        differ, predates = config_differences(expected, dict(run.data.params), defaults)
+        if differ:
+            record.borrowed.append(f"{label}: not taken from {spec.method}/{source}, whose run differs on "
+                                   + "; ".join(differ))
+            continue
+        row = {**point, **{k: v for k, v in match[0].items() if k not in point}, "borrowed_from": source}
+        if "history" in record.frame and "history" not in row:
+            row["history"] = _history(client, run.info.run_id)
+        rows.append(row)
+        commit = run.data.tags.get("fedsim.git_commit", "not recorded")
+        taken.setdefault((source, tuple(predates)), []).append(
+            f"{label} (run `{original_id(run)}`, code {commit if commit == 'not recorded' else commit[:10] + commit[40:]})")
+    if not rows:
+        return
+    for (source, predates), labels in taken.items():
+        record.borrowed.append(f"{', '.join(labels)}: taken from {spec.method}/{source}" + (
+            f"; the run(s) predate {', '.join(predates)}, at the default here" if predates else ""))
+    frame = pd.concat([record.frame, pd.DataFrame(rows)], ignore_index=True)
+    order = {json.dumps(t, sort_keys=True): i for i, t in enumerate(spec.trials)}
+    frame["_order"] = [order[json.dumps({k: r[k] for k in spec.grid}, sort_keys=True)] for r in frame.to_dict("records")]
+    record.frame = frame.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,8 +434,12 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
                   f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; code: {record.code}; MLflow summary run(s) "
                   + ", ".join(f"`{i}`" for i in record.parent_ids)
                   + (f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
-                     if record.unmatched else "") + ".", "",
-                  table_markdown(spec, table)]
+                     if record.unmatched else "") + ".", ""]
+        if record.borrowed:
+            lines += ["Grid points that are another grid's trials (the grid file's `borrow`; taken only where the "
+                      "resolved configs agree key by key, placement and tracking keys aside, and not part of the wall "
+                      "times above): " + "; ".join(record.borrowed) + ".", ""]
+        lines += [table_markdown(spec, table)]
         ordering = ablation_ordering(spec, dataset, table)
         if ordering:
             lines += [ordering, ""]

@@ -65,6 +65,11 @@ class GridSpec:
     # values, and the paper's datasets we do not hold (name -> why), listed rather than omitted.
     report_datasets: list[str] = field(default_factory=list)
     not_held: dict[str, str] = field(default_factory=dict)
+    # Grid points that are another grid's trials under the same config (CMMC Table 3's full model
+    # is Table 1): axis -> value -> that grid's name. Where this grid has no run of such a point,
+    # the report takes the other grid's run of the same seed, once their resolved configs agree
+    # (fedsim/report.py, borrow_rows); the sweep still runs the point when asked.
+    borrow: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: ``key=value`` per axis, or a named variant's overrides."""
@@ -104,8 +109,9 @@ def load_grid(method: str, grid: str) -> GridSpec:
             report_datasets=list(raw.get("report", {}).get("datasets", [])),
             not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
             derived_rows={k: dict(v) for k, v in (raw.get("derived_rows", {}) or {}).items()},
+            borrow={k: {str(v): str(g) for v, g in m.items()} for k, m in (raw.get("borrow", {}) or {}).items()},
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
 
 
@@ -154,17 +160,24 @@ def restrict_grid(spec: GridSpec, only: list[str]) -> GridSpec:
     return dataclasses.replace(spec, grid=grid)
 
 
-def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpus: float | None = None,
-               trial_gpus: float = 0.0, storage: str | Path = "results/sweeps", only: list[str] = ()) -> SweepPlan:
-    """Validate the whole grid before anything starts: every trial's config must build. ``only``
-    runs part of the grid (``restrict_grid``); its trials count towards the same table."""
-    spec = restrict_grid(load_grid(method, grid), list(only))
+def sweep_base(spec: GridSpec, dataset: str, extra: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The config mapping and overrides every trial of ``spec`` on ``dataset`` starts from; a
+    trial adds ``spec.trial_overrides(point)``."""
     base_path = spec.config.format(dataset=dataset.removeprefix("synthetic-"))
     if not (ROOT / base_path).is_file() and not Path(base_path).is_file():
         base_path = spec.config.format(dataset="bdgp")  # synthetic-only shapes borrow BDGP's defaults
     base = load_yaml(ROOT / base_path if (ROOT / base_path).is_file() else base_path)
     overrides = [f"dataset={dataset}", *(_override_strings(spec.fixed)),
                  *(_override_strings(spec.datasets.get(dataset, {}))), *extra]
+    return base, overrides
+
+
+def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpus: float | None = None,
+               trial_gpus: float = 0.0, storage: str | Path = "results/sweeps", only: list[str] = ()) -> SweepPlan:
+    """Validate the whole grid before anything starts: every trial's config must build. ``only``
+    runs part of the grid (``restrict_grid``); its trials count towards the same table."""
+    spec = restrict_grid(load_grid(method, grid), list(only))
+    base, overrides = sweep_base(spec, dataset, extra)
     configs = [build_config(base, overrides + spec.trial_overrides(t)) for t in spec.trials]
     u = max(c.num_clients for c in configs)
     # Default: one torch thread's CPU per client actor, at most the whole machine. A client actor

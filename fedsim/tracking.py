@@ -46,6 +46,11 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def config_params(cfg: ExperimentConfig) -> dict[str, str]:
+    """The resolved config as a run's MLflow params: dotted keys, string values ("null" for None)."""
+    return {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(cfg.to_dict()).items()}
+
+
 def tracking_uri(cfg: ExperimentConfig) -> str:
     return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
@@ -69,8 +74,7 @@ class MLflowTracker(Callback):
         mlflow.set_experiment(self.experiment)
         run = mlflow.start_run(run_name=self.cfg.tracking.run_name or f"{self.cfg.method}-{self.cfg.mode}-seed{self.cfg.seed}")
         self.run_id = run.info.run_id
-        params = {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(self.cfg.to_dict()).items()}
-        mlflow.log_params(params)
+        mlflow.log_params(config_params(self.cfg))
         tags = {"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset, "fedsim.mode": self.cfg.mode,
                 "fedsim.git_commit": code_version(), **self.cfg.tracking.tags}
         if self.cfg.model_selection.runs > 1:

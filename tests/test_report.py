@@ -5,6 +5,7 @@ rerun command and the datasets we cannot run."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.entities import Param
 
 from fedsim.report import write_report
 
@@ -25,11 +27,13 @@ def _sweep(client, name, parent_tags, trials, grid_json=None):
     parent = client.create_run(exp, run_name="summary", tags=parent_tags)
     if grid_json is not None:
         client.log_dict(parent.info.run_id, grid_json, "grid.json")
-    for run_name, point_tag, metrics in trials:
+    for run_name, point_tag, metrics, *params in trials:
         tags = {"mlflow.parentRunId": parent.info.run_id}
         if point_tag is not None:
             tags["fedsim.grid_point"] = json.dumps(point_tag)
         child = client.create_run(exp, run_name=run_name, tags=tags)
+        if params:
+            client.log_batch(child.info.run_id, params=[Param(k, v) for k, v in params[0].items()])
         for k, v in metrics.items():
             client.log_metric(child.info.run_id, f"final_{k}", v)
         client.log_metric(child.info.run_id, "final_wall_time", 100.0)
@@ -183,6 +187,43 @@ def test_ablation_ordering_against_the_paper():
         ablation=["full", "ddc_only", "ddc_balls", "ddc_samples"]))
     assert "ours: full > ddc_samples > ddc_balls > ddc_only; the paper's, on its own datasets: caltech_2v: " in gib
     assert ablation_ordering(load_grid("afmcc", "table2"), "bdgp", table) is None  # not an ablation grid
+
+
+def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
+    """CMMC Table 3's row (4) is Table 1's trial (the grid's ``borrow``): where Table 3 has not run
+    it, the report takes Table 1's run of the same seed, but only a run whose logged params equal
+    the resolved config. Ray placement does not count; a key the run predates counts only at its
+    default; any other difference keeps the run out, and the report says which key."""
+    from fedsim.config import build_config
+    from fedsim.sweep import load_grid, sweep_base
+    from fedsim.tracking import config_params
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    base, overrides = sweep_base(load_grid("cmmc", "table1"), "bdgp")
+    logged = [config_params(build_config(base, overrides + [f"seed={s}"])) for s in (0, 1, 2)]
+    logged[0]["runtime.num_cpus"] = "0.64"  # placed differently: still the same computation
+    del logged[1]["cmmc.ablated_stages"]  # run before the switch existed; its default is "idle"
+    logged[2]["cmmc.lr"] = "0.001"  # another config: never borrowed
+    t1 = _sweep(client, "sweep/cmmc/bdgp/table1", {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1"},
+                [(f"seed={s}", {"seed": s}, {"acc": a, "nmi": a, "purity": a}, logged[s])
+                 for s, a in enumerate([0.98, 0.99, 0.10])])
+    client.set_terminated(t1.info.run_id, "FINISHED")
+    t3 = _sweep(client, "sweep/cmmc/bdgp/table3", {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table3"},
+                [(f"ablation={a}-seed={s}", {"ablation": a, "seed": s}, {"acc": 0.5, "nmi": 0.5, "purity": 0.5})
+                 for a in ("lc", "lc_fc", "lc_fc_r") for s in (0, 1, 2)])
+    client.set_terminated(t3.info.run_id, "FINISHED")
+
+    text = write_report(uri, _reports_dir(tmp_path / "reports")).read_text()
+    c3 = text[text.index("### cmmc/table3:"):text.index("### cmmc/table3_contrastive")]
+    assert "**bdgp** (partial: 11 of 12 trials finished" in c3
+    assert "| full | 2 | 98.5 ± 0.5 | 98.9 | -0.4 ⚠ |" in c3  # seeds 0 and 1 only
+    assert "| lc | 3 | 50.0 ± 0.0 |" in c3
+    assert re.search(r"ablation=full seed=0 \(run `\w+`, code [^)]+\): taken from cmmc/table1; ablation=full seed=1 "
+                     r"\(run `\w+`, code [^)]+\): taken from cmmc/table1; the run\(s\) predate cmmc.ablated_stages, "
+                     r"at the default here", c3), c3
+    assert "ablation=full seed=2: not taken from cmmc/table1, whose run differs on cmmc.lr: 0.0003 here, 0.001 there" \
+        in c3
 
 
 def test_only_runs_part_of_a_grid_with_its_own_state():

@@ -25,6 +25,10 @@ def test_every_grid_file_builds_its_trials():
         assert spec.trials and spec.reproduces
         plan = plan_sweep(spec.method, "synthetic-bdgp", spec.name, [], trial_cpus=2)
         assert plan.actors_per_trial >= 1
+        for axis, sources in spec.borrow.items():  # a borrowed point names a grid whose axes it has
+            assert set(sources) <= {str(v) for v in spec.grid[axis]}, (path, axis)
+            for grid in sources.values():
+                assert set(load_grid(spec.method, grid).grid) <= set(spec.grid) - {axis}, (path, grid)
 
 
 def test_default_trial_cpus_follow_the_client_count(monkeypatch):
