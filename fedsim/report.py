@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
+from fedsim.errors import ConfigError
 from fedsim.sweep import (GRID_DIR, ROOT, GridSpec, _score_keys, grid_names, load_grid, summarise_grid,
                           write_plots)
 
@@ -250,7 +251,11 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
             record.borrowed.append(f"{label}: no finished run of {spec.method}/{source} to take")
             continue
         run = client.get_run(match[0]["mlflow_run_id"])
-        expected = config_params(build_config(base, overrides + spec.trial_overrides(point)))
+        try:
+            expected = config_params(build_config(base, overrides + spec.trial_overrides(point)))
+        except ConfigError as exc:  # the grid or config file changed since: never guess
+            record.borrowed.append(f"{label}: not taken, its config no longer resolves ({exc})")
+            continue
         differ, predates = config_differences(expected, dict(run.data.params), defaults)
         if differ:
             record.borrowed.append(f"{label}: not taken from {spec.method}/{source}, whose run differs on "
