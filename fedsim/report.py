@@ -36,9 +36,10 @@ import numpy as np
 import pandas as pd
 
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
+from fedsim.config import build_config
 from fedsim.errors import ConfigError
 from fedsim.sweep import (GRID_DIR, ROOT, GridSpec, _score_keys, grid_names, load_grid, summarise_grid,
-                          write_plots)
+                          sweep_base, write_plots)
 
 METHOD_ORDER = ("afmcc", "cmmc", "msdib", "gib", "fedrecon")
 SKIPPED_GRIDS = {("afmcc", "smoke")}  # the sweep test's grid, not a paper table
@@ -105,6 +106,12 @@ def _setting(command: str) -> str:
     return re.sub(r' ONLY="[^"]*"', "", command)
 
 
+def _in_grid_order(spec: GridSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trial rows in grid order (the order the grid file lists its axes' values), not finishing order."""
+    order = {json.dumps(t, sort_keys=True): i for i, t in enumerate(spec.trials)}
+    return sorted(rows, key=lambda r: order[json.dumps({k: r[k] for k in spec.grid}, sort_keys=True)])
+
+
 def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> SweepRecord | None:
     """The grid's table data: the latest summary run with finished trials, together with the
     other summary runs of the same setting (e.g. ``ONLY=client_ratio=1:1`` and then ``2:1``);
@@ -141,10 +148,7 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         if needs_history:
             row["history"] = _history(client, run.info.run_id)
         rows.append(row)
-    # Grid order (the order the grid file lists its axes' values), not finishing order.
-    order = {json.dumps(t, sort_keys=True): i for i, t in enumerate(spec.trials)}
-    rows.sort(key=lambda r: order[json.dumps({k: r[k] for k in spec.grid}, sort_keys=True)])
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(_in_grid_order(spec, rows))
     used = [p for p in group if children.get(p.info.run_id)] or [lead]
     finished = all(p.info.status == "FINISHED" and p.info.end_time for p in used)
     wall = sum((p.info.end_time - p.info.start_time) / 1000 for p in used) if finished else None
@@ -222,8 +226,6 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
     the other grid's FINISHED run of the same remaining axes (the seed) counts here when its
     logged params equal the config this grid would resolve for the point (same EXTRA), placement
     keys aside. What was taken, and what was refused and why, goes into ``record.borrowed``."""
-    from fedsim.config import build_config
-    from fedsim.sweep import sweep_base
     from fedsim.tracking import config_params
 
     spec, dataset = record.spec, record.dataset
@@ -273,10 +275,7 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
     for (source, predates), labels in taken.items():
         record.borrowed.append(f"{', '.join(labels)}: taken from {spec.method}/{source}" + (
             f"; the run(s) predate {', '.join(predates)}, at the default here" if predates else ""))
-    frame = pd.concat([record.frame, pd.DataFrame(rows)], ignore_index=True)
-    order = {json.dumps(t, sort_keys=True): i for i, t in enumerate(spec.trials)}
-    frame["_order"] = [order[json.dumps({k: r[k] for k in spec.grid}, sort_keys=True)] for r in frame.to_dict("records")]
-    record.frame = frame.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    record.frame = pd.DataFrame(_in_grid_order(spec, record.frame.to_dict("records") + rows))
 
 
 # ---------------------------------------------------------------------------------------------
