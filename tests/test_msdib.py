@@ -442,6 +442,9 @@ def test_grids_match_the_paper_layout():
     assert len(table2.trials) == 12  # 4 Table 2 rows x 3 seeds
     assert table2.variants["ablation"]["ddc_only"] == {"msdib.use_ic": False, "msdib.use_ip": False}
     assert table2.paper["caltech_2v"]["full"] == {"acc": 67.8, "nmi": 55.2}
+    kl_mean = load_grid("msdib", "table2_kl_mean")  # the same ablation under Eq. 11's other reading
+    assert kl_mean.fixed == {"msdib.kl_reduction": "mean"} and not table2.fixed
+    assert kl_mean.variants == table2.variants and kl_mean.trials == table2.trials
     grid = load_grid("msdib", "alpha_beta")
     assert grid.grid["msdib.alpha"] == grid.grid["msdib.beta"] == [round(0.1 * i, 1) for i in range(1, 11)]
     table1 = load_grid("msdib", "table1")
