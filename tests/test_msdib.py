@@ -163,6 +163,14 @@ def test_preservation_loss_eq17_kl_by_hand():  # Eq. 17's printed KL[p(h^s|h^i) 
     assert got["total"].item() == pytest.approx(kl + assignments, rel=1e-10)
 
 
+def test_preservation_loss_without_the_feature_term():  # the ip_feature_term="none" diagnostic
+    assignments = sum(np_mi(Y[v], Y_FUSED) for v in range(3))
+    got = preservation_loss({v: t(x) for v, x in H.items()}, t(H_FUSED), {v: t(x) for v, x in Y.items()},
+                            t(Y_FUSED), "inverse_batch", "none")
+    assert got["features"].item() == 0.0
+    assert got["total"].item() == pytest.approx(assignments / 4, rel=1e-10)  # 1/M with M = 4 samples
+
+
 def test_project_to_simplex_by_hand():
     # sorted u = (0.8, 0.5, -0.2); u_j - (cumsum_j - 1)/j = 1.0, 0.35, -0.233: rho = 2,
     # theta = (0.8 + 0.5 - 1)/2 = 0.15 -> w = (0.35, 0.65, 0)
@@ -445,6 +453,9 @@ def test_grids_match_the_paper_layout():
     kl_mean = load_grid("msdib", "table2_kl_mean")  # the same ablation under Eq. 11's other reading
     assert kl_mean.fixed == {"msdib.kl_reduction": "mean"} and not table2.fixed
     assert kl_mean.variants == table2.variants and kl_mean.trials == table2.trials
+    ip_probe = load_grid("msdib", "table2_ip_assignments")  # its L_IP rows without the feature term
+    assert ip_probe.fixed == {**kl_mean.fixed, "msdib.ip_feature_term": "none"}
+    assert ip_probe.variants["ablation"] == {k: v for k, v in table2.variants["ablation"].items() if v["msdib.use_ip"]}
     grid = load_grid("msdib", "alpha_beta")
     assert grid.grid["msdib.alpha"] == grid.grid["msdib.beta"] == [round(0.1 * i, 1) for i in range(1, 11)]
     table1 = load_grid("msdib", "table1")

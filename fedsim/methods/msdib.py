@@ -49,6 +49,8 @@ alternative a switch:
   pushes H^s away from H^i, the opposite of "H^s guides H^i". Default ``ip_feature_term="mi"``
   (Eq. 3 with Eqs. 14-15); ``"eq17_kl"`` is the printed KL, read per sample between the feature
   distributions softmax(h^s_n) and softmax(h^i_n), with the printed sign (so it diverges).
+  ``"none"`` drops the feature term and keeps sum_i I(Y^i, Y^s): not a reading of the paper, a
+  diagnostic that tells which half of L_IP moves the Table 2 ablation (grid msdib/ip_terms).
 - Eqs. 12-13 constrain the prior q by "sum_i q(x_i) = M/|C|" (a uniform split over clusters);
   for the Gaussian posterior of Eq. 10 that constraint defines no distribution, so q is the
   standard normal of the VIB (Alemi et al. 2017) and Eq. 12 is not implemented (the DDC loss
@@ -127,7 +129,7 @@ class MSDIBConfig(BaseModel):
     use_ip: bool = True  # False: Table 2 rows without L_IP
     fusion_weights: Literal["projected", "softmax"] = "projected"
     mi_scale: Literal["eq2_eq3", "inverse_batch"] = "eq2_eq3"
-    ip_feature_term: Literal["mi", "eq17_kl"] = "mi"
+    ip_feature_term: Literal["mi", "eq17_kl", "none"] = "mi"
     kl_reduction: Literal["sum", "mean"] = "sum"
     ddc_relative_sigma: float = Field(0.15, gt=0, description="sigma^2 = this x median distance (DDC kernel)")
 
@@ -253,7 +255,8 @@ def preservation_loss(h: dict[int, torch.Tensor], h_fused: torch.Tensor, y: dict
 
     ``feature_term="eq17_kl"`` replaces sum_i I(H^i, H^s) by the printed
     sum_i (1/M) sum_n KL[softmax(h^s_n) || softmax(h^i_n)] (a per-sample average, never scaled by
-    ``mi_scale``). Returns {"features", "assignments"} (unscaled) and "total"."""
+    ``mi_scale``); ``feature_term="none"`` leaves it out (features = 0). Returns {"features",
+    "assignments"} (unscaled) and "total"."""
     n = h_fused.shape[0]
     factor = mi_factor(mi_scale, n)
     p_fused = feature_distribution(h_fused)
@@ -262,7 +265,7 @@ def preservation_loss(h: dict[int, torch.Tensor], h_fused: torch.Tensor, y: dict
     for v in sorted(h):
         if feature_term == "mi":
             features = features + joint_probability_mi(feature_distribution(h[v]), p_fused)
-        else:
+        elif feature_term == "eq17_kl":
             log_ratio = torch.log_softmax(h_fused, dim=1) - torch.log_softmax(h[v], dim=1)
             features = features + (p_fused * log_ratio).sum(dim=1).mean()
         assignments = assignments + joint_probability_mi(y[v], y_fused)
