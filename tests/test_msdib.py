@@ -453,7 +453,7 @@ def test_grids_match_the_paper_layout():
     kl_mean = load_grid("msdib", "table2_kl_mean")  # the same ablation under Eq. 11's other reading
     assert kl_mean.fixed == {"msdib.kl_reduction": "mean"} and not table2.fixed
     assert kl_mean.variants == table2.variants and kl_mean.trials == table2.trials
-    ip_probe = load_grid("msdib", "table2_ip_assignments")  # its L_IP rows without the feature term
+    ip_probe = load_grid("msdib", "table2_kl_mean_ip_assignments")  # its L_IP rows without the feature term
     assert ip_probe.fixed == {**kl_mean.fixed, "msdib.ip_feature_term": "none"}
     assert ip_probe.variants["ablation"] == {k: v for k, v in table2.variants["ablation"].items() if v["msdib.use_ip"]}
     grid = load_grid("msdib", "alpha_beta")

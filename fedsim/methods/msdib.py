@@ -50,7 +50,8 @@ alternative a switch:
   (Eq. 3 with Eqs. 14-15); ``"eq17_kl"`` is the printed KL, read per sample between the feature
   distributions softmax(h^s_n) and softmax(h^i_n), with the printed sign (so it diverges).
   ``"none"`` drops the feature term and keeps sum_i I(Y^i, Y^s): not a reading of the paper, a
-  diagnostic that tells which half of L_IP moves the Table 2 ablation (grid msdib/ip_terms).
+  diagnostic that tells which half of L_IP moves the Table 2 ablation (grid
+  msdib/table2_kl_mean_ip_assignments).
 - Eqs. 12-13 constrain the prior q by "sum_i q(x_i) = M/|C|" (a uniform split over clusters);
   for the Gaussian posterior of Eq. 10 that constraint defines no distribution, so q is the
   standard normal of the VIB (Alemi et al. 2017) and Eq. 12 is not implemented (the DDC loss
