@@ -453,6 +453,8 @@ def test_grids_match_the_paper_layout():
     kl_mean = load_grid("msdib", "table2_kl_mean")  # the same ablation under Eq. 11's other reading
     assert kl_mean.fixed == {"msdib.kl_reduction": "mean"} and not table2.fixed
     assert kl_mean.variants == table2.variants and kl_mean.trials == table2.trials
+    small_alpha = load_grid("msdib", "table2_kl_mean_alpha")  # its L_IP rows at alpha = 0.1
+    assert small_alpha.fixed == {**kl_mean.fixed, "msdib.alpha": 0.1}
     ip_probe = load_grid("msdib", "table2_kl_mean_ip_assignments")  # its L_IP rows without the feature term
     assert ip_probe.fixed == {**kl_mean.fixed, "msdib.ip_feature_term": "none"}
     assert ip_probe.variants["ablation"] == {k: v for k, v in table2.variants["ablation"].items() if v["msdib.use_ip"]}
