@@ -62,7 +62,9 @@ alternative a switch:
   information and the clustering is near chance: centralised, seed 0, 100 epochs, one restart,
   Scene-15 ACC 14.3 / NMI 6.6, Hdigit ACC 20.8 / NMI 6.7); ``kl_reduction="mean"`` divides it by d
   (same runs: Scene-15 ACC 26.1 / NMI 29.6, Hdigit ACC 41.3 / NMI 49.2). The paper's datasets are not held here, so which
-  reading reproduces its Table 1 cannot be checked.
+  reading reproduces its Table 1 cannot be checked. Neither reproduces Table 2's ordering on the
+  datasets held: under "sum" every information term costs accuracy; under "mean" L_IC helps and
+  L_IP still costs it (reports/findings/msdib_table2_kl_mean.md and the grids beside it).
 - "Kept on the simplex" (GIB App. A.6: the weights are learned by back-propagation "while
   ensuring that the sum of the weights remains 1"): ``fusion_weights="projected"`` (default)
   learns w itself and projects it back onto the simplex after every optimiser step (Euclidean
