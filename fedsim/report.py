@@ -40,6 +40,7 @@ from fedsim.config import build_config
 from fedsim.errors import ConfigError
 from fedsim.sweep import (GRID_DIR, ROOT, GridSpec, _score_keys, grid_names, load_grid, summarise_grid,
                           sweep_base, write_plots)
+from fedsim.tracking import config_params
 
 METHOD_ORDER = ("afmcc", "cmmc", "msdib", "gib", "fedrecon")
 SKIPPED_GRIDS = {("afmcc", "smoke")}  # the sweep test's grid, not a paper table
@@ -226,8 +227,6 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
     the other grid's FINISHED run of the same remaining axes (the seed) counts here when its
     logged params equal the config this grid would resolve for the point (same EXTRA), placement
     keys aside. What was taken, and what was refused and why, goes into ``record.borrowed``."""
-    from fedsim.tracking import config_params
-
     spec, dataset = record.spec, record.dataset
     if not spec.borrow:
         return
