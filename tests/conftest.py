@@ -78,6 +78,8 @@ SMALL_SYNTHETIC = {
     "pretrain": {"rounds": 1},
     "tracking": {"enabled": False, "progress": False},
     "afmcc": {"d": 6, "hidden": [32, 16], "phi": 2},
+    # A round here takes well under a second; if one ever hangs, fail in 2 minutes, not 10.
+    "runtime": {"round_timeout_s": 120},
 }
 
 

@@ -27,7 +27,7 @@ from fedsim.evaluation import kmeans_from_centres, reference_kmeans
 from fedsim.methods import get_method
 from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
 from fedsim.runtime.federation_data import load_federation
-from fedsim.runtime.server import Snapshot
+from fedsim.runtime.server import Snapshot, StoreEntry
 
 
 def derive_seed(*parts: int) -> int:
@@ -102,11 +102,14 @@ class ClientActor:
 
     # -- one local round (AFMCC Alg. 2, or Alg. 1's pretraining when ``pretrain``) --------------
     @ray.method(num_returns=2)
-    def run_round(self, client_id: int, round_: int, snapshot: Snapshot, pretrain: bool = False,
-                  slowdown: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
+    def run_round(self, client_id: int, round_: int, snapshot: Snapshot, pretrain: bool, slowdown: float,
+                  *params: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """One local round. ``params`` are the flat buffers of ``snapshot.round_inputs(client_id, pretrain)``:
+        the caller passes their refs as top-level arguments, so Ray fetches them before the
+        round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``."""
         started = time.perf_counter()
         client = self.clients[client_id]
-        peers = self._download(snapshot, client_id, only_own=pretrain)
+        peers = self._as_peers(snapshot.round_inputs(client_id, pretrain), params)
         own = next(p for p in peers if p.client_id == client_id)
         load_flat_parameters(client.model, own.params)
         weights: dict[int, float] = {}
@@ -135,30 +138,33 @@ class ClientActor:
         if waited:
             time.sleep(waited)
         info.update(compute_s=compute, waited_s=waited, upload_bytes=int(end_params.nbytes),
+                    # download_s: wrapping the already-fetched buffers (Ray fetched them before the call)
                     download_s=downloaded - started, aggregate_s=aggregated_at - downloaded,
                     train_s=trained_at - aggregated_at)
         self.telemetry.on_round(client_id, info)
         return end_params, info
 
-    def _download(self, snapshot: Snapshot, client_id: int, only_own: bool) -> list[PeerModel]:
-        entries = [snapshot.entry(client_id)] if only_own else list(snapshot.entries)
-        arrays = ray.get([e.ref for e in entries])  # zero-copy reads from the object store
+    def _as_peers(self, entries: list[StoreEntry], arrays: tuple[np.ndarray, ...]) -> list[PeerModel]:
+        if len(entries) != len(arrays):
+            raise ValueError(f"run_round got {len(arrays)} parameter buffers for {len(entries)} store entries")
         device = self.device
         return [PeerModel(e.client_id, e.version, e.modalities, _as_tensor(a).to(device), e.n_samples)
                 for e, a in zip(entries, arrays)]
 
     # -- evaluation (run on the parameter server's copy, so it is well defined mid-flight) ------
-    def _load_for_eval(self, client_id: int, wrapped_ref: list[Any]) -> tuple[SimulatedClient, torch.nn.Module]:
+    # The evaluation calls take the client's flat buffer as a top-level argument (the caller passes
+    # its ref, Ray passes the array), for the reason given in ``run_round``.
+    def _load_for_eval(self, client_id: int, params: np.ndarray) -> tuple[SimulatedClient, torch.nn.Module]:
         client = self.clients[client_id]
         model = client.method.build_model(seed=0).to(self.device)
-        load_flat_parameters(model, _as_tensor(ray.get(wrapped_ref[0])).to(self.device))
+        load_flat_parameters(model, _as_tensor(params).to(self.device))
         return client, model
 
-    def cluster(self, client_id: int, wrapped_ref: list[Any], centres: np.ndarray | None, n_clusters: int,
+    def cluster(self, client_id: int, params: np.ndarray, centres: np.ndarray | None, n_clusters: int,
                 n_init: int, seed: int) -> dict[str, Any]:
         """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
         or k-means initialised with the reference centres on any other client."""
-        client, model = self._load_for_eval(client_id, wrapped_ref)
+        client, model = self._load_for_eval(client_id, params)
         features = client.method.embed(model, client.data)
         out: dict[str, Any] = {"labels_true": client.data.labels, "indices": client.data.indices}
         if centres is None:
@@ -167,30 +173,30 @@ class ClientActor:
             out["labels_pred"] = kmeans_from_centres(features, centres, seed=seed)
         return out
 
-    def embed(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
-        client, model = self._load_for_eval(client_id, wrapped_ref)
+    def embed(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
+        client, model = self._load_for_eval(client_id, params)
         return {"features": client.method.embed(model, client.data), "labels_true": client.data.labels,
                 "indices": client.data.indices}
 
-    def soft_assignments(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
-        client, model = self._load_for_eval(client_id, wrapped_ref)
+    def soft_assignments(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
+        client, model = self._load_for_eval(client_id, params)
         p = client.method.soft_assignments(model, client.data)
         if p is None:
             raise ValueError(f"method '{self.cfg.method}' has no soft assignments; use evaluation=fmcsc")
         return {"probabilities": p, "labels_true": client.data.labels, "indices": client.data.indices}
 
 
-    def classify(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
+    def classify(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
         """Classification task: class probabilities on the client's held-out test split."""
-        client, model = self._load_for_eval(client_id, wrapped_ref)
+        client, model = self._load_for_eval(client_id, params)
         test = client.data.test
         if test is None:
             raise ValueError("classification evaluation needs task=classification (a test split)")
         return {"probabilities": client.method.predict(model, test), "labels_true": test.labels, "indices": test.indices}
 
-    def final_extras(self, client_id: int, wrapped_ref: list[Any]) -> dict[str, Any]:
+    def final_extras(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
         """The method's optional label-free selection loss and extra metrics on this client."""
-        client, model = self._load_for_eval(client_id, wrapped_ref)
+        client, model = self._load_for_eval(client_id, params)
         out: dict[str, Any] = {"n_samples": client.data.n_samples, "metrics": {}}
         if hasattr(client.method, "selection_loss"):
             out["metrics"]["selection_loss"] = float(client.method.selection_loss(model, client.data))

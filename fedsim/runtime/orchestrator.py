@@ -145,8 +145,13 @@ class Federation:
     def _submit(self, job: RoundJob) -> RoundJob:
         # Real modes wait out the speed difference; the fastest client never waits.
         slowdown = 1.0 if self.cfg.mode == "virtual" else float(self.speeds.max() / self.speeds[job.client_id])
+        pretrain = job.phase == "pretrain"
+        # The buffers' refs go as top-level arguments: Ray resolves them before the round runs.
+        # (A ray.get inside the threaded client actor, two rounds fetching at once, once hung a
+        # round until its timeout.)
+        params = [e.ref for e in job.snapshot.round_inputs(job.client_id, pretrain)]
         job.flat_ref, job.info_ref = self.actor_of[job.client_id].run_round.remote(
-            job.client_id, job.round, job.snapshot, job.phase == "pretrain", slowdown)
+            job.client_id, job.round, job.snapshot, pretrain, slowdown, *params)
         job.attempts += 1
         return job
 
@@ -312,7 +317,7 @@ class Federation:
         began = time.perf_counter()
         snapshot = self._snapshot()
         cfg = self.cfg
-        refs = {c: [snapshot.entry(c).ref] for c in range(self.u)}
+        refs = {c: snapshot.entry(c).ref for c in range(self.u)}  # top-level: Ray passes each array
         if cfg.task == "classification":
             parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)]))
             true = np.concatenate([p["labels_true"] for p in parts])

@@ -39,6 +39,10 @@ class Snapshot:
     def entry(self, client_id: int) -> StoreEntry:
         return self.entries[client_id]
 
+    def round_inputs(self, client_id: int, pretrain: bool) -> list[StoreEntry]:
+        """The entries a round downloads: its own model when pretraining, else every client's."""
+        return [self.entry(client_id)] if pretrain else list(self.entries)
+
 
 @dataclass
 class UploadRecord:
