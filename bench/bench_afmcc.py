@@ -12,7 +12,9 @@ sampled every 0.2 s: it counts everything the run costs, not one process.
 The breakdown comes from the upload log (each round's download / Eq. 6 aggregation / local
 training seconds, measured inside the actors) and the evaluations' durations; "Ray and driver
 overhead" is not estimated: rounds share the actors' CPUs in threads, so per-phase seconds are
-thread seconds and are read as shares.
+thread seconds and are read as shares. Ray fetches a round's parameter buffers before the round
+starts (they are its top-level arguments), so "download" counts only wrapping them as tensors;
+the transfer itself is in the wall time, not in any phase.
 """
 
 from __future__ import annotations
