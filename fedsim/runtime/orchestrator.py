@@ -146,9 +146,10 @@ class Federation:
         # Real modes wait out the speed difference; the fastest client never waits.
         slowdown = 1.0 if self.cfg.mode == "virtual" else float(self.speeds.max() / self.speeds[job.client_id])
         pretrain = job.phase == "pretrain"
-        # The buffers' refs go as top-level arguments: Ray resolves them before the round runs.
-        # (A ray.get inside the threaded client actor, two rounds fetching at once, once hung a
-        # round until its timeout.)
+        # The buffers' refs go as top-level arguments: Ray resolves them before the round runs, so
+        # no thread of the threaded client actor calls ray.get (Ray has had hangs with concurrent
+        # ray.get in one process, ray-project/ray#54007). With the old in-actor ray.get, one full
+        # test run here hung a round until its timeout; that this was the cause is not proven.
         params = [e.ref for e in job.snapshot.round_inputs(job.client_id, pretrain)]
         job.flat_ref, job.info_ref = self.actor_of[job.client_id].run_round.remote(
             job.client_id, job.round, job.snapshot, pretrain, slowdown, *params)
