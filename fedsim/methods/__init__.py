@@ -16,6 +16,7 @@ from fedsim.errors import ConfigError
 BUILTIN_METHODS: dict[str, str] = {
     # federated clustering
     "afmcc": "fedsim.methods.afmcc:AFMCC",
+    "fmcsc": "fedsim.methods.fmcsc:FMCSC",
     # centralised clustering methods, also runnable federated with modality-aware FedAvg
     "cmmc": "fedsim.methods.cmmc:CMMC",
     "msdib": "fedsim.methods.msdib:MSDIB",
