@@ -42,7 +42,7 @@ from fedsim.sweep import (GRID_DIR, ROOT, GridSpec, _score_keys, grid_names, loa
                           sweep_base, write_plots)
 from fedsim.tracking import config_params
 
-METHOD_ORDER = ("afmcc", "cmmc", "msdib", "gib", "fedrecon")
+METHOD_ORDER = ("afmcc", "fmcsc", "cmmc", "msdib", "gib", "fedrecon")
 SKIPPED_GRIDS = {("afmcc", "smoke")}  # the sweep test's grid, not a paper table
 FINDINGS_DIR = "findings"
 
