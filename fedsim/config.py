@@ -45,14 +45,18 @@ class StopConfig(Strict):
 
 
 class PretrainConfig(Strict):
-    """AFMCC Alg. 1, line 1: a designated client trains alone; its weights seed every client.
+    """AFMCC Alg. 1, line 1: one model is pretrained before the federation; it seeds every client.
 
-    ``rounds: null`` means "as many local rounds as the run's ``rounds``", i.e. ClientTrain run
-    to the same convergence rule as Alg. 2; 0 disables pretraining (all clients start from the
-    same seeded random initialisation).
+    ``schedule: designated`` (Alg. 1 as printed): ``client`` trains alone for ``rounds`` rounds.
+    ``schedule: chain`` (the FMCSC code AFMCC builds on, main.py ``pretrain``): ONE model passes
+    through every client in turn, clients 0..U-1, each training it for ``rounds`` rounds, so it
+    sees every client's samples instead of one client's ~1/U share; the last client's model
+    seeds everyone. ``rounds: null`` means "as many local rounds as the run's ``rounds``"; 0
+    disables pretraining (all clients start from the same seeded random initialisation).
     """
 
     enabled: bool = True
+    schedule: Literal["designated", "chain"] = "designated"
     client: int = Field(0, ge=0)
     rounds: int | None = Field(None, ge=0)
 

@@ -93,6 +93,7 @@ class ClientActor:
                 "pretrain_cost": c.method.round_cost(c.data, 0),
                 "num_parameters": sum(p.numel() for p in c.model.parameters()),
                 "hooks": [h for h in ("predict", "selection_loss", "extra_metrics") if hasattr(c.method, h)],
+                "evaluates_aggregate": bool(getattr(c.method, "evaluates_aggregate", False)),
             }
             for cid, c in self.clients.items()
         }
@@ -153,18 +154,26 @@ class ClientActor:
 
     # -- evaluation (run on the parameter server's copy, so it is well defined mid-flight) ------
     # The evaluation calls take the client's flat buffer as a top-level argument (the caller passes
-    # its ref, Ray passes the array), for the reason given in ``run_round``.
-    def _load_for_eval(self, client_id: int, params: np.ndarray) -> tuple[SimulatedClient, torch.nn.Module]:
+    # its ref, Ray passes the array), for the reason given in ``run_round``. A method whose class
+    # sets ``evaluates_aggregate`` (FMCSC: one global model per view pattern, aggregated from
+    # everyone's uploads) is evaluated on what ``aggregate`` makes of every client's latest
+    # upload: the caller then also passes the snapshot and all its buffers.
+    def _load_for_eval(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
+                       peer_params: tuple[np.ndarray, ...] = ()) -> tuple[SimulatedClient, torch.nn.Module]:
         client = self.clients[client_id]
         model = client.method.build_model(seed=0).to(self.device)
         load_flat_parameters(model, _as_tensor(params).to(self.device))
+        if snapshot is not None:
+            peers = self._as_peers(list(snapshot.entries), peer_params)
+            aggregated, _ = client.method.aggregate(model, client.data, peers)
+            load_flat_parameters(model, aggregated)
         return client, model
 
     def cluster(self, client_id: int, params: np.ndarray, centres: np.ndarray | None, n_clusters: int,
-                n_init: int, seed: int) -> dict[str, Any]:
+                n_init: int, seed: int, snapshot: Snapshot | None = None, *peer_params: np.ndarray) -> dict[str, Any]:
         """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
         or k-means initialised with the reference centres on any other client."""
-        client, model = self._load_for_eval(client_id, params)
+        client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         features = client.method.embed(model, client.data)
         out: dict[str, Any] = {"labels_true": client.data.labels, "indices": client.data.indices}
         if centres is None:
@@ -173,18 +182,19 @@ class ClientActor:
             out["labels_pred"] = kmeans_from_centres(features, centres, seed=seed)
         return out
 
-    def embed(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
-        client, model = self._load_for_eval(client_id, params)
+    def embed(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
+              *peer_params: np.ndarray) -> dict[str, Any]:
+        client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         return {"features": client.method.embed(model, client.data), "labels_true": client.data.labels,
                 "indices": client.data.indices}
 
-    def soft_assignments(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
-        client, model = self._load_for_eval(client_id, params)
+    def soft_assignments(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
+                         *peer_params: np.ndarray) -> dict[str, Any]:
+        client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         p = client.method.soft_assignments(model, client.data)
         if p is None:
             raise ValueError(f"method '{self.cfg.method}' has no soft assignments; use evaluation=fmcsc")
         return {"probabilities": p, "labels_true": client.data.labels, "indices": client.data.indices}
-
 
     def classify(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
         """Classification task: class probabilities on the client's held-out test split."""
@@ -194,9 +204,10 @@ class ClientActor:
             raise ValueError("classification evaluation needs task=classification (a test split)")
         return {"probabilities": client.method.predict(model, test), "labels_true": test.labels, "indices": test.indices}
 
-    def final_extras(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
+    def final_extras(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
+                     *peer_params: np.ndarray) -> dict[str, Any]:
         """The method's optional label-free selection loss and extra metrics on this client."""
-        client, model = self._load_for_eval(client_id, params)
+        client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         out: dict[str, Any] = {"n_samples": client.data.n_samples, "metrics": {}}
         if hasattr(client.method, "selection_loss"):
             out["metrics"]["selection_loss"] = float(client.method.selection_loss(model, client.data))

@@ -208,18 +208,30 @@ class Federation:
 
     # -- phases -----------------------------------------------------------------------------------
     def pretrain(self, rounds: int) -> None:
-        """AFMCC Alg. 1: the designated client trains alone, then seeds every client."""
-        p = self.cfg.pretrain.client
-        init = self.actor_of[p].initial_parameters.remote(p)
+        """AFMCC Alg. 1: pretrain one model, then seed every client with it.
+
+        ``designated``: ``pretrain.client`` trains alone. ``chain``: the model passes through
+        clients 0..U-1 in turn (each starts from the previous one's upload), ``rounds`` rounds
+        each; simulated time adds up along the chain."""
+        chain = [self.cfg.pretrain.client]
+        if self.cfg.pretrain.schedule == "chain" and rounds:
+            chain = list(range(self.u))
+        init = self.actor_of[chain[0]].initial_parameters.remote(chain[0])
         _get(self.server.seed_all.remote([init]), self.cfg.runtime.round_timeout_s, "the parameter server")
         t = 0.0
         self._phase = "pretrain"
-        for done in range(rounds):
-            self._pretrain_rounds = (done, rounds)
-            job = self._launch(p, "pretrain", t)
-            self._commit(job, self._resolve(job))
-            t = job.sim_end
-        latest = self._snapshot().entry(p).ref
+        total, done = rounds * len(chain), 0
+        for position, client in enumerate(chain):
+            if position:  # hand the model on: every entry becomes the previous client's upload
+                latest = self._snapshot().entry(chain[position - 1]).ref
+                _get(self.server.seed_all.remote([latest]), self.cfg.runtime.round_timeout_s, "the parameter server")
+            for _ in range(rounds):
+                self._pretrain_rounds = (done, total)
+                job = self._launch(client, "pretrain", t)
+                self._commit(job, self._resolve(job))
+                t = job.sim_end
+                done += 1
+        latest = self._snapshot().entry(chain[-1]).ref
         _get(self.server.seed_all.remote([latest]), self.cfg.runtime.round_timeout_s, "the parameter server")
         self.sim_time = t
         self._phase = "train"
@@ -319,6 +331,9 @@ class Federation:
         snapshot = self._snapshot()
         cfg = self.cfg
         refs = {c: snapshot.entry(c).ref for c in range(self.u)}  # top-level: Ray passes each array
+        # Methods evaluated on their aggregate (FMCSC's per-pattern global models) also get every
+        # client's latest upload, as top-level refs like a round's.
+        agg: tuple[Any, ...] = ((snapshot, *refs.values()) if self.clients[0].get("evaluates_aggregate") else ())
         if cfg.task == "classification":
             parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)]))
             true = np.concatenate([p["labels_true"] for p in parts])
@@ -327,18 +342,18 @@ class Federation:
         else:
             if cfg.evaluation == "fmcsc":
                 def run() -> list[dict[str, Any]]:
-                    first = self._eval_get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed))
+                    first = self._eval_get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg))
                     rest = self._eval_get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
-                                                                      cfg.kmeans_n_init, cfg.seed) for c in range(1, self.u)])
+                                                                      cfg.kmeans_n_init, cfg.seed, *agg) for c in range(1, self.u)])
                     return [first, *rest]
                 parts = self._with_retry(run)
                 pred = np.concatenate([p["labels_pred"] for p in parts])
             elif cfg.evaluation == "global_kmeans":
-                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].embed.remote(c, refs[c]) for c in range(self.u)]))
+                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].embed.remote(c, refs[c], *agg) for c in range(self.u)]))
                 pred = global_kmeans(np.concatenate([p["features"] for p in parts]), self.n_clusters, seed=cfg.seed,
                                      n_init=cfg.kmeans_n_init)
             else:
-                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].soft_assignments.remote(c, refs[c]) for c in range(self.u)]))
+                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].soft_assignments.remote(c, refs[c], *agg) for c in range(self.u)]))
                 pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
             true = np.concatenate([p["labels_true"] for p in parts])
             metrics = clustering_metrics(true, pred)
@@ -348,7 +363,7 @@ class Federation:
             metrics["client_acc_mean"] = float(np.mean([
                 cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]))
         if final and self._has_extras:
-            extras = self._with_retry(lambda: self._eval_get([self.actor_of[c].final_extras.remote(c, refs[c]) for c in range(self.u)]))
+            extras = self._with_retry(lambda: self._eval_get([self.actor_of[c].final_extras.remote(c, refs[c], *agg) for c in range(self.u)]))
             weights = np.array([e["n_samples"] for e in extras], dtype=float)
             for key in sorted({k for e in extras for k in e["metrics"]}):
                 values = np.array([e["metrics"].get(key, np.nan) for e in extras])
