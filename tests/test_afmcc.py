@@ -108,7 +108,8 @@ def test_eq6_no_overflow_and_missing_modalities():
 
 
 def _tiny_method(**overrides) -> tuple[AFMCC, LocalData]:
-    cfg = AFMCCConfig(**{"d": 4, "hidden": [8], "phi": 2, **overrides})
+    """A tiny AFMCC under the printed reading (the equations as printed), unless overridden."""
+    cfg = AFMCCConfig(**{"d": 4, "hidden": [8], "phi": 2, "reading": "printed", **overrides})
     method = AFMCC(cfg, view_dims=(5, 3), n_clusters=2, num_clients=3)
     g = torch.Generator().manual_seed(0)
     views = {0: torch.rand(10, 5, generator=g), 1: torch.rand(10, 3, generator=g)}
@@ -139,6 +140,31 @@ def test_aggregate_eq6_matches_feature_distances():
     eps = np.array(eps) / sum(eps)
     assert np.allclose([weights[i] for i in range(3)], eps, atol=1e-5)
     assert torch.allclose(flat, sum(float(e) * p.params for e, p in zip(eps, peers)), atol=1e-5)
+
+
+def test_lineage_reading_weighs_closer_peers_on_rms_distances():
+    """The default reading: Eq. 6 with exp(-distance), the distance ||Z_u^v - H||_F / sqrt(N)."""
+    method, data = _tiny_method(reading="lineage")
+    assert (method.cfg.eq6_sign, method.cfg.eq6_distance, method.cfg.reconstruction, method.cfg.embedding,
+            method.cfg.pretrain_loss) == (-1, "rms", "mse", "normalized", "reconstruction")
+    models = [method.build_model(seed=s) for s in range(3)]
+    peers = [PeerModel(i, 1, (0, 1), flat_parameters(m)) for i, m in enumerate(models)]
+    _, weights = method.aggregate(models[0], data, peers)
+    with torch.no_grad():
+        h = fuse(models[0](data.views), (0, 1))
+        eps = np.array([sum(math.exp(-torch.linalg.norm(m(data.views)[v] - h).item() / math.sqrt(data.n_samples))
+                            for v in (0, 1)) for m in models])
+    assert np.allclose([weights[i] for i in range(3)], eps / eps.sum(), atol=1e-5)
+
+
+def test_reading_fills_only_the_keys_not_set():
+    assert AFMCCConfig().reading == "lineage" and AFMCCConfig().eq6_sign == -1
+    printed = AFMCCConfig(reading="printed")
+    assert (printed.eq6_sign, printed.eq6_distance, printed.reconstruction, printed.embedding,
+            printed.pretrain_loss) == (1, "frobenius", "printed", "fused", "full")
+    assert AFMCCConfig(reading="printed", eq6_sign=-1).eq6_sign == -1  # an explicit key wins
+    with pytest.raises(ValueError):
+        AFMCCConfig(reading="literal")
 
 
 def test_fusion_subsets_cover_alg2():

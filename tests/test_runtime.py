@@ -38,6 +38,20 @@ def test_each_mode_completes(ray_session, small_config, mode, evaluation):
             assert reads.nunique() == 1
 
 
+def test_chained_pretraining_passes_one_model_through_every_client(ray_session, small_config):
+    # FMCSC's pretraining (pretrain.schedule=chain): clients 0..U-1 train the same model in turn,
+    # each starting from the previous one's upload, `pretrain.rounds` rounds each.
+    out, res = _run(small_config("pretrain.schedule=chain", "pretrain.rounds=2", "mode=sync"))
+    pre = res.upload_log[res.upload_log["phase"] == "pretrain"]
+    assert list(pre["client_id"]) == [0, 0, 1, 1, 2, 2, 3, 3]
+    # simulated time adds up along the chain: each pretraining round starts where the last ended
+    assert list(pre["sim_start"])[1:] == list(pre["sim_end"])[:-1]
+    train = _train_log(res.upload_log)
+    assert res.rounds_done == [3, 3, 3, 3] and train["sim_start"].min() == pre["sim_end"].max()
+    # every client's first round read the chain's end (version 0 everywhere after the broadcast)
+    assert all(v == [0, 0, 0, 0] for v in train[train["round"] == 1]["versions_read"])
+
+
 def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     cfg = small_config("speed_profile=eo:3:1")
     a_out, a = _run(cfg)
