@@ -157,6 +157,22 @@ def test_lineage_reading_weighs_closer_peers_on_rms_distances():
     assert np.allclose([weights[i] for i in range(3)], eps / eps.sum(), atol=1e-5)
 
 
+def test_nontrivial_pairs_drop_the_constant_eq3_pair():
+    """With G = {v}, h = z^v, so Eq. 3's (h, z^v) pair is constant; the lineage reading drops it."""
+    method, data = _tiny_method(reading="lineage")
+    model = method.build_model(seed=0)
+    _, terms = method.loss(model, data.views, (0,))
+    with torch.no_grad():
+        z = model(data.views)
+        expected = contrastive_loss(z[0], {1: z[1]}, method.cfg.tau)
+    assert terms["loss_d"].item() == pytest.approx(expected.item(), rel=1e-6)
+    _, terms = method.loss(model, {1: data.views[1]}, (1,))  # a one-modality client: no L_d at all
+    assert "loss_d" not in terms and "loss_c" in terms
+    _, both = method.loss(model, data.views, (0, 1))  # the full set keeps every pair
+    with torch.no_grad():
+        assert both["loss_d"].item() == pytest.approx(contrastive_loss(fuse(z, (0, 1)), z, method.cfg.tau).item(), rel=1e-6)
+
+
 def test_reading_fills_only_the_keys_not_set():
     assert AFMCCConfig().reading == "lineage" and AFMCCConfig().eq6_sign == -1
     printed = AFMCCConfig(reading="printed")

@@ -84,12 +84,14 @@ READINGS: dict[str, dict[str, Any]] = {
     # The equations as printed: Eq. 2 summed over features, Eq. 6 with its + sign on the
     # Frobenius distance, Alg. 1 pretraining on all of Eq. 7, k-means on h as it is.
     "printed": {"reconstruction": "printed", "embedding": "fused", "pretrain_loss": "full",
-                "eq6_sign": 1, "eq6_distance": "frobenius"},
+                "eq6_sign": 1, "eq6_distance": "frobenius", "contrastive_pairs": "all"},
     # What reproduces Table 2: the FMCSC code lineage (nn.MSELoss, reconstruction-only
-    # pretraining, unit-norm embeddings) and Eq. 6 favouring the peers whose features sit
-    # *closest* to the client's fused features, on the per-sample (RMS) distance.
+    # pretraining, unit-norm embeddings), Eq. 6 favouring the peers whose features sit
+    # *closest* to the client's fused features, on the per-sample (RMS) distance, and Eq. 3
+    # without its constant pairs (h = z^v when G = {v}), which only push samples apart and are
+    # what makes the run degenerate after ~10 rounds (reports/findings/afmcc_table2.md).
     "lineage": {"reconstruction": "mse", "embedding": "normalized", "pretrain_loss": "reconstruction",
-                "eq6_sign": -1, "eq6_distance": "rms"},
+                "eq6_sign": -1, "eq6_distance": "rms", "contrastive_pairs": "nontrivial"},
 }
 
 
@@ -124,6 +126,7 @@ class AFMCCConfig(BaseModel):
     use_contrastive: bool = True  # False = Table 3b ablation A
     use_constraint: bool = True  # False = Table 3b ablation B
     contrastive_denominator: Literal["printed", "all"] = "printed"
+    contrastive_pairs: Literal["all", "nontrivial"]
     reconstruction: Literal["printed", "mse"]
     fusion_subsets: Literal["all", "full_and_single"] = "all"
     embedding: Literal["fused", "normalized"]
@@ -315,8 +318,11 @@ class AFMCC:
         total = terms["loss_r"]
         if reconstruction_only:
             return total, terms
-        if self.cfg.use_contrastive:
-            terms["loss_d"] = contrastive_loss(h, z, self.cfg.tau, self.cfg.contrastive_denominator)
+        # With a one-modality fusion set G = {v}, h = z^v: Eq. 3's pair (h, z^v) has similarity 1
+        # whatever the model, so its term only pushes the samples apart ("nontrivial" drops it).
+        z_d = z if self.cfg.contrastive_pairs == "all" or len(subset) > 1 else {v: t for v, t in z.items() if v not in subset}
+        if self.cfg.use_contrastive and z_d:
+            terms["loss_d"] = contrastive_loss(h, z_d, self.cfg.tau, self.cfg.contrastive_denominator)
             total = total + self.cfg.alpha * terms["loss_d"]
         if self.cfg.use_constraint:
             terms["loss_c"] = constraint_loss(h, model.projection, self.cfg.lambda_)
