@@ -17,15 +17,19 @@ What is implemented, equation by equation:
   modalities, phi gradient steps with G as the fusion set; upload. (Alg. 1's pretraining is the
   runtime's ``pretrain`` phase: it calls ``train_round`` without aggregation.)
 
-Where the paper is ambiguous or looks wrong, the printed version is the default and the
-alternative is a switch:
+Where the paper is ambiguous or looks wrong, ``afmcc.reading`` decides (``READINGS`` below):
+``lineage`` (default) is the reading that reproduces Table 2, built on the FMCSC code AFMCC says
+it extends (Sec. 4.2, Table 3c; github 5Martina5/FMCSC, read not copied); ``printed`` is the
+text as printed, kept as the record of the gap. Each switch below belongs to one of them:
 
 - Eq. 3's denominator sums over j != i only (the positive pair is not in it), unlike InfoNCE.
-  ``contrastive_denominator="printed"`` (default) or ``"all"`` (InfoNCE, j over all samples).
+  ``contrastive_denominator="printed"`` (both readings) or ``"all"`` (InfoNCE, j over all samples).
 - Eq. 6 as printed weights a model by exp(+||Z_u^v - H||): models whose features deviate *more*
   from the local fused features get *more* weight, and exp overflows for large N. We compute it
-  in log space (softmax of log eps_u), keep the printed sign as default (``eq6_sign=+1``) and
-  expose the sign and a temperature (``eq6_temperature``); every round's weights are logged.
+  in log space (softmax of log eps_u), keep the printed sign under ``printed`` (``eq6_sign=+1``);
+  ``lineage`` uses -1 (closer peers weigh more) on the RMS distance ||.||_F / sqrt(N)
+  (``eq6_distance``), since the Frobenius norm over ~208 samples makes any sign one-hot.
+  Every round's weights are logged.
   Eq. 6 sums over v in V_u (the downloaded model's owner's modalities) but Z_u^v is computed on
   local samples, so only v in V_u ∩ V_local is computable: ``eq6_views="owner"`` (default, a
   peer sharing no modality gets weight 0) or ``"local"`` (all local modalities).
@@ -37,29 +41,34 @@ alternative is a switch:
 - ||.||_2 of a matrix in Eqs. 5-6 is read as the Frobenius norm.
 - Eq. 2 sums the squared error over a modality's features (``reconstruction="printed"``). The
   FMCSC/MFLVC code lineage AFMCC follows uses ``nn.MSELoss`` per modality, a mean over the
-  features: ``reconstruction="mse"``. With Table 1's alpha = beta = 0.01 the printed sum makes
+  features: ``reconstruction="mse"`` (lineage). With Table 1's alpha = beta = 0.01 the printed sum makes
   L_r dominate L_d by ~3 orders of magnitude on BDGP's 1750-d view.
 - Alg. 2 iterates over all 2^|V|-1 subsets; with many modalities (handwritten: 6 -> 63 subsets
   x phi steps) that dominates the round, so ``fusion_subsets`` can restrict it to the full set
   and the singletons. The default is the printed ``"all"``.
 
-- Evaluation embeds h = Eq. 1 over all local modalities. ``embedding="fused"`` (default) clusters
-  h as it is; ``"normalized"`` clusters h / ||h||, the unit-norm embeddings App. A.1 assumes
+- Evaluation embeds h = Eq. 1 over all local modalities. ``embedding="fused"`` (printed) clusters
+  h as it is; ``"normalized"`` (lineage) clusters h / ||h||, the unit-norm embeddings App. A.1 assumes
   ("||h_i|| = ||z_i^v|| = 1") and the geometry Eq. 3's cosine similarity trains (FMCSC, whose
   evaluation protocol AFMCC follows, clusters L2-normalised features too).
 - Alg. 1's pretraining is "local training" of the designated client, read as Alg. 2's loss
-  (``pretrain_loss="full"``, default). ``"reconstruction"`` pretrains on Eq. 2 alone, as the FMCSC
+  (``pretrain_loss="full"``, printed). ``"reconstruction"`` (lineage) pretrains on Eq. 2 alone, as the FMCSC
   code AFMCC builds on does (an autoencoder warm-up before any contrastive term; there 250
   full-batch epochs, i.e. ``pretrain.rounds=17`` at 15 steps per round on BDGP's 2 modalities).
 
-Which reading reproduces Table 2: the printed defaults do not (BDGP F/S 1:1: 76.4 +- 4.1 ACC over
-5 seeds against the paper's 93.9). The FMCSC code-lineage reading, ``reconstruction="mse"`` + ``embedding="normalized"``
-+ ``pretrain_loss="reconstruction"`` with ``pretrain.rounds=17`` (tune/grids/afmcc/table2_lineage.yaml),
-comes closest (83.2 +- 11.1 over 5 seeds, bimodal: 3 seeds at 0.89-0.93); the reproduction report
-gives both tables side by side (reports/findings/afmcc_table2_lineage.md). On top of the lineage,
-Eq. 6's negative sign lowers it to 69.4 +- 3.9 and FMCSC's 100 k-means restarts (``kmeans_n_init``)
-only change which seeds fail (85.4 +- 8.8; grid afmcc/bdgp_lineage_gap). The printed readings
-stay the defaults.
+- Eq. 3 with a one-modality fusion set G = {v} has h = z^v, so the pair (h, z^v) has similarity 1
+  whatever the model and its term only pushes samples apart (for a one-modality client it is
+  the whole of L_d). ``contrastive_pairs="nontrivial"`` (lineage) drops those pairs; "all" keeps them.
+
+Which reading reproduces Table 2 (numbers in reports/REPRODUCTION.md and
+reports/findings/afmcc_table2.md): the printed reading does not (BDGP F/S 1:1: 76.4 +- 4.1 ACC
+over 5 seeds against the paper's 93.9; grid table2_printed). Measured one change at a time on
+BDGP F/S 1:1, the lineage reading's parts are: MSE reconstruction, reconstruction-only pretraining
+and unit-norm embeddings (grid table2_lineage); pretraining chained through every client, as
+FMCSC's code does (``pretrain.schedule: chain`` in the configs), which removes the seeds that
+failed from a model pretrained on client 0's 208 samples; Eq. 6's sign and RMS distance (the
+printed sign spreads a degenerating peer to everyone); and dropping Eq. 3's constant pairs, which
+stops the collapse that set in after ~10 rounds on every seed.
 """
 
 from __future__ import annotations
