@@ -46,3 +46,8 @@ def shorten_path(path: object, limit: int = 60) -> str:
     tail = text[-(limit - 3):]
     cut = tail.find("/")
     return "..." + (tail[cut:] if 0 <= cut < len(tail) // 2 else tail)
+
+
+class RayStartError(FedsimError):
+    """Ray could not be started or reached (the machine, not the input: memory, /tmp, a
+    cluster address); the message says what to do."""
