@@ -11,7 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from fedsim.errors import FedsimError
+from fedsim.errors import FedsimError, shorten, shorten_path
+
+MAX_MESSAGE = 1000  # a message is one line; no user value may make it longer than this
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +110,31 @@ def _archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: str, option: str) -> None:
+    """``path`` can be written as a file now, before a run that may take hours: it is not a
+    folder, its folder exists and takes a new file. Leaves no file behind."""
+    target = Path(path).expanduser()
+    shown = shorten_path(path, 100)
+    if target.is_dir():
+        raise FedsimError(f"{option} '{shown}' is a folder; name a file in it, such as {shorten_path(target / 'result.json', 80)}")
+    folder = target.parent
+    if not folder.exists():
+        raise FedsimError(f"{option}: folder '{shorten_path(folder, 100)}' does not exist; create it or pick another path")
+    if not folder.is_dir():
+        raise FedsimError(f"{option}: '{shorten_path(folder, 100)}' is a file, not a folder; pick another path")
+    try:
+        if target.exists():
+            with open(target, "a"):
+                pass
+        else:
+            with open(target, "x"):
+                pass
+            target.unlink()
+    except OSError as exc:
+        raise FedsimError(f"{option} '{shown}' cannot be written ({shorten(exc.strerror or exc, 60)}); pick a "
+                          "writable path") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     from fedsim.config import load_config
 
@@ -116,9 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"data_dir={args.data_dir}")
     cfg = load_config(args.config, overrides)
     if args.result_json:
-        target = Path(args.result_json)
-        if target.parent and not target.parent.exists():
-            raise FedsimError(f"--result-json: folder '{target.parent}' does not exist; create it or pick another path")
+        _check_writable(args.result_json, "--result-json")
 
     from fedsim.runner import run_experiment
 
@@ -193,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             return _archive(args)
         return _datasets()
     except FedsimError as exc:
-        print(f"fedsim: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever a value held
+        if len(message) > MAX_MESSAGE:
+            message = f"{message[: MAX_MESSAGE // 2]} ... {message[-MAX_MESSAGE // 2 + 5:]}"
+        print(f"fedsim: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)

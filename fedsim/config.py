@@ -11,7 +11,7 @@ becomes a one-line ``ConfigError`` naming the key and the fix.
 from __future__ import annotations
 
 import copy
-
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +19,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, shorten, shorten_path
+
+# Bounds on what a config may be: a config is a few hundred bytes; these stop a hostile or
+# broken file (an alias bomb, a 10^6-element value, a binary file) before it costs anything.
+MAX_CONFIG_BYTES = 1 << 20  # a config file, and one --set value
+MAX_YAML_NODES = 100_000  # values after expanding every alias (*a repeats what &a names)
+MAX_YAML_DEPTH = 64  # nesting of mappings and lists
+MAX_SEED = 2**32 - 1
 
 
 class Strict(BaseModel):
     """Base for config sections: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StopConfig(Strict):
@@ -87,12 +94,13 @@ class RuntimeConfig(Strict):
     ray_address: str | None = None
     num_cpus: float | None = Field(None, gt=0)
     include_dashboard: bool = True
-    dashboard_port: int = 8265
+    dashboard_port: int = Field(8265, ge=1, le=65535)
     # bounds every wait on an actor (a round, an evaluation, the server): nothing waits forever
-    round_timeout_s: float = Field(600.0, gt=0)
+    # (at most ~11.6 days: a finite bound is the point)
+    round_timeout_s: float = Field(600.0, gt=0, le=1e6)
     # how long a run's client actors may take to start (pending for CPUs/GPUs, importing torch,
     # loading their shards) before the run fails with what Ray has free
-    start_timeout_s: float = Field(300.0, gt=0)
+    start_timeout_s: float = Field(300.0, gt=0, le=1e6)
     # intra-op threads of each client actor's torch. Fixed, not taken from the actor's CPU share:
     # the share follows the machine (one actor on 2 CPUs here, four on 0.5 there) and a different
     # thread count changes float reductions, so virtual mode would stop being bit-for-bit.
@@ -103,12 +111,22 @@ class TrackingConfig(Strict):
     """MLflow. ``tracking_uri: null`` = $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
 
     enabled: bool = True
-    tracking_uri: str | None = None
-    experiment: str | None = None  # default: "<method>/<dataset>"
-    run_name: str | None = None
+    tracking_uri: str | None = Field(None, min_length=1, max_length=1000)
+    experiment: str | None = Field(None, min_length=1, max_length=250)  # default: "<method>/<dataset>"
+    run_name: str | None = Field(None, min_length=1, max_length=250)
     progress: bool = True
-    parent_run_id: str | None = None  # set by sweeps: trials are children of the summary run
+    parent_run_id: str | None = Field(None, max_length=100)  # set by sweeps: trials are children of the summary run
     tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_sizes(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 100:
+            raise ValueError(f"{len(v)} tags; at most 100")
+        for key, value in v.items():
+            if not 0 < len(key) <= 250 or len(value) > 5000:
+                raise ValueError(f"tag '{shorten(key, 40)}': keys need 1..250 characters, values at most 5000")
+        return v
 
 
 class FaultConfig(Strict):
@@ -136,11 +154,11 @@ class ModelSelectionConfig(Strict):
 class ExperimentConfig(Strict):
     method: str = "afmcc"
     dataset: str = "handwritten"
-    data_dir: str | None = None
+    data_dir: str | None = Field(None, min_length=1, max_length=4096)
     synthetic: dict[str, Any] | None = None  # generator params for synthetic datasets
-    data_seed: int = 0  # seeds synthetic generators only; ``seed`` seeds split, models, training
+    data_seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds synthetic generators only; ``seed`` seeds split, models, training
     num_clients: int = Field(12, ge=1)
-    client_ratio: str = "1:1"
+    client_ratio: str = Field("1:1", max_length=100)
     partition: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = Field(1.0, gt=0)
     samples_per_client: int | None = Field(None, ge=2)  # AFMCC Fig. 5a: keep at most n per client (seeded)
@@ -149,9 +167,9 @@ class ExperimentConfig(Strict):
     task: Literal["clustering", "classification"] = "clustering"
     test_fraction: float = Field(0.2, gt=0, lt=1)  # classification: each client's held-out share
     mode: Literal["sync", "async", "virtual"] = "virtual"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     rounds: int = Field(20, ge=1)
-    speed_profile: str = "uniform"
+    speed_profile: str = Field("uniform", max_length=10_000)
     eval_every: int = Field(5, ge=0)
     evaluation: Literal["fmcsc", "global_kmeans", "argmax"] = "fmcsc"
     kmeans_n_init: int = Field(10, ge=1)
@@ -170,7 +188,7 @@ class ExperimentConfig(Strict):
     @classmethod
     def _ratio_shape(cls, v: str) -> str:
         if not re.fullmatch(r"\d+(:\d+){1,2}", v.strip()):
-            raise ValueError(f"'{v}' is not a ratio; use F:S such as '2:1' or F:M:S such as '1:1:1'")
+            raise ValueError(f"'{shorten(v, 40)}' is not a ratio; use F:S such as '2:1' or F:M:S such as '1:1:1'")
         return v.strip()
 
     @model_validator(mode="after")
@@ -220,20 +238,106 @@ ConfigLoader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+_YAML = "tag:yaml.org,2002:"
+# The tags a config may carry: SafeLoader's own, plus the merge key ``<<`` and ``=``.
+_SAFE_TAGS = {tag for tag in yaml.SafeLoader.yaml_constructors if tag} | {_YAML + "merge", _YAML + "value"}
+
+
+def yaml_load(text: str, source: str = "the YAML") -> Any:
+    """Parse ``text`` (a config file or a ``--set`` value) into plain Python values.
+
+    Raises ``yaml.YAMLError`` for a syntax error, and ``ConfigError`` naming ``source`` for YAML
+    that parses but is no config: python tags (``!!python/object``), other unknown tags, a key
+    given twice in one mapping (YAML keeps only the last, silently), more than MAX_YAML_NODES
+    values once aliases are expanded (an alias bomb: ``&a [*b, *b, ...]`` nested a few times
+    names billions of values in a few hundred bytes), an alias inside what it names, or nesting
+    deeper than MAX_YAML_DEPTH. All of this is checked on the composed node graph, in time
+    linear in the text, before any Python value is built."""
+    loader = ConfigLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels; a config is a few levels "
+                              "of mappings and lists") from None
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    expanded: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
+    open_nodes: set[int] = set()
+
+    def line(node: yaml.Node) -> str:
+        return f"line {node.start_mark.line + 1}" if node.start_mark is not None else "?"
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in expanded:  # an alias: the node is shared, its size already known
+            return expanded[key]
+        if key in open_nodes:
+            raise ConfigError(f"{source}: an alias refers to the mapping or list that contains it ({line(node)}); "
+                              "write the value out")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels ({line(node)}); a config is a "
+                              "few levels of mappings and lists")
+        tag = node.tag
+        if tag.startswith(_YAML + "python/"):
+            raise ConfigError(f"{source}: python tags such as '!!{shorten(tag.removeprefix(_YAML), 40)}' are not "
+                              f"allowed ({line(node)}); write the value as plain YAML")
+        if tag not in _SAFE_TAGS:
+            raise ConfigError(f"{source}: unknown YAML tag '{shorten(tag, 40)}' ({line(node)}); remove it and "
+                              "write the value as plain YAML")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _YAML + "merge":
+                    if (key_node.tag, key_node.value) in seen:
+                        raise ConfigError(f"{source}: key '{shorten(key_node.value, 40)}' appears twice in one "
+                                          f"mapping ({line(key_node)}); keep one")
+                    seen.add((key_node.tag, key_node.value))
+                total += size(key_node, depth + 1) + size(value_node, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                total += size(item, depth + 1)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"{source} stands for more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                              f"expanded ({line(node)}); a config needs far fewer: remove the aliases")
+        open_nodes.discard(key)
+        expanded[key] = total
+        return total
+
+    size(root, 0)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """' (line N): <what the parser says>' for a syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or ""
+    return f"{where}{': ' + shorten(problem, 60) if problem else ''}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (["a", "b"], parsed value). Values are parsed as YAML scalars/lists."""
     if "=" not in text:
-        raise ConfigError(f"bad override '{text}': expected key=value, e.g. --set afmcc.alpha=0.1")
+        raise ConfigError(f"bad override '{shorten(text, 60)}': expected key=value, e.g. --set afmcc.alpha=0.1")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"override '{shorten(text, 40)}' is {len(text):,} characters long; a value that big "
+                          "belongs in the config file")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise ConfigError(f"bad override '{text}': '{key}' is not a dotted key such as afmcc.alpha")
+        raise ConfigError(f"bad override '{shorten(text, 60)}': '{shorten(key, 40)}' is not a dotted key such as "
+                          "afmcc.alpha")
     try:
-        value = yaml_load(raw) if raw.strip() else None
+        value = yaml_load(raw, f"--set {shorten(key, 40)}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -246,23 +350,44 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"bad override: '{'.'.join(path)}' goes inside '{part}', which is not a section")
+            raise ConfigError(f"bad override: '{shorten('.'.join(path), 60)}' goes inside '{part}', which is not a "
+                              "section")
         node = child
     node[path[-1]] = value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config (or grid) file as a mapping; every way a file can be unusable is a ConfigError."""
     p = Path(path)
+    name = f"config file '{shorten_path(path, 100)}'"
+    example = "pass a YAML file such as configs/afmcc/bdgp.yaml"
+    if p.is_dir():
+        raise ConfigError(f"{name} is a folder; {example}")
     if not p.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass a YAML file such as configs/afmcc/bdgp.yaml")
+        raise ConfigError(f"{name} not found; {example}")
     try:
-        data = yaml_load(p.read_text()) or {}
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{name} is {size:,} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES:,}): "
+                              f"{example}")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name} cannot be read ({shorten(exc.strerror or exc, 60)}); {example}") from None
+    try:
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} is not UTF-8 text (a binary file?); {example}") from None
+    try:
+        data = yaml_load(text, name)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from exc
+        raise ConfigError(f"{name} is not valid YAML{_yaml_problem(exc)}; fix the syntax") from None
+    if data is None:
+        raise ConfigError(f"{name} is empty; write at least the method and dataset keys (see configs/), or "
+                          "'{}' for all defaults")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a YAML mapping of keys to values")
+        raise ConfigError(f"{name} must hold a YAML mapping of keys to values, not a {type(data).__name__}")
     return data
 
 
@@ -277,7 +402,9 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         _set_path(data, path, value)
     method = data.get("method", ExperimentConfig.model_fields["method"].default)
     if not isinstance(method, str):
-        raise ConfigError("'method' must be a method name such as afmcc")
+        raise ConfigError(f"config key 'method': must be a method name such as afmcc (got {shorten(method)})")
+    if len(method) > 100:
+        raise ConfigError(f"unknown method '{shorten(method, 40)}'; see README.md for the method names")
 
     from fedsim.methods import get_method  # late: the method registry imports torch
 
@@ -292,14 +419,40 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     if not isinstance(section, dict):
         raise ConfigError(f"'{method}' must be a section of {method} hyper-parameters")
     try:
-        params = method_cls.Config(**section)
+        params = method_cls.Config.model_validate(section)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, prefix=method)) from None
+    _check_method_params(method, params)
     data["method_params"] = params.model_dump(mode="json")
     try:
-        return ExperimentConfig(**data)
+        cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
+    _check_finite(cfg.model_dump(exclude={"method_params"}), "")
+    return cfg
+
+
+def _check_method_params(method: str, params: BaseModel) -> None:
+    """Rules every method's section follows, whatever its own ``Config`` says: numbers are
+    finite (JSON, the config's form inside the actors, has no inf or nan: an ``afmcc.lr=.inf``
+    arrived there as null) and layer widths (every ``list[int]`` field) are >= 1 (a width of 0
+    builds a model with nothing in it, which trains to chance without an error)."""
+    for name, field in type(params).model_fields.items():
+        value = getattr(params, name)
+        if field.annotation == list[int] and any(width < 1 for width in value):
+            raise ConfigError(f"config key '{method}.{name}': layer widths must be >= 1 (got {shorten(value)})")
+    _check_finite(params.model_dump(), method)
+
+
+def _check_finite(value: Any, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{path}': must be a finite number (got {value})")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, path)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -316,15 +469,15 @@ def method_config(cfg: ExperimentConfig) -> BaseModel:
 
 def _first_error(exc: ValidationError, prefix: str | None = None) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+    loc = shorten(".".join(str(p) for p in err["loc"] if p != "__root__"), 60)
     if prefix:
         loc = f"{prefix}.{loc}" if loc else prefix
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = shorten(err["msg"].removeprefix("Value error, "), 200)
     if err["type"] == "extra_forbidden":
         return f"unknown config key '{loc}'; check the spelling against the config reference in README.md"
     where = f"config key '{loc}': " if loc else "config: "
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or got is None else f" (got {shorten(got if not isinstance(got, str) else repr(got))})"
     return f"{where}{msg}{shown}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,18 +18,24 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from fedsim.config import ExperimentConfig, method_config
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, FedsimError, shorten, shorten_path
 from fedsim.runtime.callbacks import Callback, CallbackList
 from fedsim.runtime.cluster import ensure_ray, plan_placement, start_client_actors, stop_actors
 from fedsim.runtime.federation_data import load_federation
 from fedsim.runtime.orchestrator import Federation, FederationResult
 from fedsim.runtime.server import make_server
 from fedsim.runtime.speed import speed_multipliers
-from fedsim.tracking import MLflowTracker, ProgressPrinter, tracking_uri
+from fedsim.tracking import MLflowTracker, ProgressPrinter, check_tracking_uri, tracking_uri
 
 
 def validate(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Every check that needs no Ray: returns facts about the federation for logging."""
+    """Every check that needs no Ray: returns facts about the federation for logging.
+
+    Runs in the driver before Ray starts and before the MLflow run opens, so whatever it
+    refuses leaves neither behind: the paths the run will use, the data and its partition, the
+    speed profile, the privacy budget, and the method itself, built on the dataset's shapes
+    (its model, and its ``check_run`` rules, e.g. CMMC's stages against ``rounds``)."""
+    _check_paths(cfg)
     dataset, specs = load_federation(cfg)
     speeds = speed_multipliers(cfg.speed_profile, cfg.num_clients, cfg.seed)
     if cfg.privacy.enabled:
@@ -37,6 +44,7 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
         GaussianMechanism.calibrate(cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds,
                                     clip_norm=cfg.privacy.clip_norm)
     _check_method(cfg)
+    param_bytes = _rehearse_method(cfg, dataset.view_dims, dataset.n_clusters, [s.views for s in specs])
     if cfg.task == "clustering" and cfg.evaluation == "fmcsc" and specs[0].indices.size < dataset.n_clusters:
         raise ConfigError(f"client 0 holds {specs[0].indices.size} samples, fewer than the {dataset.n_clusters} "
                           "clusters k-means needs for the FMCSC evaluation; use fewer clients or evaluation=global_kmeans")
@@ -44,8 +52,58 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
         "dataset": dataset, "specs": specs, "speeds": speeds, "view_dims": dataset.view_dims,
         "n_clusters": dataset.n_clusters, "n_samples": dataset.n_samples,
         "client_kinds": "".join(s.kind for s in specs),
-        "client_modalities": [list(s.views) for s in specs],
+        "client_modalities": [list(s.views) for s in specs], "param_bytes": param_bytes,
     }
+
+
+def _check_paths(cfg: ExperimentConfig) -> None:
+    """``data_dir`` is a folder; a local MLflow store can be created without creating folders."""
+    if cfg.data_dir is not None:
+        path = Path(cfg.data_dir).expanduser()
+        shown = shorten_path(cfg.data_dir, 100)
+        if not path.exists():
+            raise ConfigError(f"data_dir '{shown}' does not exist; pass the folder that holds the dataset files "
+                              "(--data-dir or data_dir)")
+        if not path.is_dir():
+            raise ConfigError(f"data_dir '{shown}' is a file, not a folder; pass the folder that holds the dataset "
+                              "files (--data-dir or data_dir)")
+    if cfg.tracking.enabled:
+        check_tracking_uri(cfg)
+
+
+def _rehearse_method(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int,
+                     client_modalities: list[tuple[int, ...]]) -> int:
+    """Build the method and its model in the driver, as every actor will: whatever the config
+    cannot build fails here, as a ConfigError, not in an actor after Ray and MLflow started.
+    Returns the model's parameter bytes (for the placement)."""
+    from fedsim.methods import get_method
+
+    method_cls = get_method(cfg.method)
+    try:
+        method = method_cls(method_config(cfg), view_dims, n_clusters, cfg.num_clients)
+        model = method.build_model(seed=0)
+    except FedsimError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"{cfg.method} cannot build its model for views {list(view_dims)} from this config "
+                          f"({type(exc).__name__}: {shorten(str(exc), 80)}); check the {cfg.method}.* widths") from None
+    empty = [name for name, p in model.named_parameters() if p.numel() == 0]
+    if empty:
+        raise ConfigError(f"{cfg.method}'s model has a layer of width 0 ({shorten(empty[0], 40)}); every width in "
+                          f"{cfg.method}.* must be >= 1")
+    # A method's rules on the whole run (``check_run``), and, for methods that map each
+    # client's modalities to a model slot (FMCSC's view patterns), that every client has one.
+    check_run = getattr(method, "check_run", None)
+    if check_run is not None:
+        try:
+            check_run(cfg.rounds, [tuple(m) for m in client_modalities])
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.method}: {shorten(str(exc), 200)}") from None
+    pattern_of = getattr(method, "pattern_of", None)
+    if pattern_of is not None:
+        for modalities in {tuple(m) for m in client_modalities}:
+            pattern_of(modalities)
+    return 4 * sum(p.numel() for p in model.parameters())
 
 
 def _check_method(cfg: ExperimentConfig) -> None:
@@ -137,8 +195,7 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         # Everything Ray-side is created inside the try: an interruption half-way through
         # start-up must not leave actors holding CPUs, or the next run's actors pend forever.
         server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
-        probe = _parameter_bytes(cfg, facts["view_dims"], facts["n_clusters"])
-        placement = plan_placement(cfg, probe, shard_bytes)
+        placement = plan_placement(cfg, facts["param_bytes"], shard_bytes)
         actor_of = start_client_actors(cfg, placement, run_tag, created=actors)
         described: dict[int, dict[str, Any]] = {}
         try:
@@ -198,14 +255,6 @@ def selected_by(restarts: list[dict[str, Any]]) -> dict[str, float]:
             if key != "wall_time" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"selected_by_{criterion}/{key}"] = float(value)
     return out
-
-
-def _parameter_bytes(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int) -> int:
-    from fedsim.methods import get_method
-
-    method_cls = get_method(cfg.method)
-    method = method_cls(method_config(cfg), view_dims, n_clusters, cfg.num_clients)
-    return 4 * sum(p.numel() for p in method.build_model(seed=0).parameters())
 
 
 def _result_json(cfg: ExperimentConfig, result: FederationResult, wall: float, run_id: str | None,

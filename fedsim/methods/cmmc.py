@@ -104,6 +104,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from torch import nn
 
+from fedsim.errors import ConfigError
 from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, modality_aware_average
 
 Stage = Literal["pretrain", "contrastive", "finetune"]
@@ -298,16 +299,20 @@ class CMMC:
         return modality_aware_average(model, peers, modality_of)
 
     # -- stages (Algorithm 1) -------------------------------------------------------------------
+    def check_run(self, rounds: int, client_modalities: list[tuple[int, ...]]) -> None:
+        """The run's ``rounds`` are the stages' epochs (called by the driver before Ray starts,
+        and by ``stage``)."""
+        if rounds != self.cfg.total_epochs:
+            raise ConfigError(
+                f"cmmc trains {self.cfg.pretrain_epochs} + {self.cfg.contrastive_epochs} + {self.cfg.finetune_epochs} "
+                f"rounds (cmmc.pretrain_epochs, contrastive_epochs, finetune_epochs) but rounds={rounds}; "
+                f"set rounds={self.cfg.total_epochs} or change the stage epochs")
+
     def stage(self, context: RoundContext) -> Stage:
         """Alg. 1: rounds 1..E_p pretrain, the next E_c contrast, the rest fine-tune."""
         if context.phase == "pretrain":
             return "pretrain"
-        if context.total_rounds != self.cfg.total_epochs:
-            raise ValueError(
-                f"cmmc trains in stages of {self.cfg.pretrain_epochs} + {self.cfg.contrastive_epochs} + "
-                f"{self.cfg.finetune_epochs} epochs (cmmc.pretrain_epochs, contrastive_epochs, finetune_epochs) "
-                f"= {self.cfg.total_epochs} rounds, but the run has rounds={context.total_rounds}; "
-                f"set rounds={self.cfg.total_epochs} or change the stage epochs")
+        self.check_run(context.total_rounds, [])
         if context.round <= self.cfg.pretrain_epochs:
             return "pretrain"
         if context.round <= self.cfg.pretrain_epochs + self.cfg.contrastive_epochs:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +14,7 @@ import psutil
 import ray
 
 from fedsim.config import ExperimentConfig
+from fedsim.errors import RayStartError, shorten
 from fedsim.runtime.client import ClientActor
 
 # Measured: an idle actor that imported torch costs ~310 MB RSS (~190 MB PSS).
@@ -23,39 +26,115 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
 
     Returns what the user needs to find the run: the dashboard address and whether we own Ray
     (and so must shut it down). Ray >= 2.60 enables token authentication: the dashboard wants
-    the bearer token in ~/.ray/auth_token (see README)."""
+    the bearer token in ~/.ray/auth_token (see README).
+
+    A local Ray's dashboard listens on 127.0.0.1 at ``runtime.dashboard_port`` or, when that
+    port is taken (another run's dashboard, any server), at a free port the OS picks, with a
+    warning naming it. A Ray that cannot start or be reached is one ``RayStartError`` line
+    saying what to do, raised before any MLflow run opens."""
     if ray.is_initialized():
         return {"dashboard_url": None, "owned": False}
     address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"logging_level": "WARNING"}
     if address:
-        context = ray.init(address=address, **kwargs)
+        try:
+            context = ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+            _shutdown_quietly()
+            named = "runtime.ray_address" if cfg.runtime.ray_address else "RAY_ADDRESS"
+            raise RayStartError(
+                f"cannot reach the Ray cluster at {named}='{shorten(address, 60)}' ({_first_line(exc)}); start it "
+                f"(ray start --head), fix {named}, or unset it for a local Ray") from None
     else:
-        kwargs.update(include_dashboard=cfg.runtime.include_dashboard, dashboard_host="127.0.0.1",
-                      dashboard_port=cfg.runtime.dashboard_port)
+        kwargs.update(include_dashboard=cfg.runtime.include_dashboard, dashboard_host=DASHBOARD_HOST)
+        if cfg.runtime.include_dashboard:
+            port = free_port(DASHBOARD_HOST, cfg.runtime.dashboard_port)
+            if port != cfg.runtime.dashboard_port:
+                _warn(f"dashboard port {cfg.runtime.dashboard_port} is taken (another Ray's dashboard?); the Ray "
+                      f"dashboard uses port {port} instead (runtime.dashboard_port picks one)")
+            kwargs["dashboard_port"] = port
         if cfg.runtime.num_cpus is not None:
             kwargs["num_cpus"] = cfg.runtime.num_cpus
         # address="local": always a fresh local Ray, never a stray cluster left by a crashed
         # run; to attach to a running cluster set RAY_ADDRESS (e.g. "auto" on its head node).
         try:
             context = ray.init(address="local", **kwargs)
-        except Exception as exc:  # noqa: BLE001 - Ray raises plain exceptions for a taken port
-            if not (cfg.runtime.include_dashboard and "bind" in str(exc).lower()):
-                raise
-            # Another local Ray (a concurrent run) holds the dashboard port: run without a
-            # dashboard rather than fail; say so, since the user may be looking for it.
-            import sys
-
-            print(f"fedsim: warning: dashboard port {cfg.runtime.dashboard_port} is taken ({exc}); running without "
-                  "the Ray dashboard (set runtime.dashboard_port to another port to have one)", file=sys.stderr)
-            ray.shutdown()
-            kwargs["include_dashboard"] = False
-            kwargs.pop("dashboard_port")
-            context = ray.init(address="local", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ValueError/Exception/RuntimeError alike
+            _shutdown_quietly()
+            if not cfg.runtime.include_dashboard or not _dashboard_trouble(exc):
+                raise _start_error(exc) from None
+            if _port_clash(exc):
+                # taken between our probe and Ray's own check (a run starting beside this one)
+                kwargs["dashboard_port"] = free_port(DASHBOARD_HOST, 0)
+                _warn(f"dashboard port {cfg.runtime.dashboard_port} was taken while Ray started; the Ray dashboard "
+                      f"uses port {kwargs['dashboard_port']} instead")
+            else:
+                _warn(f"the Ray dashboard did not start ({_first_line(exc)}); running without it "
+                      "(runtime.include_dashboard=false silences this)")
+                kwargs["include_dashboard"] = False
+                kwargs.pop("dashboard_port")
+            try:
+                context = ray.init(address="local", **kwargs)
+            except Exception as again:  # noqa: BLE001
+                _shutdown_quietly()
+                raise _start_error(again) from None
     url = getattr(context, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = "http://" + url
     return {"dashboard_url": url or None, "owned": True}
+
+
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def free_port(host: str, port: int) -> int:
+    """``port`` if it can be bound at ``host`` now (probed as Ray probes it, with SO_REUSEADDR,
+    so a closed connection's TIME_WAIT does not count), else a free port the OS picks; 0 asks
+    for the OS's pick directly."""
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return port
+            except OSError:
+                pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception, short: Ray's start-up errors can carry the
+    last 20 lines of a log."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {shorten(lines[0], 110) if lines else 'no message'}"
+
+
+def _port_clash(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("bind", "occupied", "address already in use", "errno 98"))
+
+
+def _dashboard_trouble(exc: BaseException) -> bool:
+    return _port_clash(exc) or "dashboard" in str(exc).lower()
+
+
+def _start_error(exc: BaseException) -> RayStartError:
+    return RayStartError(
+        f"Ray did not start ({_first_line(exc)}); see /tmp/ray/session_latest/logs, check free memory and /tmp "
+        "space (df -h /tmp), or set RAY_ADDRESS to a running cluster")
+
+
+def _shutdown_quietly() -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - a half-started Ray: nothing more to stop
+        pass
+
+
+def _warn(message: str) -> None:
+    print(f"fedsim: warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""Ray start-up (issue 26, item 5): a taken dashboard port falls back to a free one, and a Ray
+that cannot start or be reached is one ``fedsim: error:`` line saying what to do, exit 2, with
+no MLflow run. All but the last test replace ``ray.init``; the last starts a real local Ray in a
+subprocess (its own Ray, never the test session's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+import fedsim.runtime.cluster as cluster
+from fedsim.cli import main
+from fedsim.config import build_config
+from tests.conftest import SMALL_SYNTHETIC
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def taken_port():
+    """A port something listens on at 127.0.0.1, as another run's dashboard would."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+class FakeRay:
+    """``ray.init`` that records its keyword arguments and fails as told, call by call."""
+
+    def __init__(self, monkeypatch, failures=()):
+        self.calls: list[dict] = []
+        self.failures = list(failures)
+        monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(cluster.ray, "init", self.init)
+        monkeypatch.setattr(cluster.ray, "shutdown", lambda: None)  # never the session's Ray
+
+    def init(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.failures:
+            raise self.failures.pop(0)
+        return SimpleNamespace(dashboard_url=f"127.0.0.1:{kwargs.get('dashboard_port', 0)}")
+
+
+def _cfg(*overrides):
+    return build_config(SMALL_SYNTHETIC, ["runtime.include_dashboard=true", *overrides])
+
+
+def test_free_port_keeps_a_free_port_and_replaces_a_taken_one(taken_port):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert cluster.free_port("127.0.0.1", free) == free
+    other = cluster.free_port("127.0.0.1", taken_port)
+    assert other != taken_port and 0 < other < 65536
+
+
+def test_taken_dashboard_port_falls_back_to_a_free_one(monkeypatch, capsys, taken_port):
+    fake = FakeRay(monkeypatch)
+    info = cluster.ensure_ray(_cfg(f"runtime.dashboard_port={taken_port}"))
+    (call,) = fake.calls
+    assert call["dashboard_host"] == "127.0.0.1" and call["include_dashboard"] is True
+    assert call["dashboard_port"] != taken_port
+    assert info == {"dashboard_url": f"http://127.0.0.1:{call['dashboard_port']}", "owned": True}
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("fedsim: warning: dashboard port") and str(call["dashboard_port"]) in line
+
+
+def test_port_taken_while_ray_starts_is_retried_on_another(monkeypatch, capsys):
+    """Ray 2.60's own check raises this ValueError when the port went between our probe and it."""
+    clash = ValueError("Failed to bind to 127.0.0.1:8265 because it's already occupied. You can use `ray start "
+                       "--dashboard-port ...` or `ray.init(dashboard_port=...)` to select a different port.")
+    fake = FakeRay(monkeypatch, [clash])
+    info = cluster.ensure_ray(_cfg("runtime.dashboard_port=65000"))
+    first, second = fake.calls
+    assert second["include_dashboard"] is True and second["dashboard_port"] not in (None, first["dashboard_port"])
+    assert info["dashboard_url"].endswith(f":{second['dashboard_port']}")
+    assert "was taken while Ray started" in capsys.readouterr().err
+
+
+def test_dashboard_that_cannot_start_runs_without_it(monkeypatch, capsys):
+    fake = FakeRay(monkeypatch, [Exception("Cannot include dashboard with missing packages.")])
+    info = cluster.ensure_ray(_cfg())
+    assert fake.calls[1]["include_dashboard"] is False and "dashboard_port" not in fake.calls[1]
+    assert info["owned"] is True
+    assert "running without it" in capsys.readouterr().err
+
+
+def _run_cli(tmp_path, monkeypatch, capsys, *extra):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = tmp_path / "cfg.yaml"
+    # no dashboard: its port may be taken here (a warning line), which is not what these test
+    cfg.write_text(yaml.safe_dump({**SMALL_SYNTHETIC, "tracking": {"enabled": True, "progress": False},
+                                   "runtime": {"include_dashboard": False}}))
+    code = main(["run", str(cfg), *extra])
+    out, err = capsys.readouterr()
+    return code, err.splitlines()
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("Failed to start the GCS server.\n" + "\n".join(f"log line {i}" for i in range(20))),
+    OSError(28, "No space left on device"),
+])
+def test_ray_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys, failure):
+    FakeRay(monkeypatch, [failure, failure])
+    code, lines = _run_cli(tmp_path, monkeypatch, capsys)
+    assert code == 2
+    (line,) = lines
+    assert line.startswith("fedsim: error: Ray did not start (") and "/tmp/ray/session_latest/logs" in line
+    assert len(line) <= 300
+    assert not (tmp_path / "mlflow.db").exists()  # Ray starts before the MLflow run opens
+
+
+def test_unreachable_cluster_is_one_line(tmp_path, monkeypatch, capsys):
+    FakeRay(monkeypatch, [ConnectionError("Could not find any running Ray instance. Please specify ...")])
+    monkeypatch.setenv("RAY_ADDRESS", "10.255.255.1:6379")
+    code, lines = _run_cli(tmp_path, monkeypatch, capsys)
+    assert code == 2
+    (line,) = lines
+    assert "cannot reach the Ray cluster at RAY_ADDRESS='10.255.255.1:6379'" in line and len(line) <= 300
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_real_ray_moves_its_dashboard_off_a_taken_port(tmp_path, taken_port):
+    """Ray 2.60 itself, in a subprocess: the dashboard comes up on another port of 127.0.0.1."""
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(ROOT)!r})
+import ray
+from fedsim.config import build_config
+from fedsim.runtime.cluster import ensure_ray
+from tests.conftest import SMALL_SYNTHETIC
+cfg = build_config(SMALL_SYNTHETIC, ["runtime.include_dashboard=true", "runtime.num_cpus=1",
+                                     "runtime.dashboard_port={taken_port}"])
+info = ensure_ray(cfg)
+ray.shutdown()
+print(json.dumps(info))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["dashboard_url"].startswith("http://127.0.0.1:")
+    assert not info["dashboard_url"].endswith(f":{taken_port}")
+    assert f"dashboard port {taken_port} is taken" in proc.stderr
