@@ -142,17 +142,17 @@ def test_aggregate_eq6_matches_feature_distances():
     assert torch.allclose(flat, sum(float(e) * p.params for e, p in zip(eps, peers)), atol=1e-5)
 
 
-def test_lineage_reading_weighs_closer_peers_on_rms_distances():
-    """The default reading: Eq. 6 with exp(-distance), the distance ||Z_u^v - H||_F / sqrt(N)."""
+def test_lineage_reading_weighs_peers_on_rms_distances():
+    """The default reading: Eq. 6 with its printed sign on the distance ||Z_u^v - H||_F / sqrt(N)."""
     method, data = _tiny_method(reading="lineage")
     assert (method.cfg.eq6_sign, method.cfg.eq6_distance, method.cfg.reconstruction, method.cfg.embedding,
-            method.cfg.pretrain_loss) == (-1, "rms", "mse", "normalized", "reconstruction")
+            method.cfg.pretrain_loss) == (1, "rms", "mse", "normalized", "reconstruction")
     models = [method.build_model(seed=s) for s in range(3)]
     peers = [PeerModel(i, 1, (0, 1), flat_parameters(m)) for i, m in enumerate(models)]
     _, weights = method.aggregate(models[0], data, peers)
     with torch.no_grad():
         h = fuse(models[0](data.views), (0, 1))
-        eps = np.array([sum(math.exp(-torch.linalg.norm(m(data.views)[v] - h).item() / math.sqrt(data.n_samples))
+        eps = np.array([sum(math.exp(torch.linalg.norm(m(data.views)[v] - h).item() / math.sqrt(data.n_samples))
                             for v in (0, 1)) for m in models])
     assert np.allclose([weights[i] for i in range(3)], eps / eps.sum(), atol=1e-5)
 
@@ -174,7 +174,7 @@ def test_nontrivial_pairs_drop_the_constant_eq3_pair():
 
 
 def test_reading_fills_only_the_keys_not_set():
-    assert AFMCCConfig().reading == "lineage" and AFMCCConfig().eq6_sign == -1
+    assert AFMCCConfig().reading == "lineage" and AFMCCConfig().eq6_distance == "rms"
     printed = AFMCCConfig(reading="printed")
     assert (printed.eq6_sign, printed.eq6_distance, printed.reconstruction, printed.embedding,
             printed.pretrain_loss) == (1, "frobenius", "printed", "fused", "full")
