@@ -85,12 +85,14 @@ def assert_well_formed(dataset: MultiViewDataset, dims: tuple[int, ...], n_sampl
 # ---------------------------------------------------------------------------------- real data
 
 
+@pytest.mark.benchmark_data
 @pytest.mark.parametrize("name", sorted(MANIFEST_SHAPES))
 def test_real_dataset_loads_with_manifest_shapes(load, name: str) -> None:
     dims, n_samples, n_clusters = MANIFEST_SHAPES[name]
     assert_well_formed(load(name), dims, n_samples, n_clusters)
 
 
+@pytest.mark.benchmark_data
 def test_bdgp_views_are_samples_first_and_minmax_scaled(load) -> None:
     bdgp, bdgp3 = load("bdgp"), load("bdgp3")
     assert bdgp.view_dims[0] == 1750  # stored features x samples in the file: transposed
@@ -103,12 +105,14 @@ def test_bdgp_views_are_samples_first_and_minmax_scaled(load) -> None:
     assert np.array_equal(np.unique(bdgp.views[1]), [0.0, 1.0])  # binary text view
 
 
+@pytest.mark.benchmark_data
 def test_hdigit_pixels_scaled_to_unit_interval(load) -> None:
     hdigit = load("hdigit")
     for view in hdigit.views:
         assert view.min() == 0.0 and view.max() == 1.0
 
 
+@pytest.mark.benchmark_data
 def test_reuters_sparse_views_become_dense(load) -> None:
     reuters = load("reuters")
     for view in reuters.views:
@@ -117,6 +121,7 @@ def test_reuters_sparse_views_become_dense(load) -> None:
     assert np.bincount(reuters.labels).tolist() == [200] * 6
 
 
+@pytest.mark.benchmark_data
 def test_labels_are_zero_based_and_balanced(load) -> None:
     assert np.bincount(load("mnist_usps").labels).tolist() == [500] * 10  # stored 0-based
     assert np.bincount(load("cub").labels).tolist() == [60] * 10  # stored 1-based
