@@ -23,7 +23,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key (repeatable), e.g. --set mode=async --set afmcc.alpha=0.1")
     run.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
     run.add_argument("--result-json", help="also write the result JSON to this file")
-    sub.add_parser("datasets", help="list the dataset registry and where each file is looked for")
+    datasets = sub.add_parser("datasets", help="list the dataset registry, where each file was found and the other "
+                                               "data files; `datasets inspect FILE` shows what a data file holds")
+    datasets.add_argument("--data-dir", help="folder searched first (its data files are listed too)")
+    datasets_sub = datasets.add_subparsers(dest="datasets_action")
+    inspect = datasets_sub.add_parser("inspect", help="views (shape, dtype, range, sparsity, NaN/inf), labels "
+                                                      "(classes, counts), the preprocessing that would apply")
+    inspect.add_argument("file", help="a .mat/.npz/.h5/.hdf5 file, a folder of per-view .csv/.parquet files "
+                                      "(plus labels.csv), or a registry name")
+    inspect.add_argument("--data-dir", default=argparse.SUPPRESS, help="folder searched first")
+    inspect.add_argument("--preprocessing", choices=["none", "minmax", "standard", "scale255"],
+                         help="as the config key preprocessing (default: the dataset's own)")
+    inspect.add_argument("--n-clusters", type=int, help="as the config key n_clusters (needed without labels)")
     sweep = sub.add_parser("sweep", help="run a paper grid on Ray Tune (tune/grids/<method>/<grid>.yaml)")
     sweep.add_argument("--method", default="afmcc")
     sweep.add_argument("--dataset", required=True)
@@ -170,13 +181,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _datasets() -> int:
-    from fedsim.data.datasets import DATASETS, search_paths
+def _datasets(args: argparse.Namespace) -> int:
+    # fedsim.data.inspect imports neither torch nor Ray: this answers in about a second.
+    from fedsim.data.inspect import describe_search, inspect_dataset
 
-    print("search order: " + ", ".join(str(p) for p in search_paths(os.environ.get("FEDSIM_DATA_DIR"))))
-    for name, spec in DATASETS.items():
-        dims = list(spec.view_dims)
-        print(f"  {name:24s} {spec.n_samples:6d} samples, {spec.n_clusters:3d} classes, views {dims}")
+    if getattr(args, "datasets_action", None) == "inspect":
+        lines, problems = inspect_dataset(args.file, args.data_dir, args.preprocessing, args.n_clusters)
+        print("\n".join(lines))
+        if problems:
+            print(f"fedsim: error: {args.file} would be refused: {problems[0]}", file=sys.stderr)
+            return 2
+        return 0
+    print("\n".join(describe_search(args.data_dir)))
     return 0
 
 
@@ -191,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "archive":
             return _archive(args)
-        return _datasets()
+        return _datasets(args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2

@@ -139,6 +139,9 @@ class ExperimentConfig(Strict):
     data_dir: str | None = None
     synthetic: dict[str, Any] | None = None  # generator params for synthetic datasets
     data_seed: int = 0  # seeds synthetic generators only; ``seed`` seeds split, models, training
+    # null: the dataset's own (registry entry's; ``none`` for a user file). See fedsim.data.datasets.
+    preprocessing: Literal["none", "minmax", "standard", "scale255"] | None = None
+    n_clusters: int | None = Field(None, ge=1)  # null: the number of classes; required for unlabelled data
     num_clients: int = Field(12, ge=1)
     client_ratio: str = "1:1"
     partition: Literal["iid", "dirichlet"] = "iid"
