@@ -43,7 +43,7 @@ lint: install
 	@$(BIN)/ruff check fedsim tests bench
 	@echo "make lint: ruff format --check $(FORMATTED)"
 	@$(BIN)/ruff format --check $(FORMATTED)
-	@echo "make lint: mypy (fedsim/runtime, fedsim/methods/base.py)"
+	@echo "make lint: mypy on pyproject [tool.mypy] files (fedsim/runtime, fedsim/methods/base.py, fedsim/data/userdata.py, fedsim/data/inspect.py)"
 	@$(BIN)/mypy
 
 run: install
