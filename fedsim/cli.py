@@ -25,7 +25,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key (repeatable), e.g. --set mode=async --set afmcc.alpha=0.1")
     run.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
     run.add_argument("--result-json", help="also write the result JSON to this file")
-    sub.add_parser("datasets", help="list the dataset registry and where each file is looked for")
+    datasets = sub.add_parser("datasets", help="list the dataset registry, where each file was found and the other "
+                                               "data files; `datasets inspect FILE` shows what a data file holds")
+    datasets.add_argument("--data-dir", help="folder searched first (its data files are listed too)")
+    datasets_sub = datasets.add_subparsers(dest="datasets_action")
+    inspect = datasets_sub.add_parser("inspect", help="views (shape, dtype, range, sparsity, NaN/inf), labels "
+                                                      "(classes, counts), the preprocessing that would apply")
+    inspect.add_argument("file", help="a .mat/.npz/.h5/.hdf5 file, a folder of per-view .csv/.parquet files "
+                                      "(plus labels.csv), or a registry name")
+    inspect.add_argument("--data-dir", default=argparse.SUPPRESS, help="folder searched first")
+    inspect.add_argument("--preprocessing", choices=["none", "minmax", "standard", "scale255"],
+                         help="as the config key preprocessing (default: the dataset's own)")
+    inspect.add_argument("--n-clusters", type=int, help="as the config key n_clusters (needed without labels)")
     sweep = sub.add_parser("sweep", help="run a paper grid on Ray Tune (tune/grids/<method>/<grid>.yaml)")
     sweep.add_argument("--method", default="afmcc")
     sweep.add_argument("--dataset", required=True)
@@ -142,6 +153,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     cfg = load_config(args.config, overrides)
+    from fedsim.data.datasets import check_data
+
+    check_data(cfg)  # before the heavy imports: a bad data file answers in seconds
     if args.result_json:
         _check_writable(args.result_json, "--result-json")
 
@@ -150,8 +164,11 @@ def _run(args: argparse.Namespace) -> int:
     result = run_experiment(cfg).summary
     if cfg.task == "classification":
         scores = f"  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  UAR {result['uar']:.4f}\n"
-    else:
+    elif "acc" in result and result["acc"] == result["acc"]:  # NaN without labels
         scores = f"  ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  Purity {result['purity']:.4f}\n"
+    else:  # unlabelled data: only label-free scores
+        scores = "  " + "  ".join(f"{k} {result[k]:.4f}" for k in ("clusters_found", "largest_cluster_share", "cluster_balance")
+                                  if k in result) + "  (no labels: no ACC/NMI/ARI)\n"
     selection = result.get("model_selection")
     if selection:
         scores += (f"  model selection: restart {selection['chosen']} of {selection['runs']} by "
@@ -195,13 +212,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _datasets() -> int:
-    from fedsim.data.datasets import DATASETS, search_paths
+def _datasets(args: argparse.Namespace) -> int:
+    # fedsim.data.inspect imports neither torch nor Ray: this answers in about a second.
+    from fedsim.data.inspect import describe_search, inspect_dataset
 
-    print("search order: " + ", ".join(str(p) for p in search_paths(os.environ.get("FEDSIM_DATA_DIR"))))
-    for name, spec in DATASETS.items():
-        dims = list(spec.view_dims)
-        print(f"  {name:24s} {spec.n_samples:6d} samples, {spec.n_clusters:3d} classes, views {dims}")
+    if getattr(args, "datasets_action", None) == "inspect":
+        lines, problems = inspect_dataset(args.file, args.data_dir, args.preprocessing, args.n_clusters)
+        print("\n".join(lines))
+        if problems:
+            print(f"fedsim: error: {args.file} would be refused: {problems[0]}", file=sys.stderr)
+            return 2
+        return 0
+    print("\n".join(describe_search(args.data_dir)))
     return 0
 
 
@@ -216,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "archive":
             return _archive(args)
-        return _datasets()
+        return _datasets(args)
     except FedsimError as exc:
         message = " ".join(str(exc).split())  # one line, whatever a value held
         if len(message) > MAX_MESSAGE:

@@ -157,6 +157,9 @@ class ExperimentConfig(Strict):
     data_dir: str | None = Field(None, min_length=1, max_length=4096)
     synthetic: dict[str, Any] | None = None  # generator params for synthetic datasets
     data_seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds synthetic generators only; ``seed`` seeds split, models, training
+    # null: the dataset's own (registry entry's; ``none`` for a user file). See fedsim.data.datasets.
+    preprocessing: Literal["none", "minmax", "standard", "scale255"] | None = None
+    n_clusters: int | None = Field(None, ge=1)  # null: the number of classes; required for unlabelled data
     num_clients: int = Field(12, ge=1)
     client_ratio: str = Field("1:1", max_length=100)
     partition: Literal["iid", "dirichlet"] = "iid"

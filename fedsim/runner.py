@@ -35,6 +35,9 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
     refuses leaves neither behind: the paths the run will use, the data and its partition, the
     speed profile, the privacy budget, and the method itself, built on the dataset's shapes
     (its model, and its ``check_run`` rules, e.g. CMMC's stages against ``rounds``)."""
+    from fedsim.data.datasets import check_data
+
+    check_data(cfg)  # headers and labels only: a bad file is refused in seconds, whatever its size
     _check_paths(cfg)
     dataset, specs = load_federation(cfg)
     speeds = speed_multipliers(cfg.speed_profile, cfg.num_clients, cfg.seed)

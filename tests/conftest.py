@@ -19,6 +19,48 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# Tests marked benchmark_data read the real files of ../shared/data (MANIFEST.md). On a clone
+# without them they are left out, with one line saying which and where the files go; in CI (CI set)
+# or with FEDSIM_REQUIRE_DATA=1 they always run, so missing files fail there instead.
+REQUIRE_DATA_ENV = "FEDSIM_REQUIRE_DATA"
+_LEFT_OUT = pytest.StashKey[list]()
+
+
+def benchmark_folder():
+    """The folder holding the benchmark files (the one with MANIFEST.md), or None."""
+    from fedsim.data.datasets import search_paths
+
+    return next((folder for folder in search_paths(None) if (folder / "MANIFEST.md").is_file()), None)
+
+
+def pytest_collection_modifyitems(config, items):
+    needing = [item for item in items if item.get_closest_marker("benchmark_data")]
+    required = os.environ.get("CI", "").lower() not in ("", "0", "false") or os.environ.get(REQUIRE_DATA_ENV) == "1"
+    if not needing or required or benchmark_folder() is not None:
+        return
+    config.hook.pytest_deselected(items=needing)
+    items[:] = [item for item in items if not item.get_closest_marker("benchmark_data")]
+    config.stash[_LEFT_OUT] = needing
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    left_out = config.stash.get(_LEFT_OUT, [])
+    if not left_out:
+        return
+    from fedsim.data.datasets import search_paths
+
+    names: dict[str, int] = {}
+    for item in left_out:
+        name = f"{item.path.name}::{item.originalname}"
+        names[name] = names.get(name, 0) + 1
+    listed = ", ".join(f"{name} (x{count})" if count > 1 else name for name, count in names.items())
+    terminalreporter.write_line(
+        f"fedsim: left out {len(left_out)} tests that need the benchmark files: {listed}; to run them, put the "
+        f"files of shared/data/MANIFEST.md (with MANIFEST.md) in one of {', '.join(map(str, search_paths(None)))} "
+        f"(or set $FEDSIM_DATA_DIR); {REQUIRE_DATA_ENV}=1 makes their absence an error"
+    )
+
+
 def _start_ray():
     import ray
 

