@@ -92,6 +92,13 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"{named}: folder '{shorten_path(parent, 100)}' does not exist (MLflow would create it); {fix}")
 
 
+# MLflow 3's UI sorts experiments into GenAI apps and model training by this tag (its web app's
+# ExperimentKind values: genai_development, custom_model_development, ...); without it an
+# experiment may be shown as a GenAI one, with traces and prompts instead of runs and metrics.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 class MLflowTracker(Callback):
     """Opens the MLflow run at start and always closes it: FINISHED, FAILED or KILLED."""
 
@@ -108,7 +115,10 @@ class MLflowTracker(Callback):
     def start(self) -> str:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
+        experiment = mlflow.set_experiment(self.experiment)
+        if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # a kind set by hand is kept
+            mlflow.MlflowClient(tracking_uri=self.uri).set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         run = mlflow.start_run(run_name=self.cfg.tracking.run_name or f"{self.cfg.method}-{self.cfg.mode}-seed{self.cfg.seed}")
         self.run_id = run.info.run_id
         mlflow.log_params(config_params(self.cfg))
