@@ -11,10 +11,12 @@ becomes a one-line ``ConfigError`` naming the key and the fix.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -409,13 +411,20 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     if len(method) > 100:
         raise ConfigError(f"unknown method '{shorten(method, 40)}'; see README.md for the method names")
 
+    from fedsim.methods import method_names  # reads the registry only: no torch
+
+    # A misspelt top-level key (``--set mod=async``) is refused before the method's module (and
+    # torch with it, seconds) is imported.
+    known = set(ExperimentConfig.model_fields) | set(method_names())
+    for key in data:
+        if key not in known:
+            raise ConfigError(_unknown_key(str(key), ExperimentConfig.model_fields))
+
     from fedsim.methods import get_method  # late: the method registry imports torch
 
     method_cls = get_method(method)
     section = data.pop(method, None) or {}
     # One file may configure several methods (a grid switches ``method``): drop the others.
-    from fedsim.methods import method_names
-
     for other in method_names():
         if other != method and isinstance(data.get(other), dict):
             data.pop(other)
@@ -424,13 +433,13 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     try:
         params = method_cls.Config.model_validate(section)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, prefix=method)) from None
+        raise ConfigError(_first_error(exc, prefix=method, model=method_cls.Config)) from None
     _check_method_params(method, params)
     data["method_params"] = params.model_dump(mode="json")
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc)) from None
+        raise ConfigError(_first_error(exc, model=ExperimentConfig)) from None
     _check_finite(cfg.model_dump(exclude={"method_params"}), "")
     return cfg
 
@@ -470,14 +479,36 @@ def method_config(cfg: ExperimentConfig) -> BaseModel:
     return get_method(cfg.method).Config(**cfg.method_params)
 
 
-def _first_error(exc: ValidationError, prefix: str | None = None) -> str:
+def _unknown_key(loc: str, allowed: Iterable[str]) -> str:
+    """The message for an unknown key, with ``did you mean 'x'?`` when one allowed name is close."""
+    name = loc.rpartition(".")[2]
+    close = difflib.get_close_matches(name, list(allowed), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "check the spelling against the config reference in README.md"
+    return f"unknown config key '{shorten(loc, 60)}'; {hint}"
+
+
+def _model_at(model: type[BaseModel] | None, path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at ``path`` (the error's loc without its last part)."""
+    for part in path:
+        if model is None:
+            return None
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field is None:
+            continue  # a list index or dict key: stay on the model found so far
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def _first_error(exc: ValidationError, prefix: str | None = None, model: type[BaseModel] | None = None) -> str:
     err = exc.errors()[0]
     loc = shorten(".".join(str(p) for p in err["loc"] if p != "__root__"), 60)
     if prefix:
         loc = f"{prefix}.{loc}" if loc else prefix
     msg = shorten(err["msg"].removeprefix("Value error, "), 200)
     if err["type"] == "extra_forbidden":
-        return f"unknown config key '{loc}'; check the spelling against the config reference in README.md"
+        holder = _model_at(model, tuple(err["loc"][:-1]))
+        return _unknown_key(loc, holder.model_fields if holder is not None else ())
     where = f"config key '{loc}': " if loc else "config: "
     got = err.get("input")
     shown = "" if isinstance(got, dict) or got is None else f" (got {shorten(got if not isinstance(got, str) else repr(got))})"

@@ -197,7 +197,8 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
     try:
         # Everything Ray-side is created inside the try: an interruption half-way through
         # start-up must not leave actors holding CPUs, or the next run's actors pend forever.
-        server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs])
+        server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs],
+                             restart=cfg.restart)
         placement = plan_placement(cfg, facts["param_bytes"], shard_bytes)
         actor_of = start_client_actors(cfg, placement, run_tag, created=actors)
         described: dict[int, dict[str, Any]] = {}

@@ -92,6 +92,13 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"{named}: folder '{shorten_path(parent, 100)}' does not exist (MLflow would create it); {fix}")
 
 
+# MLflow 3's UI sorts experiments into GenAI apps and model training by this tag (its web app's
+# ExperimentKind values: genai_development, custom_model_development, ...); without it an
+# experiment may be shown as a GenAI one, with traces and prompts instead of runs and metrics.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 class MLflowTracker(Callback):
     """Opens the MLflow run at start and always closes it: FINISHED, FAILED or KILLED."""
 
@@ -108,7 +115,10 @@ class MLflowTracker(Callback):
     def start(self) -> str:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
+        experiment = mlflow.set_experiment(self.experiment)
+        if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # a kind set by hand is kept
+            mlflow.MlflowClient(tracking_uri=self.uri).set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         run = mlflow.start_run(run_name=self.cfg.tracking.run_name or f"{self.cfg.method}-{self.cfg.mode}-seed{self.cfg.seed}")
         self.run_id = run.info.run_id
         mlflow.log_params(config_params(self.cfg))
@@ -161,6 +171,23 @@ class MLflowTracker(Callback):
             self.mlflow.end_run(status)
 
 
+def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the rate so far; None before the first upload or once all are done."""
+    if done <= 0 or total <= done or elapsed_s <= 0:
+        return None
+    return elapsed_s * (total - done) / done
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``1m20s``, ``2h05m``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class ProgressPrinter(Callback):
     """One live line on stderr: uploads, rounds per client, simulated time, latest ACC."""
 
@@ -170,9 +197,20 @@ class ProgressPrinter(Callback):
         self.min_interval = min_interval_s if self.tty else 10.0
         self._last = 0.0
         self._restart = ""
+        self._base: tuple[float, int] | None = None  # (wall, uploads) when the federation began
 
     def on_restart(self, restart: int, runs: int) -> None:
         self._restart = f" restart {restart + 1}/{runs}"
+        self._base = None
+
+    def _eta(self, p: Progress) -> str:
+        """`` | ETA 1m20s`` from the federation's upload rate so far (pretraining excluded)."""
+        if self._base is None or p.wall_time < self._base[0]:
+            self._base = (p.wall_time, p.uploads)
+        if not p.expected_uploads:
+            return ""
+        seconds = eta_seconds(p.uploads - self._base[1], p.expected_uploads - self._base[1], p.wall_time - self._base[0])
+        return "" if seconds is None else f" | ETA {format_duration(seconds)}"
 
     def on_run_start(self, info: dict[str, Any]) -> None:
         where = f"; Ray dashboard {info['dashboard_url']} (bearer token: ~/.ray/auth_token)" if info.get("dashboard_url") else ""
@@ -188,7 +226,7 @@ class ProgressPrinter(Callback):
         m = p.latest_metrics
         acc = f" | ACC {m['acc']:.3f}" if "acc" in m else f" | accuracy {m['accuracy']:.3f}" if "accuracy" in m else ""
         return (f"[{p.mode}{self._restart}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"
-                f" | sim {p.sim_time:.4g} | wall {p.wall_time:.1f}s{acc}")
+                f" | sim {p.sim_time:.4g} | wall {p.wall_time:.1f}s{acc}{self._eta(p)}")
 
     def _emit(self, p: Progress, force: bool = False) -> None:
         now = time.monotonic()

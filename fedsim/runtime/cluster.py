@@ -16,6 +16,7 @@ import ray
 from fedsim.config import ExperimentConfig
 from fedsim.errors import RayStartError, shorten
 from fedsim.runtime.client import ClientActor
+from fedsim.runtime.names import client_actor_name
 
 # Measured: an idle actor that imported torch costs ~310 MB RSS (~190 MB PSS).
 ACTOR_BASE_BYTES = 350 * 2**20
@@ -228,7 +229,7 @@ def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: st
             max_restarts=cfg.runtime.max_actor_restarts,
             max_task_retries=0,  # the orchestrator re-runs a lost round itself, on the same snapshot
             max_concurrency=len(group) + 2,  # rounds of every hosted client, plus evaluations
-            name=None,
+            name=client_actor_name(run_tag, group, cfg.restart),
         ).remote(config, group, placement.device, run_tag)
         actors.append(actor)
         for cid in group:

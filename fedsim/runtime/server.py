@@ -113,6 +113,10 @@ class ParameterServer:
         return self._commits
 
 
-def make_server(modalities: list[tuple[int, ...]], run_tag: str, n_samples: list[int] | None = None) -> Any:
+def make_server(modalities: list[tuple[int, ...]], run_tag: str, n_samples: list[int] | None = None,
+                restart: int = 0) -> Any:
     # num_cpus=0: the server only moves references; it must never starve the clients of CPUs.
-    return ray.remote(num_cpus=0)(ParameterServer).remote(modalities, run_tag, n_samples)
+    from fedsim.runtime.names import server_actor_name
+
+    return ray.remote(num_cpus=0)(ParameterServer).options(name=server_actor_name(run_tag, restart)).remote(
+        modalities, run_tag, n_samples)

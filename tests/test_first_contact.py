@@ -1,0 +1,52 @@
+"""First contact: a misspelt key is refused at once, in one line, with the likely fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = str(ROOT / "configs" / "afmcc" / "bdgp.yaml")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("mod=async", "unknown config key 'mod'; did you mean 'mode'?"),
+    ("afmcc.alpah=0.1", "unknown config key 'afmcc.alpah'; did you mean 'alpha'?"),
+    ("runtime.torch_thread=2", "unknown config key 'runtime.torch_thread'; did you mean 'torch_threads'?"),
+    ("stop.rul=rounds", "unknown config key 'stop.rul'; did you mean 'rule'?"),
+])
+def test_unknown_key_suggests_the_close_name(override, message, capsys):
+    try:
+        code = main(["run", CFG, "--set", override])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fedsim: error: {message}"]
+
+
+def test_far_off_key_gets_no_suggestion(capsys):
+    try:
+        code = main(["run", CFG, "--set", "zzzz=1"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "did you mean" not in line and "unknown config key 'zzzz'" in line
+
+
+def test_misspelt_top_level_key_is_refused_before_torch_and_ray():
+    code = (
+        "import sys\n"
+        "from fedsim.cli import main\n"
+        f"rc = main(['run', {CFG!r}, '--set', 'mod=async'])\n"
+        "print(rc, sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "[]"], out.stdout + out.stderr
+    assert "did you mean 'mode'?" in out.stderr
