@@ -109,6 +109,10 @@ class ClientActor:
         the caller passes their refs as top-level arguments, so Ray fetches them before the
         round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``."""
         started = time.perf_counter()
+        # The actor's task threads are new OpenMP threads, whose thread count is a per-thread
+        # setting: pin it here too, or a threaded actor's reductions split differently from a
+        # one-client actor's and the losses differ in the last bits with the placement.
+        torch.set_num_threads(self.cfg.runtime.torch_threads)
         client = self.clients[client_id]
         peers = self._as_peers(snapshot.round_inputs(client_id, pretrain), params)
         own = next(p for p in peers if p.client_id == client_id)
@@ -160,6 +164,7 @@ class ClientActor:
     # upload: the caller then also passes the snapshot and all its buffers.
     def _load_for_eval(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
                        peer_params: tuple[np.ndarray, ...] = ()) -> tuple[SimulatedClient, torch.nn.Module]:
+        torch.set_num_threads(self.cfg.runtime.torch_threads)  # per task thread, as in run_round
         client = self.clients[client_id]
         model = client.method.build_model(seed=0).to(self.device)
         load_flat_parameters(model, _as_tensor(params).to(self.device))
