@@ -86,7 +86,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, unflatten
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, mlp, unflatten
 
 
 # The two readings of the paper (``afmcc.reading``). A key set explicitly in a config wins over
@@ -158,14 +158,6 @@ class AFMCCConfig(BaseModel):
 # The model
 
 
-def _mlp(widths: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
 
 class MultiModalAutoencoder(nn.Module):
     """Sec. 3.2: one encoder/decoder pair per modality plus the projection W of Sec. 3.3.
@@ -175,8 +167,8 @@ class MultiModalAutoencoder(nn.Module):
 
     def __init__(self, view_dims: tuple[int, ...], hidden: list[int], d: int, n_clusters: int) -> None:
         super().__init__()
-        self.encoders = nn.ModuleList(_mlp([dv, *hidden, d]) for dv in view_dims)
-        self.decoders = nn.ModuleList(_mlp([d, *reversed(hidden), dv]) for dv in view_dims)
+        self.encoders = nn.ModuleList(mlp([dv, *hidden, d]) for dv in view_dims)
+        self.decoders = nn.ModuleList(mlp([d, *reversed(hidden), dv]) for dv in view_dims)
         self.projection = nn.Linear(d, n_clusters, bias=False)  # W in Eq. 4
 
     def forward(self, views: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

@@ -11,6 +11,7 @@ client's samples, only other clients' parameters as flat float32 vectors.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -107,6 +108,17 @@ class Method(Protocol):
     #   predict(model, data) -> (n, K) class probabilities        (task=classification)
     #   selection_loss(model, data) -> float, label-free, lower is better   (model_selection)
     #   extra_metrics(model, data) -> dict[str, float], at the final evaluation, sample-weighted
+
+
+def mlp(widths: list[int]) -> torch.nn.Sequential:
+    """Linear layers of the given widths with ReLU between them and none after the last: the
+    encoders, decoders and heads of AFMCC, CMMC and FMCSC."""
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
 
 
 def flat_parameters(model: torch.nn.Module) -> torch.Tensor:

@@ -93,7 +93,6 @@ Federated use (no paper does this; fedsim's own extension):
 
 from __future__ import annotations
 
-import itertools
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -105,7 +104,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from fedsim.errors import ConfigError
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, modality_aware_average
+from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, mlp, modality_aware_average
 
 Stage = Literal["pretrain", "contrastive", "finetune"]
 
@@ -144,15 +143,6 @@ class CMMCConfig(BaseModel):
 # The model
 
 
-def _mlp(widths: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them and none after the last (App. D)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
 
 class CMMCNetwork(nn.Module):
     """Fig. 1 / App. D: per-modality autoencoders E^m, D^m and the shared modules F (psi_F), L (psi_L)."""
@@ -160,10 +150,10 @@ class CMMCNetwork(nn.Module):
     def __init__(self, view_dims: tuple[int, ...], encoder_hidden: list[int], latent_dim: int,
                  head_hidden: int, feature_dim: int, n_clusters: int) -> None:
         super().__init__()
-        self.encoders = nn.ModuleList(_mlp([dv, *encoder_hidden, latent_dim]) for dv in view_dims)
-        self.decoders = nn.ModuleList(_mlp([latent_dim, *reversed(encoder_hidden), dv]) for dv in view_dims)
-        self.feature_head = _mlp([latent_dim, head_hidden, feature_dim])
-        self.label_head = _mlp([latent_dim, head_hidden, n_clusters])  # logits; softmax gives Q^m
+        self.encoders = nn.ModuleList(mlp([dv, *encoder_hidden, latent_dim]) for dv in view_dims)
+        self.decoders = nn.ModuleList(mlp([latent_dim, *reversed(encoder_hidden), dv]) for dv in view_dims)
+        self.feature_head = mlp([latent_dim, head_hidden, feature_dim])
+        self.label_head = mlp([latent_dim, head_hidden, n_clusters])  # logits; softmax gives Q^m
 
     def encode(self, views: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """z^m = E^m(x^m)."""

@@ -59,7 +59,6 @@ never uploaded). The runtime's optimizer serves pretraining only; training uses 
 
 from __future__ import annotations
 
-import itertools
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -71,7 +70,7 @@ from torch import nn
 from fedsim.errors import ConfigError
 from fedsim.methods.afmcc import constraint_loss
 from fedsim.methods.base import (LocalData, PeerModel, RoundContext, RoundLosses, flat_parameters, minibatches,
-                                 parameter_segments)
+                                 mlp, parameter_segments)
 
 
 class FMCSCConfig(BaseModel):
@@ -108,14 +107,6 @@ class FMCSCConfig(BaseModel):
 # The model
 
 
-def _mlp(widths: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
 
 class Outputs(NamedTuple):
     x_hat: list[torch.Tensor]
@@ -130,10 +121,10 @@ class PatternNetwork(nn.Module):
     def __init__(self, view_dims: tuple[int, ...], cfg: FMCSCConfig, n_clusters: int) -> None:
         super().__init__()
         d = cfg.feature_dim
-        self.encoders = nn.ModuleList(_mlp([dv, *cfg.hidden, d]) for dv in view_dims)
-        self.decoders = nn.ModuleList(_mlp([d, *reversed(cfg.hidden), dv]) for dv in view_dims)
-        self.heads = nn.ModuleList(_mlp([d, cfg.head_width, cfg.head_dim]) for _ in view_dims)
-        self.fusion = _mlp([len(view_dims) * d, cfg.head_width, cfg.head_dim])
+        self.encoders = nn.ModuleList(mlp([dv, *cfg.hidden, d]) for dv in view_dims)
+        self.decoders = nn.ModuleList(mlp([d, *reversed(cfg.hidden), dv]) for dv in view_dims)
+        self.heads = nn.ModuleList(mlp([d, cfg.head_width, cfg.head_dim]) for _ in view_dims)
+        self.fusion = mlp([len(view_dims) * d, cfg.head_width, cfg.head_dim])
         self.projection = nn.Linear(cfg.head_dim, n_clusters, bias=False)
 
     def forward(self, xs: list[torch.Tensor]) -> Outputs:
