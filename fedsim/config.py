@@ -92,7 +92,9 @@ class RuntimeConfig(Strict):
     clients_per_actor: int | None = Field(None, ge=1)
     clients_per_gpu: int = Field(4, ge=1)
     num_gpus: float | None = Field(None, ge=0)  # GPUs this run may use (sweeps: the trial's share)
-    max_actor_restarts: int = Field(3, ge=0)
+    # how often Ray may restart one actor (-1: without limit); a lost actor is waited for up to
+    # start_timeout_s each time, and its clients continue exactly where they were
+    max_actor_restarts: int = Field(-1, ge=-1)
     ray_address: str | None = None
     num_cpus: float | None = Field(None, gt=0)
     include_dashboard: bool = True
@@ -101,7 +103,8 @@ class RuntimeConfig(Strict):
     # (at most ~11.6 days: a finite bound is the point)
     round_timeout_s: float = Field(600.0, gt=0, le=1e6)
     # how long a run's client actors may take to start (pending for CPUs/GPUs, importing torch,
-    # loading their shards) before the run fails with what Ray has free
+    # loading their shards) before the run fails with what Ray has free; also how long a lost
+    # (killed, crashed) actor is waited for while Ray restarts it
     start_timeout_s: float = Field(300.0, gt=0, le=1e6)
     # intra-op threads of each client actor's torch. Fixed, not taken from the actor's CPU share:
     # the share follows the machine (one actor on 2 CPUs here, four on 0.5 there) and a different

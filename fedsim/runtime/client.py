@@ -4,8 +4,10 @@ An actor loads the dataset itself and keeps only the shards of the clients it ho
 samples never leave it: what crosses the network is flat parameter buffers, losses, and at
 evaluation time cluster assignments (and, only for the ``global_kmeans`` option, embeddings).
 If the actor dies, Ray restarts it (``max_restarts``); ``__init__`` rebuilds its clients from
-the same seeded partition and each client resumes from the parameter server's copy of its
-model, which every round starts from anyway. Optimiser state is lost on a restart.
+the same seeded partition, and each client resumes from the parameter server's copy of its
+model, which every round starts from anyway, and from the state kept with its last upload
+(optimiser, buffers, the method's own; see ``client_state``): a restarted client continues
+exactly where it was.
 
 Hosting several clients per actor keeps 48-client settings inside a small machine's memory
 (an actor that imports torch costs ~310 MB); the actor is threaded so its clients' rounds,
@@ -26,6 +28,7 @@ from fedsim.config import ExperimentConfig
 from fedsim.evaluation import kmeans_from_centres, reference_kmeans
 from fedsim.methods import get_method
 from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
+from fedsim.runtime import client_state
 from fedsim.runtime.federation_data import load_federation
 from fedsim.runtime.server import Snapshot, StoreEntry
 
@@ -60,9 +63,12 @@ class ClientActor:
         self._restart = (cfg.restart,) if cfg.restart else ()
         self.device = torch.device(device)
         dataset, specs = load_federation(cfg)
-        method_cls = get_method(cfg.method)
-        method_cfg = method_cls.Config(**cfg.method_params)
+        self._shape = (dataset.view_dims, dataset.n_clusters)
         self.clients: dict[int, SimulatedClient] = {}
+        # rounds each hosted client has trained in this process: a round whose state says
+        # otherwise (this actor was restarted, or a round's upload was never committed) first
+        # restores the state the parameter server kept with the client's last upload
+        self._seq: dict[int, int] = {}
         for cid in client_ids:
             spec = specs[cid]
             views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])).to(self.device) for v in spec.views}
@@ -71,9 +77,8 @@ class ClientActor:
                 test_views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.test_indices])).to(self.device)
                               for v in spec.views}
                 data.test = LocalData(cid, test_views, dataset.labels[spec.test_indices].copy(), spec.test_indices.copy())
-            method = method_cls(method_cfg, dataset.view_dims, dataset.n_clusters, cfg.num_clients)
-            model = method.build_model(seed=derive_seed(cfg.seed, 1, cid, *self._restart)).to(self.device)
-            self.clients[cid] = SimulatedClient(data, method, model, method.make_optimizer(model))
+            self.clients[cid] = self._fresh_client(cid, data)
+            self._seq[cid] = 0
         del dataset  # other clients' samples are dropped here
         self.privacy = None
         if cfg.privacy.enabled:
@@ -81,6 +86,29 @@ class ClientActor:
 
             self.privacy = GaussianMechanism.calibrate(
                 cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds, clip_norm=cfg.privacy.clip_norm)
+
+    def _fresh_client(self, cid: int, data: LocalData) -> SimulatedClient:
+        """Client ``cid`` before its first round: its method, its seeded model, a new optimiser."""
+        method_cls = get_method(self.cfg.method)
+        view_dims, n_clusters = self._shape
+        method = method_cls(method_cls.Config(**self.cfg.method_params), view_dims, n_clusters, self.cfg.num_clients)
+        model = method.build_model(seed=derive_seed(self.cfg.seed, 1, cid, *self._restart)).to(self.device)
+        return SimulatedClient(data, method, model, method.make_optimizer(model))
+
+    def _resume(self, client_id: int, seq: int, state: dict[str, Any] | None) -> None:
+        """Make client ``client_id``'s state the one after its ``seq``-th round (see client_state)."""
+        if self._seq[client_id] == seq:
+            return
+        if state is None:  # before its first round: a fresh client, as __init__ built it
+            if seq:
+                raise RuntimeError(f"client {client_id}: the state after round {seq} is missing")
+            self.clients[client_id] = self._fresh_client(client_id, self.clients[client_id].data)
+        else:
+            if state["seq"] != seq:
+                raise RuntimeError(f"client {client_id}: got the state after round {state['seq']}, expected {seq}")
+            client = self.clients[client_id]
+            client_state.restore(state, client.model, client.optimizer, client.method, self.device)
+        self._seq[client_id] = seq
 
     # -- set-up ---------------------------------------------------------------------------------
     def describe(self) -> dict[int, dict[str, Any]]:
@@ -102,17 +130,21 @@ class ClientActor:
         return flat_parameters(self.clients[client_id].model).cpu().numpy()
 
     # -- one local round (AFMCC Alg. 2, or Alg. 1's pretraining when ``pretrain``) --------------
-    @ray.method(num_returns=2)
+    @ray.method(num_returns=3)
     def run_round(self, client_id: int, round_: int, snapshot: Snapshot, pretrain: bool, slowdown: float,
-                  *params: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+                  state_seq: int, state: dict[str, Any] | None,
+                  *params: np.ndarray) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
         """One local round. ``params`` are the flat buffers of ``snapshot.round_inputs(client_id, pretrain)``:
         the caller passes their refs as top-level arguments, so Ray fetches them before the
-        round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``."""
+        round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``.
+        ``state`` is the client's state after its ``state_seq``-th round, as kept with its last
+        upload (None before its first); the third return value is its state after this round."""
         started = time.perf_counter()
         # The actor's task threads are new OpenMP threads, whose thread count is a per-thread
         # setting: pin it here too, or a threaded actor's reductions split differently from a
         # one-client actor's and the losses differ in the last bits with the placement.
         torch.set_num_threads(self.cfg.runtime.torch_threads)
+        self._resume(client_id, state_seq, state)
         client = self.clients[client_id]
         peers = self._as_peers(snapshot.round_inputs(client_id, pretrain), params)
         own = next(p for p in peers if p.client_id == client_id)
@@ -147,7 +179,8 @@ class ClientActor:
                     download_s=downloaded - started, aggregate_s=aggregated_at - downloaded,
                     train_s=trained_at - aggregated_at)
         self.telemetry.on_round(client_id, info)
-        return end_params, info
+        self._seq[client_id] = state_seq + 1
+        return end_params, info, client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
 
     def _as_peers(self, entries: list[StoreEntry], arrays: tuple[np.ndarray, ...]) -> list[PeerModel]:
         if len(entries) != len(arrays):

@@ -40,13 +40,29 @@ from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
 from fedsim.runtime.server import Snapshot, UploadRecord
 
-MAX_ROUND_RETRIES = 8
+class RestartWait:
+    """How long to keep re-trying a call on a lost actor: up to a deadline
+    (``runtime.start_timeout_s`` after the first loss), not a count of tries.
 
+    A call on an actor Ray is restarting fails at once (``max_task_retries=0``), so a count of
+    tries measured nothing: 8 tries ran out in ~55 s, while a restart under memory pressure can
+    take longer. The pause between tries grows from 0.1 s to 2 s."""
 
-def _backoff(attempt: int) -> None:
-    """Give a restarting actor time to come back (it re-imports torch and reloads its shards):
-    1, 2, 4, 8, 10, 10, ... seconds."""
-    time.sleep(min(2.0 ** attempt, 10.0))
+    def __init__(self, timeout_s: float, what: str) -> None:
+        self.timeout_s = timeout_s
+        self.what = what
+        self.deadline = time.monotonic() + timeout_s
+        self.tries = 0
+
+    def pause(self, error: BaseException) -> None:
+        """Sleep before the next try, or raise if the deadline has passed."""
+        if time.monotonic() >= self.deadline:
+            raise TimeoutError(
+                f"{self.what} was lost and not back after {self.timeout_s:g} s (runtime.start_timeout_s; last "
+                f"error: {type(error).__name__}); see `ray status` and the actor's log under "
+                "/tmp/ray/session_latest/logs") from error
+        time.sleep(min(0.1 * 2.0 ** self.tries, 2.0, max(0.0, self.deadline - time.monotonic())))
+        self.tries += 1
 
 
 def _get(refs: Any, timeout_s: float, what: str) -> Any:
@@ -69,6 +85,7 @@ class RoundJob:
     sim_end: float
     flat_ref: Any = None
     info_ref: Any = None
+    state_ref: Any = None  # the client's state after this round (client_state), kept with the upload
     attempts: int = 0
 
 
@@ -151,8 +168,11 @@ class Federation:
         # ray.get in one process, ray-project/ray#54007). With the old in-actor ray.get, one full
         # test run here hung a round until its timeout; that this was the cause is not proven.
         params = [e.ref for e in job.snapshot.round_inputs(job.client_id, pretrain)]
-        job.flat_ref, job.info_ref = self.actor_of[job.client_id].run_round.remote(
-            job.client_id, job.round, job.snapshot, pretrain, slowdown, *params)
+        # the client's state as kept with its last upload: a top-level argument too (None, or a
+        # ref Ray resolves); the actor uses it only when it does not hold that state already
+        seq, state = job.snapshot.states[job.client_id]
+        job.flat_ref, job.info_ref, job.state_ref = self.actor_of[job.client_id].run_round.remote(
+            job.client_id, job.round, job.snapshot, pretrain, slowdown, seq, state, *params)
         job.attempts += 1
         return job
 
@@ -163,16 +183,19 @@ class Federation:
         return self._submit(job)
 
     def _resolve(self, job: RoundJob) -> dict[str, Any]:
-        """Wait for a round; if its actor died, re-run the same round on the same snapshot once
-        Ray has restarted the actor (the upload log then has neither a gap nor a double)."""
+        """Wait for a round; if its actor died, re-run the same round on the same snapshot and the
+        same client state once Ray has restarted the actor (the upload log then has neither a
+        gap nor a double, and the round's result is the one it would have had)."""
+        wait: RestartWait | None = None
         while True:
             try:
                 return ray.get(job.info_ref, timeout=self.cfg.runtime.round_timeout_s)
-            except ACTOR_LOST:
-                if job.attempts > MAX_ROUND_RETRIES:
-                    raise
-                self.restarts += 1
-                _backoff(job.attempts - 1)
+            except ACTOR_LOST as exc:
+                if wait is None:
+                    self.restarts += 1
+                    wait = RestartWait(self.cfg.runtime.start_timeout_s,
+                                       f"the actor of client {job.client_id} (round {job.round})")
+                wait.pause(exc)
                 self._submit(job)
             except GetTimeoutError as exc:
                 raise TimeoutError(
@@ -182,7 +205,7 @@ class Federation:
 
     def _commit(self, job: RoundJob, info: dict[str, Any]) -> UploadRecord:
         record: UploadRecord = _get(self.server.commit.remote(
-            job.client_id, [job.flat_ref], job.round, job.phase, job.snapshot, job.sim_start, job.sim_end,
+            job.client_id, [job.flat_ref, job.state_ref], job.round, job.phase, job.snapshot, job.sim_start, job.sim_end,
             info["upload_bytes"], info), self.cfg.runtime.round_timeout_s, "the parameter server")
         self.total_uploads += 1
         self.sim_time = max(self.sim_time, job.sim_end)
@@ -307,15 +330,16 @@ class Federation:
         return _get(refs, self.cfg.runtime.round_timeout_s, "an evaluation call on the client actors")
 
     def _with_retry(self, fn: Callable[[], Any]) -> Any:
-        for attempt in range(MAX_ROUND_RETRIES + 1):
+        """An evaluation (reads only the server's copies): re-run whole if an actor was lost."""
+        wait: RestartWait | None = None
+        while True:
             try:
                 return fn()
-            except ACTOR_LOST:
-                if attempt == MAX_ROUND_RETRIES:
-                    raise
-                self.restarts += 1
-                _backoff(attempt)
-        raise AssertionError("unreachable")
+            except ACTOR_LOST as exc:
+                if wait is None:
+                    self.restarts += 1
+                    wait = RestartWait(self.cfg.runtime.start_timeout_s, "a client actor (evaluation)")
+                wait.pause(exc)
 
     def evaluate(self, final: bool = False) -> EvaluationRecord:
         """Metrics over all clients, each client using the server's copy of its model.

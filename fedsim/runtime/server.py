@@ -32,6 +32,8 @@ class Snapshot:
 
     entries: tuple[StoreEntry, ...]
     commits: int
+    # per client: (rounds it has trained, ref of its state after them or None); see client_state
+    states: tuple[tuple[int, Any], ...] = ()
 
     def versions(self) -> list[int]:
         return [e.version for e in self.entries]
@@ -70,6 +72,7 @@ class ParameterServer:
         self._modalities = [tuple(m) for m in modalities]
         self._n_samples = list(n_samples) if n_samples is not None else [0] * len(modalities)
         self._entries: list[StoreEntry | None] = [None] * len(modalities)
+        self._states: list[tuple[int, Any]] = [(0, None)] * len(modalities)
         self._log: list[UploadRecord] = []
         self._commits = 0
         self._start = time.time()
@@ -82,11 +85,15 @@ class ParameterServer:
     def snapshot(self) -> Snapshot:
         if any(e is None for e in self._entries):
             raise RuntimeError("parameter server not seeded yet")
-        return Snapshot(tuple(self._entries), self._commits)  # type: ignore[arg-type]
+        return Snapshot(tuple(self._entries), self._commits, tuple(self._states))  # type: ignore[arg-type]
 
     def commit(self, client_id: int, wrapped_ref: list[Any], round_: int, phase: str, read: Snapshot,
                sim_start: float, sim_end: float, upload_bytes: int, info: dict[str, Any]) -> UploadRecord:
-        (ref,) = wrapped_ref  # wrapped in a list so Ray passes the ref, not the array
+        """Store an upload. ``wrapped_ref``: [the flat parameters' ref, the client's state's ref]
+        (wrapped in a list so Ray passes the refs, not the values); the state is kept beside the
+        upload so a restarted client actor continues from it."""
+        ref, state_ref = wrapped_ref
+        self._states[client_id] = (self._states[client_id][0] + 1, state_ref)
         previous = self._entries[client_id]
         version = (previous.version if previous is not None else 0) + 1
         self._entries[client_id] = StoreEntry(client_id, version, self._modalities[client_id], ref,
