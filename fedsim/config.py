@@ -106,6 +106,10 @@ class RuntimeConfig(Strict):
     # loading their shards) before the run fails with what Ray has free; also how long a lost
     # (killed, crashed) actor is waited for while Ray restarts it
     start_timeout_s: float = Field(300.0, gt=0, le=1e6)
+    # where each run keeps its parameter server's checkpoint (<checkpoint_dir>/<run id>/): a
+    # restarted server continues from it; removed when the run finishes. null: no checkpoint
+    # (a parameter server that dies then ends the run)
+    checkpoint_dir: str | None = Field("results/runs", min_length=1, max_length=4096)
     # intra-op threads of each client actor's torch. Fixed, not taken from the actor's CPU share:
     # the share follows the machine (one actor on 2 CPUs here, four on 0.5 there) and a different
     # thread count changes float reductions, so virtual mode would stop being bit-for-bit.

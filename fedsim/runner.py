@@ -7,6 +7,7 @@ run behind. Once the MLflow run is open it is always closed: FINISHED, FAILED or
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -179,6 +180,9 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
         if tracker is not None:
             tracker.log_result(out)
         callback.on_run_end(result)
+        folder = _checkpoint_folder(cfg, run_tag)
+        if folder is not None:  # a finished run needs no checkpoint
+            shutil.rmtree(folder, ignore_errors=True)
         return RunOutcome(out, result)
     except BaseException as exc:
         callback.on_run_failed(exc)
@@ -198,7 +202,8 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         # Everything Ray-side is created inside the try: an interruption half-way through
         # start-up must not leave actors holding CPUs, or the next run's actors pend forever.
         server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs],
-                             restart=cfg.restart)
+                             restart=cfg.restart, checkpoint_dir=_checkpoint_folder(cfg, run_tag),
+                             max_restarts=cfg.runtime.max_actor_restarts)
         placement = plan_placement(cfg, facts["param_bytes"], shard_bytes)
         actor_of = start_client_actors(cfg, placement, run_tag, created=actors)
         described: dict[int, dict[str, Any]] = {}
@@ -232,6 +237,14 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         # the cluster-wide report never shows.
         held = placement.num_cpus * len(actors) if placement is not None and cfg.runtime.num_cpus is None else 0.0
         stop_actors([*actors, *([server] if server is not None else [])], held_cpus=held)
+
+
+def _checkpoint_folder(cfg: ExperimentConfig, run_tag: str) -> str | None:
+    """``<runtime.checkpoint_dir>/<run>/`` (``r<k>`` inside it for model-selection restart k)."""
+    if cfg.runtime.checkpoint_dir is None:
+        return None
+    folder = Path(cfg.runtime.checkpoint_dir).expanduser().resolve() / run_tag
+    return str(folder / f"r{cfg.restart}" if cfg.restart else folder)
 
 
 def _cpu_gpu(resources: dict[str, float]) -> dict[str, float]:
@@ -273,7 +286,7 @@ def _result_json(cfg: ExperimentConfig, result: FederationResult, wall: float, r
         "simulated_time": float(result.sim_time), "wall_time": float(wall),
         "federation_wall_time": float(result.wall_time),
         "uploads": int(len(train)), "mean_staleness": float(np.mean(train["staleness"])) if len(train) else 0.0,
-        "actor_restarts": int(result.restarts),
+        "actor_restarts": int(result.restarts), "server_restarts": int(result.server_restarts),
         "history": [{"uploads": h.uploads, "sim_time": h.sim_time, "wall_time": h.wall_time, **h.metrics}
                     for h in result.history],
         "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri(cfg) if run_id else None,

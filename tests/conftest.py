@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import warnings
 
@@ -121,7 +122,7 @@ SMALL_SYNTHETIC = {
     "tracking": {"enabled": False, "progress": False},
     "afmcc": {"d": 6, "hidden": [32, 16], "phi": 2},
     # A round here takes well under a second; if one ever hangs, fail in 2 minutes, not 10.
-    "runtime": {"round_timeout_s": 120},
+    "runtime": {"round_timeout_s": 120, "checkpoint_dir": tempfile.mkdtemp(prefix="fedsim-test-runs-")},
 }
 
 

@@ -4,6 +4,8 @@ identical to the unfaulted run's, and no upload is lost or doubled."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fedsim.runner import run_experiment
@@ -44,3 +46,20 @@ def test_async_run_survives_client_kills(ray_session, small_config):
     assert res.rounds_done == [5, 5, 5, 5]
     assert_gap_free(res.upload_log, res.rounds_done)
     assert 0.0 <= outcome.summary["acc"] <= 1.0
+
+
+@pytest.mark.timeout(900)
+def test_virtual_run_with_server_and_client_kills_equals_the_unfaulted_run(ray_session, small_config):
+    """The parameter server checkpoints every commit to the run's folder; killed, it restarts from
+    there (its buffers put back into the object store by the driver) and the run goes on."""
+    cfg = small_config("speed_profile=eo:3:1", "rounds=4", "runtime.clients_per_actor=2", "eval_every=2")
+    clean = run_experiment(cfg)
+    server_killer = ActorKiller(kills=3, every=4, server=True)
+    client_killer = ActorKiller(kills=2, every=5)
+    faulted = run_experiment(cfg, callbacks=[server_killer, client_killer])
+    assert server_killer.done == 3 and client_killer.done == 2
+    assert faulted.summary["server_restarts"] >= 1
+    assert_gap_free(faulted.federation.upload_log, faulted.federation.rounds_done)
+    _compare((clean.summary, clean.federation), (faulted.summary, faulted.federation))
+    # a finished run leaves no checkpoint behind
+    assert not (Path(cfg.runtime.checkpoint_dir) / faulted.summary["federation"]["run_tag"]).exists()

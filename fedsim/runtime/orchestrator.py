@@ -38,7 +38,7 @@ from fedsim.evaluation import argmax_assignments, global_kmeans
 from fedsim.metrics import classification_metrics, cluster_accuracy, clustering_metrics
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
-from fedsim.runtime.server import Snapshot, UploadRecord
+from fedsim.runtime.server import ServerNeedsRefs, Snapshot, UploadRecord
 
 class RestartWait:
     """How long to keep re-trying a call on a lost actor: up to a deadline
@@ -99,6 +99,7 @@ class FederationResult:
     sim_time: float
     wall_time: float
     restarts: int = 0
+    server_restarts: int = 0
 
 
 class Federation:
@@ -119,6 +120,7 @@ class Federation:
         self.sim_time = 0.0
         self.history: list[EvaluationRecord] = []
         self.restarts = 0
+        self.server_restarts = 0
         self._killed = False
         self._wall_start = time.perf_counter()
         self._latest: dict[str, float] = {}
@@ -152,12 +154,40 @@ class Federation:
         return self.u * self.cfg.rounds if self.cfg.stop.rule == "rounds" else None
 
     # -- rounds -----------------------------------------------------------------------------------
+    def _server(self, call: Callable[[], Any]) -> Any:
+        """A call on the parameter server that survives the server's restart: a lost server is
+        waited for (``runtime.start_timeout_s``); one restored from its checkpoint first gets the
+        checkpoint's arrays back as objects the driver owns (``ServerNeedsRefs``)."""
+        wait: RestartWait | None = None
+        while True:
+            try:
+                return _get(call(), self.cfg.runtime.round_timeout_s, "the parameter server")
+            except ServerNeedsRefs:
+                self._readopt()
+            except ACTOR_LOST as exc:
+                if wait is None:
+                    self.server_restarts += 1
+                    wait = RestartWait(self.cfg.runtime.start_timeout_s, "the parameter server")
+                wait.pause(exc)
+
+    def _seed_all(self, ref: Any) -> None:
+        self._server(lambda: self.server.seed_all.remote([ref]))
+
+    def _readopt(self) -> None:
+        try:
+            arrays = _get(self.server.restored_arrays.remote(), self.cfg.runtime.round_timeout_s, "the parameter server")
+            entries = [None if a is None else ray.put(a) for a in arrays["entries"]]
+            states = [None if s is None else ray.put(s) for s in arrays["states"]]
+            _get(self.server.adopt.remote([entries, states]), self.cfg.runtime.round_timeout_s, "the parameter server")
+        except ACTOR_LOST:
+            pass  # lost again meanwhile: the caller's next try finds out
+
     def _duration(self, cid: int, phase: str) -> float:
         key = "pretrain_cost" if phase == "pretrain" else "round_cost"
         return self.clients[cid][key] / self.speeds[cid]
 
     def _snapshot(self) -> Snapshot:
-        return _get(self.server.snapshot.remote(), self.cfg.runtime.round_timeout_s, "the parameter server")
+        return self._server(lambda: self.server.snapshot.remote())
 
     def _submit(self, job: RoundJob) -> RoundJob:
         # Real modes wait out the speed difference; the fastest client never waits.
@@ -204,9 +234,9 @@ class Federation:
                     f"pending for lack of CPUs/GPUs? see `ray status`") from exc
 
     def _commit(self, job: RoundJob, info: dict[str, Any]) -> UploadRecord:
-        record: UploadRecord = _get(self.server.commit.remote(
-            job.client_id, [job.flat_ref, job.state_ref], job.round, job.phase, job.snapshot, job.sim_start, job.sim_end,
-            info["upload_bytes"], info), self.cfg.runtime.round_timeout_s, "the parameter server")
+        record: UploadRecord = self._server(lambda: self.server.commit.remote(
+            self.total_uploads, job.client_id, [job.flat_ref, job.state_ref], job.round, job.phase, job.snapshot,
+            job.sim_start, job.sim_end, info["upload_bytes"], info))
         self.total_uploads += 1
         self.sim_time = max(self.sim_time, job.sim_end)
         if job.phase == "train":
@@ -239,15 +269,16 @@ class Federation:
         chain = [self.cfg.pretrain.client]
         if self.cfg.pretrain.schedule == "chain" and rounds:
             chain = list(range(self.u))
-        init = self.actor_of[chain[0]].initial_parameters.remote(chain[0])
-        _get(self.server.seed_all.remote([init]), self.cfg.runtime.round_timeout_s, "the parameter server")
+        # resolved here and put by the driver: the driver owns every buffer the server stores
+        init = ray.put(self._with_retry(lambda: self._eval_get(self.actor_of[chain[0]].initial_parameters.remote(chain[0]))))
+        self._seed_all(init)
         t = 0.0
         self._phase = "pretrain"
         total, done = rounds * len(chain), 0
         for position, client in enumerate(chain):
             if position:  # hand the model on: every entry becomes the previous client's upload
                 latest = self._snapshot().entry(chain[position - 1]).ref
-                _get(self.server.seed_all.remote([latest]), self.cfg.runtime.round_timeout_s, "the parameter server")
+                self._seed_all(latest)
             for _ in range(rounds):
                 self._pretrain_rounds = (done, total)
                 job = self._launch(client, "pretrain", t)
@@ -255,7 +286,7 @@ class Federation:
                 t = job.sim_end
                 done += 1
         latest = self._snapshot().entry(chain[-1]).ref
-        _get(self.server.seed_all.remote([latest]), self.cfg.runtime.round_timeout_s, "the parameter server")
+        self._seed_all(latest)
         self.sim_time = t
         self._phase = "train"
 
@@ -263,11 +294,12 @@ class Federation:
         self.pretrain(self.cfg.pretrain_rounds)
         {"sync": self._run_sync, "async": self._run_async, "virtual": self._run_virtual}[self.cfg.mode]()
         final = self.evaluate(final=True)
-        log = pd.DataFrame(_get(self.server.upload_log.remote(), self.cfg.runtime.round_timeout_s, "the parameter server"))
+        log = pd.DataFrame(self._server(lambda: self.server.upload_log.remote()))
         return FederationResult(
             metrics=final.metrics, history=self.history, upload_log=log, assignments=self._assignments,
             rounds_done=list(self.rounds_done), sim_time=self.sim_time,
-            wall_time=time.perf_counter() - self._wall_start, restarts=self.restarts)
+            wall_time=time.perf_counter() - self._wall_start, restarts=self.restarts,
+            server_restarts=self.server_restarts)
 
     def _run_sync(self) -> None:
         t = self.sim_time

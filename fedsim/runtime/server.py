@@ -61,41 +61,133 @@ class UploadRecord:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class ServerNeedsRefs(Exception):
+    """Raised by a parameter server restored from its checkpoint until the driver has put the
+    checkpoint's arrays back into the object store (``restored_arrays`` / ``adopt``): objects
+    the driver puts outlive any later server restart, objects the server put would not."""
+
+
+class ServerLost(Exception):
+    """The parameter server was restarted and has no checkpoint to continue from."""
+
+
 class ParameterServer:
-    """Plain class; ``ray.remote(ParameterServer)`` makes it the server actor (see cluster.py)."""
+    """Plain class; ``ray.remote(ParameterServer)`` makes it the server actor (see cluster.py).
+
+    With a ``checkpoint_dir`` every change is written there before the call returns (see
+    ``checkpoint.py``), and a server Ray restarts (or one started for a resumed run) continues
+    from it. A commit carries the driver's count of earlier commits, so one retried after a
+    lost answer is applied once."""
 
     def __init__(self, modalities: list[tuple[int, ...]], run_tag: str = "fedsim",
-                 n_samples: list[int] | None = None) -> None:
+                 n_samples: list[int] | None = None, checkpoint_dir: str | None = None) -> None:
+        from fedsim.runtime.checkpoint import ServerCheckpoint
         from fedsim.runtime.telemetry import ServerTelemetry
 
         self._telemetry = ServerTelemetry(run_tag)
         self._modalities = [tuple(m) for m in modalities]
         self._n_samples = list(n_samples) if n_samples is not None else [0] * len(modalities)
-        self._entries: list[StoreEntry | None] = [None] * len(modalities)
-        self._states: list[tuple[int, Any]] = [(0, None)] * len(modalities)
+        u = len(modalities)
+        self._entries: list[StoreEntry | None] = [None] * u
+        self._states: list[tuple[int, Any]] = [(0, None)] * u
         self._log: list[UploadRecord] = []
         self._commits = 0
         self._start = time.time()
+        # file names of each client's latest parameters and state in the checkpoint
+        self._entry_files: list[str | None] = [None] * u
+        self._state_files: list[str | None] = [None] * u
+        self._log_bytes = 0
+        self._restored: dict[str, Any] | None = None
+        self._lost = False
+        self._ckpt = ServerCheckpoint(checkpoint_dir) if checkpoint_dir else None
+        if self._ckpt is not None and self._ckpt.exists():
+            meta = self._ckpt.load_meta()
+            self._commits, self._start, self._log_bytes = meta["commits"], meta["start"], meta["log_bytes"]
+            self._log = [UploadRecord(**r) for r in self._ckpt.load_records(self._log_bytes)]
+            self._entry_files, self._state_files = list(meta["entry_files"]), list(meta["state_files"])
+            self._restored = meta
+        else:
+            if self._ckpt is not None:
+                self._ckpt.create()
+            # a restart with nothing to restart from: say so rather than serve an empty store
+            self._lost = ray.get_runtime_context().was_current_actor_reconstructed if ray.is_initialized() else False
 
+    def _ready(self) -> None:
+        if self._lost:
+            raise ServerLost("the parameter server was restarted and has no checkpoint (runtime.checkpoint_dir is "
+                             "null); set runtime.checkpoint_dir to survive a server restart")
+        if self._restored is not None:
+            raise ServerNeedsRefs("restored from the checkpoint; the driver must adopt its arrays first")
+
+    # -- restoring ------------------------------------------------------------------------------
+    def restored_arrays(self) -> dict[str, list[Any]]:
+        """The checkpoint's latest parameters (None: not seeded) and client states, per client."""
+        assert self._ckpt is not None and self._restored is not None
+        ckpt = self._ckpt
+        return {"entries": [ckpt.load_array(n) if n else None for n in self._entry_files],
+                "states": [ckpt.load_object(n) if n else None for n in self._state_files]}
+
+    def adopt(self, wrapped_refs: list[list[Any]]) -> None:
+        """Take the driver's refs of ``restored_arrays`` (wrapped: [entry refs, state refs])."""
+        assert self._restored is not None
+        entry_refs, state_refs = wrapped_refs
+        meta = self._restored
+        for c, (version, ref) in enumerate(zip(meta["versions"], entry_refs)):
+            self._entries[c] = None if ref is None else StoreEntry(c, version, self._modalities[c], ref,
+                                                                  self._n_samples[c])
+        self._states = [(seq, ref) for seq, ref in zip(meta["seqs"], state_refs)]
+        self._restored = None
+
+    def _save(self) -> None:
+        if self._ckpt is None:
+            return
+        self._ckpt.write_meta({
+            "commits": self._commits, "start": self._start, "log_bytes": self._log_bytes,
+            "versions": [e.version if e is not None else 0 for e in self._entries],
+            "seqs": [seq for seq, _ in self._states],
+            "entry_files": self._entry_files, "state_files": self._state_files,
+            "files": [*self._entry_files, *self._state_files],
+        })
+
+    # -- the store ------------------------------------------------------------------------------
     def seed_all(self, wrapped_ref: list[Any]) -> None:
         """Alg. 1 lines 2-4: every client's entry becomes the given (pretrained) model, version 0."""
+        self._ready()
         (ref,) = wrapped_ref
         self._entries = [StoreEntry(c, 0, m, ref, self._n_samples[c]) for c, m in enumerate(self._modalities)]
+        if self._ckpt is not None:
+            name = f"seed-{self._commits}.npy"
+            self._ckpt.save_array(name, ray.get(ref))
+            self._entry_files = [name] * len(self._entries)
+            self._save()
 
     def snapshot(self) -> Snapshot:
+        self._ready()
         if any(e is None for e in self._entries):
             raise RuntimeError("parameter server not seeded yet")
         return Snapshot(tuple(self._entries), self._commits, tuple(self._states))  # type: ignore[arg-type]
 
-    def commit(self, client_id: int, wrapped_ref: list[Any], round_: int, phase: str, read: Snapshot,
+    def commit(self, seq: int, client_id: int, wrapped_ref: list[Any], round_: int, phase: str, read: Snapshot,
                sim_start: float, sim_end: float, upload_bytes: int, info: dict[str, Any]) -> UploadRecord:
-        """Store an upload. ``wrapped_ref``: [the flat parameters' ref, the client's state's ref]
-        (wrapped in a list so Ray passes the refs, not the values); the state is kept beside the
-        upload so a restarted client actor continues from it."""
+        """Store an upload, the ``seq``-th commit (0-based, the driver's count). ``wrapped_ref``:
+        [the flat parameters' ref, the client's state's ref] (wrapped in a list so Ray passes the
+        refs, not the values); the state is kept beside the upload so a restarted client actor
+        continues from it. A commit already applied (its answer was lost) returns its record."""
+        self._ready()
+        if seq < self._commits:
+            return self._log[seq]
+        if seq > self._commits:
+            raise RuntimeError(f"commit {seq} after {self._commits} commits: the driver and the server disagree")
         ref, state_ref = wrapped_ref
-        self._states[client_id] = (self._states[client_id][0] + 1, state_ref)
+        seq_c = self._states[client_id][0] + 1
         previous = self._entries[client_id]
         version = (previous.version if previous is not None else 0) + 1
+        if self._ckpt is not None:
+            entry_name, state_name = f"u{self._commits}.npy", f"s{self._commits}.pkl"
+            self._ckpt.save_array(entry_name, ray.get(ref))
+            self._ckpt.save_object(state_name, ray.get(state_ref))
+            self._entry_files[client_id], self._state_files[client_id] = entry_name, state_name
+        self._states[client_id] = (seq_c, state_ref)
         self._entries[client_id] = StoreEntry(client_id, version, self._modalities[client_id], ref,
                                                self._n_samples[client_id])
         record = UploadRecord(
@@ -106,6 +198,9 @@ class ParameterServer:
         )
         self._commits += 1
         self._log.append(record)
+        if self._ckpt is not None:
+            self._log_bytes = self._ckpt.append_record(asdict(record), self._log_bytes)
+            self._save()
         self._telemetry.on_commit(client_id, record.staleness, upload_bytes, sim_end, phase)
         return record
 
@@ -121,9 +216,10 @@ class ParameterServer:
 
 
 def make_server(modalities: list[tuple[int, ...]], run_tag: str, n_samples: list[int] | None = None,
-                restart: int = 0) -> Any:
+                restart: int = 0, checkpoint_dir: str | None = None, max_restarts: int = 0) -> Any:
     # num_cpus=0: the server only moves references; it must never starve the clients of CPUs.
     from fedsim.runtime.names import server_actor_name
 
-    return ray.remote(num_cpus=0)(ParameterServer).options(name=server_actor_name(run_tag, restart)).remote(
-        modalities, run_tag, n_samples)
+    return ray.remote(num_cpus=0)(ParameterServer).options(
+        name=server_actor_name(run_tag, restart), max_restarts=max_restarts, max_task_retries=0,
+    ).remote(modalities, run_tag, n_samples, checkpoint_dir)
