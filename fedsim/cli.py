@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key (repeatable), e.g. --set mode=async --set afmcc.alpha=0.1")
     run.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
     run.add_argument("--result-json", help="also write the result JSON to this file")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue a run whose driver died from its checkpoint (the same config; virtual mode)")
     datasets = sub.add_parser("datasets", help="list the dataset registry, where each file was found and the other "
                                                "data files; `datasets inspect FILE` shows what a data file holds")
     datasets.add_argument("--data-dir", help="folder searched first (its data files are listed too)")
@@ -161,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fedsim.runner import run_experiment
 
-    result = run_experiment(cfg).summary
+    result = run_experiment(cfg, resume=args.resume).summary
     if cfg.task == "classification":
         scores = f"  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  UAR {result['uar']:.4f}\n"
     elif "acc" in result and result["acc"] == result["acc"]:  # NaN without labels

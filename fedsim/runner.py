@@ -24,6 +24,8 @@ from fedsim.runtime.callbacks import Callback, CallbackList
 from fedsim.runtime.cluster import ensure_ray, plan_placement, start_client_actors, stop_actors
 from fedsim.runtime.federation_data import load_federation
 from fedsim.runtime.orchestrator import Federation, FederationResult
+from fedsim.runtime.resume import load_config as load_saved_config
+from fedsim.runtime.resume import load_driver_state, save_config
 from fedsim.runtime.server import make_server
 from fedsim.runtime.speed import speed_multipliers
 from fedsim.tracking import MLflowTracker, ProgressPrinter, check_tracking_uri, tracking_uri
@@ -133,8 +135,15 @@ class RunOutcome:
     federation: FederationResult  # histories, upload log, assignments
 
 
-def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = None) -> RunOutcome:
-    """Run ``cfg`` end to end: the result JSON and the federation's full record."""
+def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = None,
+                   resume: str | None = None) -> RunOutcome:
+    """Run ``cfg`` end to end: the result JSON and the federation's full record.
+
+    ``resume``: the id of a run of the same config whose driver died (its MLflow run id, or the
+    run tag it printed without tracking): the run continues from its checkpoint, in the same
+    MLflow run; in virtual mode it ends exactly as an uninterrupted run."""
+    if resume is not None:
+        _check_resumable(cfg, resume)
     facts = validate(cfg)
     dataset, specs, speeds = facts.pop("dataset"), facts.pop("specs"), facts.pop("speeds")
     shard_bytes = int(sum(v.nbytes for v in dataset.views) / max(cfg.num_clients, 1))
@@ -149,9 +158,12 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
     callback = CallbackList(all_callbacks)
 
     ray_info = ensure_ray(cfg)
-    run_id = tracker.start() if tracker is not None else None
+    if tracker is not None:
+        run_id: str | None = tracker.start() if resume is None else tracker.resume(resume)
+    else:
+        run_id = None
     started = time.perf_counter()
-    run_tag = run_id or uuid.uuid4().hex[:12]  # tags this run's live Ray metrics
+    run_tag = run_id or resume or uuid.uuid4().hex[:12]  # tags this run's live Ray metrics and its checkpoint
     try:
         selection = cfg.model_selection
         restarts: list[dict[str, Any]] = []
@@ -160,7 +172,8 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
             run_cfg = cfg if restart == 0 else cfg.model_copy(update={"restart": restart})
             if selection.runs > 1:
                 callback.on_restart(restart, selection.runs)
-            result, info = _federate(run_cfg, specs, speeds, facts, shard_bytes, run_tag, ray_info, callback)
+            result, info = _federate(run_cfg, specs, speeds, facts, shard_bytes, run_tag, ray_info, callback,
+                                     resume is not None)
             restarts.append({"restart": restart, **result.metrics, "wall_time": result.wall_time})
             score = _selection_score(result.metrics, selection.criterion) if selection.runs > 1 else 0.0
             if best is None or score < best[0]:
@@ -193,8 +206,16 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
 
 
 def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts: dict[str, Any], shard_bytes: int,
-              run_tag: str, ray_info: dict[str, Any], callback: Callback) -> tuple[FederationResult, dict[str, Any]]:
-    """One federation from fresh actors: a parameter server, the client actors, the run."""
+              run_tag: str, ray_info: dict[str, Any], callback: Callback,
+              resume: bool = False) -> tuple[FederationResult, dict[str, Any]]:
+    """One federation from fresh actors: a parameter server, the client actors, the run (from
+    its checkpoint when ``resume``; one killed before its first driver checkpoint starts over)."""
+    folder = _checkpoint_folder(cfg, run_tag)
+    state = load_driver_state(folder) if resume and folder is not None else None
+    if folder is not None:
+        if state is None:  # a fresh start: no server state from an earlier try
+            shutil.rmtree(folder, ignore_errors=True)
+        save_config(folder, _resume_key(cfg))
     server: Any = None
     actors: list[Any] = []
     placement = None
@@ -229,7 +250,8 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         }
         if cfg.restart == 0:
             callback.on_run_start(info)
-        federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback)
+        federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback,
+                                checkpoint_folder=folder if cfg.mode == "virtual" else None, resume=state)
         return federation.run(), info
     finally:
         # Wait for the CPUs to be free again only where the next run plans from what is free: a
@@ -237,6 +259,35 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         # the cluster-wide report never shows.
         held = placement.num_cpus * len(actors) if placement is not None and cfg.runtime.num_cpus is None else 0.0
         stop_actors([*actors, *([server] if server is not None else [])], held_cpus=held)
+
+
+def _resume_key(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What must not change between a run and its resumption: everything that shapes the result
+    (not tracking, timeouts, ports or where Ray runs)."""
+    data = cfg.model_dump(mode="json")
+    data.pop("tracking")
+    data["runtime"] = {"torch_threads": cfg.runtime.torch_threads, "checkpoint_dir": cfg.runtime.checkpoint_dir}
+    return data
+
+
+def _check_resumable(cfg: ExperimentConfig, run: str) -> None:
+    """Refuse, before Ray starts, a resumption that cannot continue the run it names."""
+    if cfg.mode != "virtual":
+        raise ConfigError(f"--resume continues virtual-mode runs; this config has mode={cfg.mode} (rerun it without "
+                          "--resume)")
+    if cfg.model_selection.runs > 1:
+        raise ConfigError("--resume continues runs with model_selection.runs=1; rerun this one without --resume")
+    folder = _checkpoint_folder(cfg, run)
+    if folder is None:
+        raise ConfigError("--resume needs runtime.checkpoint_dir (the run's checkpoint); it is null here")
+    saved = load_saved_config(folder)
+    if saved is None:
+        raise ConfigError(f"no checkpoint of run '{shorten(run, 40)}' in {shorten_path(folder, 100)} (finished runs "
+                          "keep none); check the run id and runtime.checkpoint_dir")
+    if saved != _resume_key(cfg):
+        changed = sorted(k for k in set(saved) | set(_resume_key(cfg)) if saved.get(k) != _resume_key(cfg).get(k))
+        raise ConfigError(f"run '{shorten(run, 40)}' was started with another config (differs in: "
+                          f"{shorten(', '.join(changed), 120)}); resume it with the config it was started with")
 
 
 def _checkpoint_folder(cfg: ExperimentConfig, run_tag: str) -> str | None:

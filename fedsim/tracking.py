@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +112,14 @@ class MLflowTracker(Callback):
         self.run_id: str | None = None
         self.experiment = cfg.tracking.experiment or f"{cfg.method}/{cfg.dataset}"
         self._prefix = ""  # "restart_<r>/" while model selection runs several trainings
+        self._restart = 0
+        self._uploads: list[dict[str, Any]] = []  # logged as upload_log.parquet if the run fails
+        self._resumed = False
 
     def start(self) -> str:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.uri)
+        close_dead_runs(self.uri, self.cfg.runtime.checkpoint_dir)
         experiment = mlflow.set_experiment(self.experiment)
         if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # a kind set by hand is kept
             mlflow.MlflowClient(tracking_uri=self.uri).set_experiment_tag(
@@ -129,15 +134,38 @@ class MLflowTracker(Callback):
                                         else "loss (label-free)")
         if self.cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = self.cfg.tracking.parent_run_id
+        tags.update(driver_tags())
         mlflow.set_tags(tags)
         mlflow.log_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), "config.yaml")
         return self.run_id
 
+    def resume(self, run_id: str) -> str:
+        """Reopen the MLflow run of a run whose driver died (``--resume``)."""
+        mlflow = self.mlflow
+        mlflow.set_tracking_uri(self.uri)
+        close_dead_runs(self.uri, self.cfg.runtime.checkpoint_dir)
+        client = mlflow.MlflowClient(tracking_uri=self.uri)
+        try:
+            client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - MlflowException: no such run in this store
+            raise ConfigError(f"--resume: no MLflow run '{run_id[:40]}' in {self.uri}; check the run id and "
+                              "tracking.tracking_uri") from None
+        mlflow.start_run(run_id=run_id)
+        self.run_id, self._resumed = run_id, True
+        mlflow.set_tags({**driver_tags(), "fedsim.resumed": f"by pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"})
+        return run_id
+
     def on_run_start(self, info: dict[str, Any]) -> None:
+        if self._resumed:  # logged by the run's first driver (a param cannot change)
+            return
         self.mlflow.log_params({f"federation.{k}": str(v)[:6000] for k, v in info.items()})
 
     def on_restart(self, restart: int, runs: int) -> None:
         self._prefix = f"restart_{restart}/"
+        self._restart = restart
+
+    def on_upload(self, record: UploadRecord, progress: Progress) -> None:
+        self._uploads.append({**asdict(record), "restart": self._restart})
 
     def on_evaluation(self, record: EvaluationRecord, progress: Progress) -> None:
         ts = int(time.time() * 1000)
@@ -150,9 +178,7 @@ class MLflowTracker(Callback):
     def on_run_end(self, result: Any) -> None:
         mlflow = self.mlflow
         with tempfile.TemporaryDirectory() as tmp:
-            log = result.upload_log.copy()
-            log["info"] = log["info"].map(lambda d: json.dumps(d, default=float))
-            log.to_parquet(Path(tmp) / "upload_log.parquet")
+            write_upload_log(result.upload_log, Path(tmp) / "upload_log.parquet")
             result.assignments.to_parquet(Path(tmp) / "assignments.parquet")
             mlflow.log_artifacts(tmp)
         summary = {f"final_{k}": v for k, v in result.metrics.items()}
@@ -165,10 +191,107 @@ class MLflowTracker(Callback):
         self.mlflow.log_dict(result_json, "result.json")
 
     def on_run_failed(self, error: BaseException) -> None:
+        """FAILED (KILLED for Ctrl-C), with the error and the uploads committed until then."""
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         if self.mlflow.active_run() is not None:
             self.mlflow.set_tag("fedsim.error", f"{type(error).__name__}: {error}"[:5000])
+            if self._uploads:
+                import pandas as pd
+
+                try:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        write_upload_log(pd.DataFrame(self._uploads), Path(tmp) / "upload_log.parquet")
+                        self.mlflow.log_artifacts(tmp)
+                except Exception as exc:  # noqa: BLE001 - the run is closed whatever happens here
+                    self.mlflow.set_tag("fedsim.upload_log_error", f"{type(exc).__name__}: {exc}"[:500])
             self.mlflow.end_run(status)
+
+
+def write_upload_log(log: Any, path: Path) -> None:
+    """The upload log as parquet (``info``, a dict per upload, as a JSON string)."""
+    log = log.copy()
+    log["info"] = log["info"].map(lambda d: json.dumps(d, default=float))
+    log.to_parquet(path)
+
+
+# -- runs whose driver died ----------------------------------------------------------------------
+HOST_TAG, PID_TAG, PROCESS_START_TAG = "fedsim.driver_host", "fedsim.driver_pid", "fedsim.driver_started"
+
+
+def driver_tags() -> dict[str, str]:
+    """Who runs this MLflow run: host, process id and the process's start time (a pid alone can
+    be reused), so a later command can tell a run whose driver died from one still going."""
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(me.pid), PROCESS_START_TAG: repr(me.create_time())}
+
+
+def _driver_alive(tags: dict[str, str]) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(int(tags[PID_TAG]))
+        return repr(process.create_time()) == tags.get(PROCESS_START_TAG)
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+    except psutil.AccessDenied:
+        return True  # someone else's live process: not ours to judge
+
+
+def close_dead_runs(uri: str, checkpoint_dir: str | None = None) -> list[str]:
+    """Mark KILLED every RUNNING run of this store whose driver ran on this host and is gone
+    (``kill -9``, a crash, a lost terminal), with a tag saying so; its upload log, kept in its
+    checkpoint folder, is logged as upload_log.parquet. Runs of other hosts, or without the
+    driver tags (older runs, sweep summaries), are left alone. Returns the run ids closed."""
+    import socket
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    host = socket.gethostname()
+    closed = []
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        running = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000) if experiments else []
+    except Exception:  # noqa: BLE001 - a store we cannot search: nothing to clean up here
+        return closed
+    for run in running:
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or PID_TAG not in tags or _driver_alive(tags):
+            continue
+        run_id = run.info.run_id
+        client.set_tag(run_id, "fedsim.ended_by",
+                       f"driver process {tags[PID_TAG]} on {host} was gone (killed or crashed); closed as KILLED by a "
+                       f"later fedsim command (pid {os.getpid()}) at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        if checkpoint_dir is not None:
+            _log_checkpointed_uploads(client, run_id, Path(checkpoint_dir).expanduser() / run_id)
+        client.set_terminated(run_id, "KILLED")
+        closed.append(run_id)
+    return closed
+
+
+def _log_checkpointed_uploads(client: Any, run_id: str, folder: Path) -> None:
+    """The upload log a dead run's parameter server checkpointed (every restart's, in order)."""
+    import pandas as pd
+
+    from fedsim.runtime.checkpoint import ServerCheckpoint
+
+    frames = []
+    restarts = [(int(p.name[1:]), p) for p in folder.glob("r*") if p.name[1:].isdigit()]
+    for restart, sub in [(0, folder), *sorted(restarts)]:
+        ckpt = ServerCheckpoint(sub)
+        if ckpt.exists():
+            records = ckpt.load_records(ckpt.load_meta()["log_bytes"])
+            if records:
+                frames.append(pd.DataFrame(records).assign(restart=restart))
+    if not frames:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write_upload_log(pd.concat(frames, ignore_index=True), Path(tmp) / "upload_log.parquet")
+        client.log_artifacts(run_id, tmp)
 
 
 def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:

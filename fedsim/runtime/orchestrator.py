@@ -38,7 +38,8 @@ from fedsim.evaluation import argmax_assignments, global_kmeans
 from fedsim.metrics import classification_metrics, cluster_accuracy, clustering_metrics
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
-from fedsim.runtime.server import ServerNeedsRefs, Snapshot, UploadRecord
+from fedsim.runtime.resume import DriverState, InFlight, save_driver_state
+from fedsim.runtime.server import ServerNeedsRefs, Snapshot, StoreEntry, UploadRecord
 
 class RestartWait:
     """How long to keep re-trying a call on a lost actor: up to a deadline
@@ -87,6 +88,7 @@ class RoundJob:
     info_ref: Any = None
     state_ref: Any = None  # the client's state after this round (client_state), kept with the upload
     attempts: int = 0
+    replayed: dict[str, Any] | None = None  # resumed run: the server's record of this round, committed already
 
 
 @dataclass
@@ -105,7 +107,7 @@ class FederationResult:
 class Federation:
     def __init__(self, cfg: ExperimentConfig, server: Any, actor_of: dict[int, Any],
                  clients: dict[int, dict[str, Any]], speeds: np.ndarray, n_clusters: int,
-                 callback: Callback) -> None:
+                 callback: Callback, checkpoint_folder: str | None = None, resume: DriverState | None = None) -> None:
         self.cfg = cfg
         self.server = server
         self.actor_of = actor_of
@@ -121,6 +123,9 @@ class Federation:
         self.history: list[EvaluationRecord] = []
         self.restarts = 0
         self.server_restarts = 0
+        self._checkpoint_folder = checkpoint_folder
+        self._resume = resume
+        self._inflight: dict[int, RoundJob] = {}  # virtual mode: the rounds in flight (pinned on disk)
         self._killed = False
         self._wall_start = time.perf_counter()
         self._latest: dict[str, float] = {}
@@ -216,6 +221,8 @@ class Federation:
         """Wait for a round; if its actor died, re-run the same round on the same snapshot and the
         same client state once Ray has restarted the actor (the upload log then has neither a
         gap nor a double, and the round's result is the one it would have had)."""
+        if job.replayed is not None:
+            return dict(job.replayed["info"])
         wait: RestartWait | None = None
         while True:
             try:
@@ -236,7 +243,7 @@ class Federation:
     def _commit(self, job: RoundJob, info: dict[str, Any]) -> UploadRecord:
         record: UploadRecord = self._server(lambda: self.server.commit.remote(
             self.total_uploads, job.client_id, [job.flat_ref, job.state_ref], job.round, job.phase, job.snapshot,
-            job.sim_start, job.sim_end, info["upload_bytes"], info))
+            job.sim_start, job.sim_end, info["upload_bytes"], info, self._pins(job)))
         self.total_uploads += 1
         self.sim_time = max(self.sim_time, job.sim_end)
         if job.phase == "train":
@@ -247,6 +254,54 @@ class Federation:
             self.evaluate()
         self._maybe_inject_fault()
         return record
+
+    def _pins(self, job: RoundJob) -> list[tuple[int, int]] | None:
+        """Virtual mode: the (client, version) pairs the rounds in flight read, this one included,
+        which the server keeps on disk so a resumed run can re-run them (resume.py)."""
+        if self.cfg.mode != "virtual" or self._checkpoint_folder is None:
+            return None
+        jobs = [*self._inflight.values(), job]
+        return sorted({(c, v) for j in jobs for c, v in enumerate(j.snapshot.versions())})
+
+    def _save_driver(self) -> None:
+        if self._checkpoint_folder is None:
+            return
+        inflight = [InFlight(j.client_id, j.round, j.phase, j.sim_start, j.sim_end, j.snapshot.versions(),
+                             j.snapshot.commits) for j in self._inflight.values()]
+        save_driver_state(self._checkpoint_folder, DriverState(
+            self.total_uploads, self.train_uploads, list(self.rounds_done), self.sim_time, list(self.history),
+            dict(self._latest), inflight, self.restarts, self.server_restarts))
+
+    def _restore(self, state: DriverState) -> list[RoundJob]:
+        """A resumed run: the driver's counters, and its rounds in flight rebuilt on the inputs
+        they read (the one round committed after the driver's checkpoint is replayed)."""
+        self.total_uploads, self.train_uploads = state.total_uploads, state.train_uploads
+        self.rounds_done, self.sim_time = list(state.rounds_done), state.sim_time
+        self.history, self._latest = list(state.history), dict(state.latest)
+        self.restarts, self.server_restarts = state.restarts, state.server_restarts
+        commits = self._server(lambda: self.server.commits.remote())
+        replay: dict[str, Any] | None = None
+        if commits > state.total_uploads:
+            if commits > state.total_uploads + 1:
+                raise RuntimeError(f"the server holds {commits} commits, the driver's checkpoint {state.total_uploads}; "
+                                   "more than one apart, so the checkpoint cannot be resumed")
+            replay = self._server(lambda: self.server.upload_log.remote())[state.total_uploads]
+        current = self._snapshot()
+        pairs = sorted({(c, v) for f in state.inflight for c, v in enumerate(f.versions)})
+        arrays = self._server(lambda: self.server.version_arrays.remote(pairs))
+        refs = {pair: ray.put(a) for pair, a in zip(pairs, arrays)}
+        jobs = []
+        for f in state.inflight:
+            entries = tuple(StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples)
+                            for c, v in enumerate(f.versions))
+            job = RoundJob(f.client_id, f.round, f.phase, Snapshot(entries, f.commits, current.states),
+                           f.sim_start, f.sim_end)
+            if replay is not None and (replay["client_id"], replay["round"], replay["phase"]) == (f.client_id, f.round, f.phase):
+                job.replayed = replay
+            else:
+                self._submit(job)
+            jobs.append(job)
+        return jobs
 
     def _maybe_inject_fault(self) -> None:
         fault = self.cfg.fault
@@ -291,7 +346,8 @@ class Federation:
         self._phase = "train"
 
     def run(self) -> FederationResult:
-        self.pretrain(self.cfg.pretrain_rounds)
+        if self._resume is None:
+            self.pretrain(self.cfg.pretrain_rounds)
         {"sync": self._run_sync, "async": self._run_async, "virtual": self._run_virtual}[self.cfg.mode]()
         final = self.evaluate(final=True)
         log = pd.DataFrame(self._server(lambda: self.server.upload_log.remote()))
@@ -337,16 +393,22 @@ class Federation:
 
     def _run_virtual(self) -> None:
         clock = VirtualClock()
-        inflight: dict[int, RoundJob] = {}
+        inflight = self._inflight
 
         def start(cid: int, at: float) -> None:
             inflight[cid] = self._launch(cid, "train", at)
             clock.schedule(cid, inflight[cid].sim_end)
 
-        for cid in range(self.u):
-            if self._continues(cid):
-                start(cid, self.sim_time)
+        if self._resume is not None:
+            for job in self._restore(self._resume):
+                inflight[job.client_id] = job
+                clock.schedule(job.client_id, job.sim_end)
+        else:
+            for cid in range(self.u):
+                if self._continues(cid):
+                    start(cid, self.sim_time)
         while len(clock):
+            self._save_driver()  # the clock's state between two steps: what a resumed run starts from
             finish, cid = clock.pop()
             job = inflight.pop(cid)
             if self._over_budget(finish):

@@ -96,6 +96,9 @@ class ParameterServer:
         # file names of each client's latest parameters and state in the checkpoint
         self._entry_files: list[str | None] = [None] * u
         self._state_files: list[str | None] = [None] * u
+        # (client, version) -> file, for the versions rounds in flight still read (a resumed run
+        # re-runs those rounds on the same inputs; see resume.py)
+        self._version_files: dict[tuple[int, int], str] = {}
         self._log_bytes = 0
         self._restored: dict[str, Any] | None = None
         self._lost = False
@@ -105,6 +108,7 @@ class ParameterServer:
             self._commits, self._start, self._log_bytes = meta["commits"], meta["start"], meta["log_bytes"]
             self._log = [UploadRecord(**r) for r in self._ckpt.load_records(self._log_bytes)]
             self._entry_files, self._state_files = list(meta["entry_files"]), list(meta["state_files"])
+            self._version_files = dict(meta["version_files"])
             self._restored = meta
         else:
             if self._ckpt is not None:
@@ -127,6 +131,11 @@ class ParameterServer:
         return {"entries": [ckpt.load_array(n) if n else None for n in self._entry_files],
                 "states": [ckpt.load_object(n) if n else None for n in self._state_files]}
 
+    def version_arrays(self, pairs: list[tuple[int, int]]) -> list[Any]:
+        """The stored parameters of the given (client, version) pairs (rounds in flight read them)."""
+        assert self._ckpt is not None
+        return [self._ckpt.load_array(self._version_files[(c, v)]) for c, v in pairs]
+
     def adopt(self, wrapped_refs: list[list[Any]]) -> None:
         """Take the driver's refs of ``restored_arrays`` (wrapped: [entry refs, state refs])."""
         assert self._restored is not None
@@ -138,15 +147,18 @@ class ParameterServer:
         self._states = [(seq, ref) for seq, ref in zip(meta["seqs"], state_refs)]
         self._restored = None
 
-    def _save(self) -> None:
+    def _save(self, pins: list[tuple[int, int]] | None = None) -> None:
         if self._ckpt is None:
             return
+        keep = {(e.client_id, e.version) for e in self._entries if e is not None} | {tuple(p) for p in pins or ()}
+        self._version_files = {k: v for k, v in self._version_files.items() if k in keep}
         self._ckpt.write_meta({
+            "version_files": self._version_files,
             "commits": self._commits, "start": self._start, "log_bytes": self._log_bytes,
             "versions": [e.version if e is not None else 0 for e in self._entries],
             "seqs": [seq for seq, _ in self._states],
             "entry_files": self._entry_files, "state_files": self._state_files,
-            "files": [*self._entry_files, *self._state_files],
+            "files": [*self._entry_files, *self._state_files, *self._version_files.values()],
         })
 
     # -- the store ------------------------------------------------------------------------------
@@ -159,6 +171,7 @@ class ParameterServer:
             name = f"seed-{self._commits}.npy"
             self._ckpt.save_array(name, ray.get(ref))
             self._entry_files = [name] * len(self._entries)
+            self._version_files = {(c, 0): name for c in range(len(self._entries))}
             self._save()
 
     def snapshot(self) -> Snapshot:
@@ -168,7 +181,8 @@ class ParameterServer:
         return Snapshot(tuple(self._entries), self._commits, tuple(self._states))  # type: ignore[arg-type]
 
     def commit(self, seq: int, client_id: int, wrapped_ref: list[Any], round_: int, phase: str, read: Snapshot,
-               sim_start: float, sim_end: float, upload_bytes: int, info: dict[str, Any]) -> UploadRecord:
+               sim_start: float, sim_end: float, upload_bytes: int, info: dict[str, Any],
+               pins: list[tuple[int, int]] | None = None) -> UploadRecord:
         """Store an upload, the ``seq``-th commit (0-based, the driver's count). ``wrapped_ref``:
         [the flat parameters' ref, the client's state's ref] (wrapped in a list so Ray passes the
         refs, not the values); the state is kept beside the upload so a restarted client actor
@@ -187,6 +201,7 @@ class ParameterServer:
             self._ckpt.save_array(entry_name, ray.get(ref))
             self._ckpt.save_object(state_name, ray.get(state_ref))
             self._entry_files[client_id], self._state_files[client_id] = entry_name, state_name
+            self._version_files[(client_id, version)] = entry_name
         self._states[client_id] = (seq_c, state_ref)
         self._entries[client_id] = StoreEntry(client_id, version, self._modalities[client_id], ref,
                                                self._n_samples[client_id])
@@ -200,7 +215,7 @@ class ParameterServer:
         self._log.append(record)
         if self._ckpt is not None:
             self._log_bytes = self._ckpt.append_record(asdict(record), self._log_bytes)
-            self._save()
+            self._save(pins)
         self._telemetry.on_commit(client_id, record.staleness, upload_bytes, sim_end, phase)
         return record
 
