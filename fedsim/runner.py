@@ -7,6 +7,7 @@ run behind. Once the MLflow run is open it is always closed: FINISHED, FAILED or
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -75,6 +76,22 @@ def _check_paths(cfg: ExperimentConfig) -> None:
                               "files (--data-dir or data_dir)")
     if cfg.tracking.enabled:
         check_tracking_uri(cfg)
+    if cfg.runtime.checkpoint_dir is not None:
+        _check_checkpoint_dir(cfg.runtime.checkpoint_dir)
+
+
+def _check_checkpoint_dir(given: str) -> None:
+    """The runs' checkpoint folder is a folder, or can be made in the nearest one that exists."""
+    path = Path(given).expanduser()
+    shown = shorten_path(given, 100)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under the file '{shorten_path(existing, 80)}'"
+        raise ConfigError(f"runtime.checkpoint_dir '{shown}' {what}; name a folder (or null: no checkpoint, no "
+                          "--resume)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"runtime.checkpoint_dir '{shown}': '{shorten_path(existing, 80)}' is not writable; pick "
+                          "another folder (or null: no checkpoint, no --resume)")
 
 
 def _rehearse_method(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int,

@@ -89,3 +89,14 @@ def test_resume_refuses_what_it_cannot_continue(small_config, tmp_path):
     save_config(tmp_path / "abc", {"seed": 5})
     with pytest.raises(ConfigError, match="another config"):
         run_experiment(small_config(f"runtime.checkpoint_dir={tmp_path}"), resume="abc")
+
+
+def test_a_bad_checkpoint_dir_is_refused_before_ray_starts(small_config, tmp_path):
+    from fedsim.errors import ConfigError
+    from fedsim.runner import validate
+
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file", tmp_path / "file" / "below"):
+        with pytest.raises(ConfigError, match="runtime.checkpoint_dir"):
+            validate(small_config(f"runtime.checkpoint_dir={bad}"))
+    validate(small_config(f"runtime.checkpoint_dir={tmp_path}/new/folder"))  # made when the run starts
