@@ -142,6 +142,7 @@ class AFMCCConfig(BaseModel):
     fusion_subsets: Literal["all", "full_and_single"] = "all"
     embedding: Literal["fused", "normalized"]
     pretrain_loss: Literal["full", "reconstruction"]
+    anchor: float = Field(0.0, ge=0, description="weight of the one-modality clients' anchor term")
 
     @model_validator(mode="before")
     @classmethod
@@ -311,9 +312,10 @@ class AFMCC:
         return [s for r in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, r)]
 
     def loss(self, model: MultiModalAutoencoder, x: dict[int, torch.Tensor], subset: tuple[int, ...],
-             reconstruction_only: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             reconstruction_only: bool = False, anchor: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 7 on one batch with ``subset`` as the fusion set G (Eq. 2 alone when
-        ``reconstruction_only``: the FMCSC-style pretraining of ``pretrain_loss="reconstruction"``)."""
+        ``reconstruction_only``: the FMCSC-style pretraining of ``pretrain_loss="reconstruction"``).
+        ``anchor``: the round-start model's z of a one-modality client's batch (``anchor`` term)."""
         z = model(x)
         h = fuse(z, subset)
         x_hat = {v: model.decoders[v](h) for v in x}
@@ -330,6 +332,9 @@ class AFMCC:
         if self.cfg.use_constraint:
             terms["loss_c"] = constraint_loss(h, model.projection, self.cfg.lambda_)
             total = total + self.cfg.beta * terms["loss_c"]
+        if anchor is not None:
+            terms["loss_a"] = contrastive_loss(anchor, {v: z[v] for v in subset}, self.cfg.tau, self.cfg.contrastive_denominator)
+            total = total + self.cfg.anchor * terms["loss_a"]
         return total, terms
 
     def train_round(self, model: MultiModalAutoencoder, optimizer: torch.optim.Optimizer, data: LocalData,
@@ -337,16 +342,26 @@ class AFMCC:
         model.train()
         losses = RoundLosses()
         n = data.n_samples
-        reconstruction_only = (self.cfg.pretrain_loss == "reconstruction" and context is not None
-                               and context.phase == "pretrain")
+        pretraining = context is not None and context.phase == "pretrain"
+        reconstruction_only = self.cfg.pretrain_loss == "reconstruction" and pretraining
+        # A one-modality client has no second view to align with (L_d is empty once the constant
+        # pairs go), so its encoder drifts from the space the full clients align. The anchor term
+        # is Eq. 3 with the round-start (aggregated) model's z^v in place of h: FMCSC's code gives
+        # its single-view clients the same kind of pull towards the global model (a MOON term).
+        anchor = None
+        if self.cfg.anchor > 0 and not pretraining and len(data.modalities) == 1 < len(self.view_dims):
+            with torch.no_grad():
+                anchor = model(data.views)[data.modalities[0]]
         for subset in self.fusion_subsets(data.modalities):
             for _ in range(self.cfg.phi):
+                a = anchor
                 if n > self.cfg.batch_size:
                     idx = torch.randperm(n, generator=generator)[: self.cfg.batch_size].to(next(iter(data.views.values())).device)
                     x = {v: t[idx] for v, t in data.views.items()}
+                    a = None if anchor is None else anchor[idx]
                 else:  # full batch: the paper's setting (~208 samples per client, batch 1024)
                     x = data.views
-                total, terms = self.loss(model, x, subset, reconstruction_only)
+                total, terms = self.loss(model, x, subset, reconstruction_only, a)
                 losses.step(optimizer, total, terms)
         return losses.means()
 
