@@ -225,8 +225,8 @@ def test_anchor_pulls_only_one_modality_clients_towards_the_round_start_model():
     pre = method.train_round(model, method.make_optimizer(model), single, torch.Generator().manual_seed(0),
                              RoundContext(0, "pretrain", 1))
     assert "loss_a" not in pre
-    assert AFMCCConfig(reading="lineage").anchor == 1.0 and AFMCCConfig(reading="printed").anchor == 0.0
-    off, _ = _tiny_method(reading="lineage", anchor=0.0)
+    assert AFMCCConfig(reading="lineage").anchor == 0.0 and AFMCCConfig(reading="printed").anchor == 0.0
+    off, _ = _tiny_method(reading="lineage")
     plain = off.build_model(seed=0)
     assert "loss_a" not in off.train_round(plain, off.make_optimizer(plain), single, torch.Generator().manual_seed(0),
                                            RoundContext(1))
