@@ -60,18 +60,33 @@ def test_centres_and_radii_by_hand():  # Eq. 3
     # ball 0: mean of (0,0), (2,0), (0,4) = (2/3, 4/3); ball 1: (6, 5)
     assert torch.allclose(centres, torch.tensor([[2 / 3, 4 / 3], [6.0, 5.0]]))
     c0 = np.array([2 / 3, 4 / 3])
-    r0 = (np.linalg.norm([0 - c0[0], 0 - c0[1]]) + np.linalg.norm([2 - c0[0], 0 - c0[1]])
-          + np.linalg.norm([0 - c0[0], 4 - c0[1]])) / 3
+    r0 = (
+        np.linalg.norm([0 - c0[0], 0 - c0[1]])
+        + np.linalg.norm([2 - c0[0], 0 - c0[1]])
+        + np.linalg.norm([0 - c0[0], 4 - c0[1]])
+    ) / 3
     assert torch.allclose(ball_radii(points, assignment, centres), torch.tensor([r0, 1.0], dtype=torch.float32))
 
 
 # Three tight groups and one outlier; pseudo-labels: A = 0, B and C share label 1, the outlier 2.
-HAND_POINTS = np.array([
-    [0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.2, 1.1],          # A: 0-3
-    [10.0, 0.0], [10.0, 1.0], [11.0, 0.0], [11.2, 1.1],      # B: 4-7
-    [10.0, 10.0], [10.0, 11.0], [11.0, 10.0], [11.2, 11.1],  # C: 8-11
-    [3.0, 3.5],                                              # outlier: 12
-], dtype=np.float32)
+HAND_POINTS = np.array(
+    [
+        [0.0, 0.0],
+        [0.0, 1.0],
+        [1.0, 0.0],
+        [1.2, 1.1],  # A: 0-3
+        [10.0, 0.0],
+        [10.0, 1.0],
+        [11.0, 0.0],
+        [11.2, 1.1],  # B: 4-7
+        [10.0, 10.0],
+        [10.0, 11.0],
+        [11.0, 10.0],
+        [11.2, 11.1],  # C: 8-11
+        [3.0, 3.5],  # outlier: 12
+    ],
+    dtype=np.float32,
+)
 HAND_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2])
 
 
@@ -178,8 +193,10 @@ def make(views=(5, 7, 6), k=3, **cfg) -> GIB:
 def data_for(method: GIB, n: int = 90, seed: int = 0) -> LocalData:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, method.n_clusters, n)
-    views = {v: torch.from_numpy((rng.normal(size=(n, d)) + 2.0 * labels[:, None]).astype(np.float32))
-             for v, d in enumerate(method.view_dims)}
+    views = {
+        v: torch.from_numpy((rng.normal(size=(n, d)) + 2.0 * labels[:, None]).astype(np.float32))
+        for v, d in enumerate(method.view_dims)
+    }
     return LocalData(0, views, labels, np.arange(n))
 
 
@@ -194,7 +211,14 @@ def batch_inputs(method: GIB, data: LocalData, n: int = 30):
 
 def test_defaults_follow_the_paper_and_msdibs_code():
     cfg = GIBConfig()
-    assert (cfg.alpha, cfg.beta, cfg.batch_size, cfg.lr, cfg.purity_threshold, cfg.max_ball_fraction) == (0.8, 0.6, 256, 1e-4, 0.9, 1.0)
+    assert (cfg.alpha, cfg.beta, cfg.batch_size, cfg.lr, cfg.purity_threshold, cfg.max_ball_fraction) == (
+        0.8,
+        0.6,
+        256,
+        1e-4,
+        0.9,
+        1.0,
+    )
     assert (cfg.widths, cfg.mu_dim, cfg.clip_norm, cfg.lr_step, cfg.keep_best) == ([512, 512, 256], 128, 5.0, 50, True)
 
 
@@ -243,8 +267,10 @@ def test_training_is_seeded_and_keeps_the_best_epoch():
         method = make()
         model = method.build_model(0)
         opt = method.make_optimizer(model)
-        logs = [method.train_round(model, opt, data, torch.Generator().manual_seed(r), RoundContext(r, "train", 3))
-                for r in (1, 2, 3)]
+        logs = [
+            method.train_round(model, opt, data, torch.Generator().manual_seed(r), RoundContext(r, "train", 3))
+            for r in (1, 2, 3)
+        ]
         return method, model, logs
 
     m1, model1, logs1 = run()
@@ -314,8 +340,18 @@ def test_centralised_run_through_the_runtime(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment
 
-    cfg = build_config({**GIB_SMALL, "num_clients": 1, "client_ratio": "1:0", "mode": "sync", "rounds": 2,
-                        "eval_every": 0, "evaluation": "argmax", "pretrain": {"enabled": False}})
+    cfg = build_config(
+        {
+            **GIB_SMALL,
+            "num_clients": 1,
+            "client_ratio": "1:0",
+            "mode": "sync",
+            "rounds": 2,
+            "eval_every": 0,
+            "evaluation": "argmax",
+            "pretrain": {"enabled": False},
+        }
+    )
     outcome = run_experiment(cfg)
     assert outcome.federation.rounds_done == [2]
     assert 0.0 <= outcome.summary["acc"] <= 1.0 and "nmi" in outcome.summary
@@ -327,8 +363,18 @@ def test_federated_run_through_the_runtime(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment
 
-    cfg = build_config({**GIB_SMALL, "num_clients": 4, "client_ratio": "1:1", "mode": "virtual", "rounds": 2,
-                        "eval_every": 0, "evaluation": "fmcsc", "pretrain": {"enabled": True, "rounds": 0}})
+    cfg = build_config(
+        {
+            **GIB_SMALL,
+            "num_clients": 4,
+            "client_ratio": "1:1",
+            "mode": "virtual",
+            "rounds": 2,
+            "eval_every": 0,
+            "evaluation": "fmcsc",
+            "pretrain": {"enabled": True, "rounds": 0},
+        }
+    )
     outcome = run_experiment(cfg)
     assert outcome.federation.rounds_done == [2, 2, 2, 2]
     assert 0.0 <= outcome.summary["acc"] <= 1.0

@@ -34,8 +34,14 @@ def np_mi(a: np.ndarray, b: np.ndarray) -> float:
     p = (p + p.T) / 2
     p = p / p.sum()
     row, col = p.sum(axis=1), p.sum(axis=0)
-    return float(sum(p[k, l] * math.log(p[k, l] / (row[k] * col[l]))
-                     for k in range(p.shape[0]) for l in range(p.shape[1]) if p[k, l] > 0))
+    return float(
+        sum(
+            p[k, l] * math.log(p[k, l] / (row[k] * col[l]))
+            for k in range(p.shape[0])
+            for l in range(p.shape[1])
+            if p[k, l] > 0
+        )
+    )
 
 
 def test_joint_mi_by_hand_and_ordering():

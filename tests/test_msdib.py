@@ -38,8 +38,10 @@ def make(views=(5, 7), k=3, **cfg) -> MSDIB:
 def data_for(method: MSDIB, n: int = 60, seed: int = 0) -> LocalData:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, method.n_clusters, n)
-    views = {v: torch.from_numpy((rng.normal(size=(n, d)) + labels[:, None]).astype(np.float32))
-             for v, d in enumerate(method.view_dims)}
+    views = {
+        v: torch.from_numpy((rng.normal(size=(n, d)) + labels[:, None]).astype(np.float32))
+        for v, d in enumerate(method.view_dims)
+    }
     return LocalData(0, views, labels, np.arange(n))
 
 
@@ -55,7 +57,13 @@ def test_released_defaults_are_the_codes():
     assert [cfg.setting(k) for k in ("alpha", "beta", "clip_norm", "lr_step", "keep_best")] == [0.6, 0.8, 5.0, 50, True]
     assert (cfg.widths, cfg.mu_dim, cfg.head_hidden, cfg.lr, cfg.batch_size) == ([512, 512, 256], 128, 100, 1e-4, 100)
     printed = MSDIBConfig(reading="printed")
-    assert [printed.setting(k) for k in ("alpha", "beta", "clip_norm", "lr_step", "keep_best")] == [1.0, 1.0, None, None, False]
+    assert [printed.setting(k) for k in ("alpha", "beta", "clip_norm", "lr_step", "keep_best")] == [
+        1.0,
+        1.0,
+        None,
+        None,
+        False,
+    ]
     assert MSDIBConfig(alpha=0.3).setting("alpha") == 0.3
 
 
@@ -114,8 +122,10 @@ def test_training_is_seeded_and_keeps_the_best_epoch():
         method = make()
         model = method.build_model(seed)
         opt = method.make_optimizer(model)
-        logs = [method.train_round(model, opt, data, torch.Generator().manual_seed(r), RoundContext(r, "train", 3))
-                for r in (1, 2, 3)]
+        logs = [
+            method.train_round(model, opt, data, torch.Generator().manual_seed(r), RoundContext(r, "train", 3))
+            for r in (1, 2, 3)
+        ]
         return method, model, opt, logs
 
     m1, model1, opt1, logs1 = run(0)
@@ -203,8 +213,18 @@ def test_tiny_centralised_run(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment
 
-    cfg = build_config({**TINY, "num_clients": 1, "client_ratio": "1:0", "mode": "sync", "rounds": 3,
-                        "eval_every": 0, "evaluation": "argmax", "model_selection": {"runs": 2, "criterion": "loss"}})
+    cfg = build_config(
+        {
+            **TINY,
+            "num_clients": 1,
+            "client_ratio": "1:0",
+            "mode": "sync",
+            "rounds": 3,
+            "eval_every": 0,
+            "evaluation": "argmax",
+            "model_selection": {"runs": 2, "criterion": "loss"},
+        }
+    )
     outcome = run_experiment(cfg)
     out = outcome.summary
     assert 0.0 <= out["acc"] <= 1.0 and 0.0 <= out["nmi"] <= 1.0
@@ -222,8 +242,17 @@ def test_tiny_federated_run(ray_session):
     from fedsim.config import build_config
     from fedsim.runner import run_experiment
 
-    cfg = build_config({**TINY, "num_clients": 4, "client_ratio": "1:1", "mode": "virtual", "rounds": 2,
-                        "eval_every": 1, "evaluation": "fmcsc"})
+    cfg = build_config(
+        {
+            **TINY,
+            "num_clients": 4,
+            "client_ratio": "1:1",
+            "mode": "virtual",
+            "rounds": 2,
+            "eval_every": 1,
+            "evaluation": "fmcsc",
+        }
+    )
     outcome = run_experiment(cfg)
     res = outcome.federation
     assert res.rounds_done == [2, 2, 2, 2]
@@ -260,5 +289,7 @@ def test_grids_match_the_paper_layout():
     assert grid.grid["msdib.alpha"] == grid.grid["msdib.beta"] == [round(0.1 * i, 1) for i in range(1, 11)]
     table1 = load_grid("msdib", "table1")
     assert len(table1.trials) == 3  # one trial per seed serves both selections
-    assert table1.derived_rows["selection"] == {"label_free": "selected_by_loss",
-                                                "paper_acc_uses_labels": "selected_by_acc"}
+    assert table1.derived_rows["selection"] == {
+        "label_free": "selected_by_loss",
+        "paper_acc_uses_labels": "selected_by_acc",
+    }

@@ -126,14 +126,17 @@ class GIB:
     def build_model(self, seed: int) -> IBNetwork:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return IBNetwork(self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters,
-                             self.cfg.head_hidden)
+            return IBNetwork(
+                self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters, self.cfg.head_hidden
+            )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
 
     @torch.no_grad()
-    def aggregate(self, model: IBNetwork, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: IBNetwork, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
 
     # -- granular balls -----------------------------------------------------------------------------
@@ -145,8 +148,13 @@ class GIB:
         if space is not None:
             k = int(labels.max()) + 1
             self._pseudo_centres[space] = ball_centres(torch.from_numpy(points), torch.from_numpy(labels), k).numpy()
-        return generate_granular_balls(points, labels, self.cfg.purity_threshold,
-                                       self.cfg.max_ball_fraction * points.shape[0], self.cfg.max_split_iterations)
+        return generate_granular_balls(
+            points,
+            labels,
+            self.cfg.purity_threshold,
+            self.cfg.max_ball_fraction * points.shape[0],
+            self.cfg.max_split_iterations,
+        )
 
     @torch.no_grad()
     def balls_per_space(self, model: IBNetwork, data: LocalData, seed: int) -> dict[Any, GranularBalls]:
@@ -167,8 +175,13 @@ class GIB:
         return balls
 
     # -- the objective ------------------------------------------------------------------------------
-    def loss(self, model: IBNetwork, x: dict[int, torch.Tensor], ball_ids: dict[Any, torch.Tensor],
-             noise: dict[Any, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self,
+        model: IBNetwork,
+        x: dict[int, torch.Tensor],
+        ball_ids: dict[Any, torch.Tensor],
+        noise: dict[Any, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 2 on one batch: ``ball_ids[space]`` is every sample's ball in that space, ``noise``
         theta per view and under "fused"."""
         cfg = self.cfg
@@ -194,8 +207,14 @@ class GIB:
             terms.update(jsd=samples["jsd"], i_samples=samples["i_samples"], balanced_ce=ce, mi_yy=mi_yy, mi_ys=mi_ys)
         return total, terms
 
-    def train_round(self, model: IBNetwork, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
+    def train_round(
+        self,
+        model: IBNetwork,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext | None = None,
+    ) -> dict[str, float]:
         """One epoch: balls rebuilt from the current outputs, then the seeded batches."""
         context = context or RoundContext(1)
         cfg = self.cfg

@@ -48,8 +48,9 @@ def _fit_predict(model: KMeans, points: np.ndarray) -> np.ndarray:
         return model.fit_predict(points).astype(np.int64)
 
 
-def pseudo_labels(points: np.ndarray, n_clusters: int, seed: int, n_init: int = 1,
-                  init: np.ndarray | None = None) -> np.ndarray:
+def pseudo_labels(
+    points: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, init: np.ndarray | None = None
+) -> np.ndarray:
     """Pseudo-labels of Sec. 2.4.1: scikit-learn k-means (k-means++, ``n_init`` seeded restarts),
     or started from given centres ``init`` (one run).
 
@@ -107,8 +108,9 @@ def split_seeds(points: np.ndarray, labels: np.ndarray, seeding: str = "centroid
     return points[[first, second]]
 
 
-def _nearest_centre(points: torch.Tensor, group: torch.Tensor, centres: torch.Tensor, k_max: int,
-                    invalid: torch.Tensor, chunk: int) -> torch.Tensor:
+def _nearest_centre(
+    points: torch.Tensor, group: torch.Tensor, centres: torch.Tensor, k_max: int, invalid: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """Index (0..k_max-1) of the nearest of each point's own group's centres."""
     n_slots, dim = centres.shape
     grouped = centres.reshape(-1, k_max, dim)
@@ -125,8 +127,15 @@ def _nearest_centre(points: torch.Tensor, group: torch.Tensor, centres: torch.Te
     return (sq_centres - 2.0 * cross).masked_fill(invalid, float("inf")).argmin(dim=1)
 
 
-def seeded_lloyd(points: torch.Tensor, group: torch.Tensor, seeds: torch.Tensor, valid: torch.Tensor,
-                 max_iter: int = 300, tol: float = 1e-4, chunk: int = 2048) -> torch.Tensor:
+def seeded_lloyd(
+    points: torch.Tensor,
+    group: torch.Tensor,
+    seeds: torch.Tensor,
+    valid: torch.Tensor,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    chunk: int = 2048,
+) -> torch.Tensor:
     """Lloyd's k-means from given initial centres, for many balls at once: point i moves only
     among the centres of its own ball ``group[i]``; ``seeds`` (G, k_max, d) holds each ball's
     initial centres, ``valid`` (G, k_max) which of them exist. Returns each point's centre index.
@@ -187,8 +196,9 @@ def split_ball(points: np.ndarray, labels: np.ndarray, seeding: str = "centroid"
     return seeded_lloyd(torch.from_numpy(points), group, torch.from_numpy(seeds)[None], valid).numpy()
 
 
-def _split_seeds_of(points: np.ndarray, labels: np.ndarray, balls: np.ndarray, members_of: list[np.ndarray],
-                    seeding: str) -> tuple[list[int], list[np.ndarray]]:
+def _split_seeds_of(
+    points: np.ndarray, labels: np.ndarray, balls: np.ndarray, members_of: list[np.ndarray], seeding: str
+) -> tuple[list[int], list[np.ndarray]]:
     """``split_seeds`` for many balls at once: the balls that can split and their seeds.
 
     Balls with two or more labels are handled in one vectorised pass (per (ball, label): the
@@ -225,8 +235,14 @@ def _split_seeds_of(points: np.ndarray, labels: np.ndarray, balls: np.ndarray, m
     return out_balls, out_seeds
 
 
-def generate_granular_balls(points: np.ndarray, labels: np.ndarray, purity_threshold: float,
-                            max_size: float, max_iterations: int = 100, seeding: str = "centroid") -> GranularBalls:
+def generate_granular_balls(
+    points: np.ndarray,
+    labels: np.ndarray,
+    purity_threshold: float,
+    max_size: float,
+    max_iterations: int = 100,
+    seeding: str = "centroid",
+) -> GranularBalls:
     """Fig. 3: start from one ball holding every point; every ball that is not retained
     (retained = purity > ``purity_threshold`` and size < ``max_size``) is split, all of one
     iteration's splits in one batched k-means; repeat until the ball count stops changing (or
@@ -256,9 +272,12 @@ def generate_granular_balls(points: np.ndarray, labels: np.ndarray, purity_thres
             rows = [i for i, s in enumerate(seeds) if s.shape[0] == k]
             bucket_members = np.concatenate([members_of[balls[i]] for i in rows])
             bucket_group = np.repeat(np.arange(len(rows)), [members_of[balls[i]].size for i in rows])
-            bucket_parts = seeded_lloyd(points_t[bucket_members], torch.from_numpy(bucket_group),
-                                        torch.from_numpy(np.stack([seeds[i] for i in rows])),
-                                        torch.ones(len(rows), k, dtype=torch.bool)).numpy()
+            bucket_parts = seeded_lloyd(
+                points_t[bucket_members],
+                torch.from_numpy(bucket_group),
+                torch.from_numpy(np.stack([seeds[i] for i in rows])),
+                torch.ones(len(rows), k, dtype=torch.bool),
+            ).numpy()
             start = 0
             for i in rows:
                 size = members_of[balls[i]].size
@@ -288,8 +307,13 @@ def generate_granular_balls(points: np.ndarray, labels: np.ndarray, purity_thres
     sizes = np.bincount(assignment, minlength=n_balls)
     assign_t = torch.from_numpy(assignment)
     centres = ball_centres(points_t, assign_t, n_balls)
-    return GranularBalls(assignment, centres.numpy(), ball_radii(points_t, assign_t, centres).numpy(),
-                         ball_purity(assignment, labels, n_balls), sizes)
+    return GranularBalls(
+        assignment,
+        centres.numpy(),
+        ball_radii(points_t, assign_t, centres).numpy(),
+        ball_purity(assignment, labels, n_balls),
+        sizes,
+    )
 
 
 def batch_ball_centres(h: torch.Tensor, ball_ids: torch.Tensor) -> torch.Tensor:

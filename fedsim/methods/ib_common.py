@@ -121,8 +121,12 @@ class JSDCritic(nn.Module):
     def __init__(self, dx: int, dy: int, width: int = 1024) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dx + dy, width), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Linear(dx + dy, width),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
             nn.Linear(width, 1),
         )
 
@@ -139,8 +143,9 @@ def jsd_mi(critic: JSDCritic, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sinkhorn_labels(probabilities: torch.Tensor, power: float = 10.0, max_iterations: int = 150,
-                    tolerance: float = 1e-2) -> torch.Tensor:
+def sinkhorn_labels(
+    probabilities: torch.Tensor, power: float = 10.0, max_iterations: int = 150, tolerance: float = 1e-2
+) -> torch.Tensor:
     """Balanced hard pseudo-labels: Sinkhorn-Knopp scaling of P^power (n x K) towards row sums
     1/n and column sums 1/K, then argmax per sample. In float64 on the CPU."""
     q = probabilities.detach().double().cpu().T.pow(power)  # (K, n)
@@ -231,8 +236,9 @@ class IBNetwork(nn.Module):
     by the views and the fused output, and the frozen ``JSDCritic`` on (mu_dim, mu_dim) samples.
     He-initialised Linear weights, except the critic's (PyTorch's default, as in the code)."""
 
-    def __init__(self, view_dims: tuple[int, ...], widths: list[int], mu_dim: int, n_clusters: int,
-                 head_hidden: int) -> None:
+    def __init__(
+        self, view_dims: tuple[int, ...], widths: list[int], mu_dim: int, n_clusters: int, head_hidden: int
+    ) -> None:
         from fedsim.methods.ddc import DDCHead
 
         super().__init__()
@@ -261,8 +267,9 @@ class IBNetwork(nn.Module):
         return None if parts[0] == "critic" else ()
 
 
-def sample_compression(critic: JSDCritic, h: dict[int, torch.Tensor], h_fused: torch.Tensor,
-                       noise: dict[Any, torch.Tensor], mu_dim: int) -> dict[str, torch.Tensor]:
+def sample_compression(
+    critic: JSDCritic, h: dict[int, torch.Tensor], h_fused: torch.Tensor, noise: dict[Any, torch.Tensor], mu_dim: int
+) -> dict[str, torch.Tensor]:
     """The code's sample-level compression: z_v, z_F reparameterised from the outputs' (mu, sigma)
     with ``noise[v]`` / ``noise["fused"]``; returns sum_v JSD(z_F, z_v), sum_v I(z_v; z_F) and
     "total" = 0.01 (JSD + 10 I)."""
@@ -280,14 +287,17 @@ def all_balanced_ce(y: dict[int, torch.Tensor], y_fused: torch.Tensor) -> torch.
     return balanced_ce(y_fused) + sum((balanced_ce(y[v]) for v in sorted(y)), y_fused.new_zeros(()))
 
 
-def draw_noise(keys: list[Any], n: int, dim: int, generator: torch.Generator, device: torch.device) -> dict[Any, torch.Tensor]:
+def draw_noise(
+    keys: list[Any], n: int, dim: int, generator: torch.Generator, device: torch.device
+) -> dict[Any, torch.Tensor]:
     """theta ~ N(0, I) per key, drawn on the CPU generator (a seed gives the same run on any device)."""
     return {k: torch.randn(n, dim, generator=generator).to(device) for k in keys}
 
 
 @torch.no_grad()
-def ddc1_score(model: IBNetwork, views: dict[int, torch.Tensor], batches: list[torch.Tensor],
-               relative_sigma: float = 0.15) -> float:
+def ddc1_score(
+    model: IBNetwork, views: dict[int, torch.Tensor], batches: list[torch.Tensor], relative_sigma: float = 0.15
+) -> float:
     """Label-free selection score: DDC1 of Y_F, the sample-weighted mean over ``batches``, on the
     deterministic outputs with BatchNorm batch statistics."""
     from fedsim.methods.ddc import ddc_loss

@@ -124,19 +124,23 @@ class MSDIB:
     def build_model(self, seed: int) -> IBNetwork:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return IBNetwork(self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters,
-                             self.cfg.head_hidden)
+            return IBNetwork(
+                self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters, self.cfg.head_hidden
+            )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
 
     @torch.no_grad()
-    def aggregate(self, model: IBNetwork, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: IBNetwork, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
 
     # -- the objective ----------------------------------------------------------------------------
-    def loss(self, model: IBNetwork, x: dict[int, torch.Tensor],
-             noise: dict[Any, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: IBNetwork, x: dict[int, torch.Tensor], noise: dict[Any, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One batch; ``noise`` holds theta per view and under "fused" (shape (n, mu_dim))."""
         cfg = self.cfg
         out = model(x)
@@ -173,8 +177,14 @@ class MSDIB:
     def batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
         return drop_last_batches(n, self.cfg.batch_size, generator)
 
-    def train_round(self, model: IBNetwork, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
+    def train_round(
+        self,
+        model: IBNetwork,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext | None = None,
+    ) -> dict[str, float]:
         context = context or RoundContext(1)
         cfg = self.cfg
         set_learning_rate(optimizer, step_lr(cfg.lr, context.round, cfg.setting("lr_step"), cfg.lr_gamma))
