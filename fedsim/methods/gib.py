@@ -76,6 +76,7 @@ from fedsim.methods.ib_common import (
     mean_pairwise,
     sample_compression,
     set_learning_rate,
+    shard_output,
     step_lr,
 )
 
@@ -241,18 +242,12 @@ class GIB:
         return out
 
     # -- evaluation ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def embed(self, model: IBNetwork, data: LocalData) -> np.ndarray:
-        model.eval()
-        with batch_statistics(model):
-            return model(data.views)["h_fused"].cpu().numpy()
+        return shard_output(model, data.views, "h_fused")
 
-    @torch.no_grad()
     def soft_assignments(self, model: IBNetwork, data: LocalData) -> np.ndarray:
         """Y_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
-        model.eval()
-        with batch_statistics(model):
-            return model(data.views)["y_fused"].cpu().numpy()
+        return shard_output(model, data.views, "y_fused")
 
     def selection_loss(self, model: IBNetwork, data: LocalData) -> float:
         """DDC1 of Y_F over batches of ``batch_size`` in a fixed (seed 0) order."""

@@ -189,6 +189,15 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = tracking
 
 
+@torch.no_grad()
+def shard_output(model: nn.Module, views: dict[int, torch.Tensor], key: str) -> np.ndarray:
+    """One output of the network (``h_fused``, ``y_fused``) on a whole shard's deterministic
+    outputs, BatchNorm with the shard's statistics: what MSDIB and GIB embed and assign."""
+    model.eval()
+    with batch_statistics(model):
+        return model(views)[key].cpu().numpy()
+
+
 def step_lr(base: float, round_: int, step: int | None, gamma: float) -> float:
     """StepLR as the code steps it: epoch e (0-based = round - 1) trains at base * gamma^(e // step)."""
     if not step:

@@ -61,7 +61,6 @@ from fedsim.methods.ib_common import (
     BestCheckpoint,
     IBNetwork,
     all_balanced_ce,
-    batch_statistics,
     ddc1_score,
     draw_noise,
     drop_last_batches,
@@ -69,6 +68,7 @@ from fedsim.methods.ib_common import (
     mean_pairwise,
     sample_compression,
     set_learning_rate,
+    shard_output,
     split_gaussian,
     step_lr,
 )
@@ -202,19 +202,13 @@ class MSDIB:
         return out
 
     # -- evaluation -------------------------------------------------------------------------------
-    @torch.no_grad()
     def embed(self, model: IBNetwork, data: LocalData) -> np.ndarray:
         """H_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
-        model.eval()
-        with batch_statistics(model):
-            return model(data.views)["h_fused"].cpu().numpy()
+        return shard_output(model, data.views, "h_fused")
 
-    @torch.no_grad()
     def soft_assignments(self, model: IBNetwork, data: LocalData) -> np.ndarray:
         """Y_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
-        model.eval()
-        with batch_statistics(model):
-            return model(data.views)["y_fused"].cpu().numpy()
+        return shard_output(model, data.views, "y_fused")
 
     def selection_loss(self, model: IBNetwork, data: LocalData) -> float:
         """DDC1 of Y_F over batches of ``batch_size`` in a fixed (seed 0) order."""
