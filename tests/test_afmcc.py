@@ -206,6 +206,32 @@ def test_train_round_lowers_the_loss_and_is_seeded():
     assert torch.equal(runs[0], runs[1])
 
 
+def test_anchor_pulls_only_one_modality_clients_towards_the_round_start_model():
+    """``anchor``: a one-modality client's round adds Eq. 3 between its z^v and the round-start
+    model's z^v (loss_a); a full client's round and pretraining do not."""
+    method, data = _tiny_method(reading="lineage", anchor=1.0)
+    single = LocalData(0, {1: data.views[1]}, data.labels, data.indices)
+    model = method.build_model(seed=0)
+    start = method.build_model(seed=0)
+    losses = method.train_round(model, method.make_optimizer(model), single, torch.Generator().manual_seed(0), RoundContext(1))
+    assert "loss_a" in losses and losses["loss_a"] > 0
+    # the anchor is the round-start model's embedding: the first step's loss_a is Eq. 3 of z against itself
+    with torch.no_grad():
+        z = start({1: single.views[1]})[1]
+    assert contrastive_loss(z, {1: z}, method.cfg.tau).item() == pytest.approx(
+        method.loss(start, single.views, (1,), anchor=z)[1]["loss_a"].item())
+    full = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1))
+    assert "loss_a" not in full
+    pre = method.train_round(model, method.make_optimizer(model), single, torch.Generator().manual_seed(0),
+                             RoundContext(0, "pretrain", 1))
+    assert "loss_a" not in pre
+    assert AFMCCConfig(reading="lineage").anchor == 0.0 and AFMCCConfig(reading="printed").anchor == 0.0
+    off, _ = _tiny_method(reading="lineage")
+    plain = off.build_model(seed=0)
+    assert "loss_a" not in off.train_round(plain, off.make_optimizer(plain), single, torch.Generator().manual_seed(0),
+                                           RoundContext(1))
+
+
 def test_ablation_switches_drop_terms():
     method, data = _tiny_method(use_contrastive=False, use_constraint=False)
     model = method.build_model(seed=0)

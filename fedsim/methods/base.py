@@ -213,10 +213,15 @@ class RoundLosses:
         self.sums: dict[str, float] = {}
         self.steps = 0
 
-    def step(self, optimizer: torch.optim.Optimizer, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        """One optimiser step on ``total``, recorded with its ``terms``."""
+    def step(self, optimizer: torch.optim.Optimizer, total: torch.Tensor, terms: dict[str, torch.Tensor],
+             clip_norm: float | None = None) -> None:
+        """One optimiser step on ``total``, recorded with its ``terms``; with ``clip_norm`` the
+        gradients' global norm is clipped to it first."""
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if clip_norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
         optimizer.step()
         for key, value in terms.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())

@@ -29,14 +29,16 @@ EPSILON = 1e-9
 
 
 class DDCHead(nn.Module):
-    """Linear(in -> hidden), ReLU, BatchNorm1d, Linear(hidden -> K), softmax.
+    """Linear(in -> hidden), ReLU, BatchNorm1d, Linear(hidden -> K), softmax; with
+    ``bn_before_relu`` the hidden layer is Linear, BatchNorm1d, ReLU (MSDIB's released code).
 
     ``forward`` returns (assignments (n, K), hidden (n, hidden)); the kernel of the DDC loss is
     computed on ``hidden``."""
 
-    def __init__(self, in_dim: int, n_clusters: int, hidden: int = 100) -> None:
+    def __init__(self, in_dim: int, n_clusters: int, hidden: int = 100, bn_before_relu: bool = False) -> None:
         super().__init__()
-        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.BatchNorm1d(hidden))
+        norm_act = [nn.BatchNorm1d(hidden), nn.ReLU()] if bn_before_relu else [nn.ReLU(), nn.BatchNorm1d(hidden)]
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), *norm_act)
         self.output = nn.Linear(hidden, n_clusters)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
