@@ -24,6 +24,8 @@ def _config(method: str) -> dict:
         raw["afmcc"] = SMALL_SYNTHETIC["afmcc"]
     if method == "cmmc":  # the stages' epochs add up to the rounds; fine-tuning (pseudo-targets) from round 3
         raw["cmmc"] = {"pretrain_epochs": 1, "contrastive_epochs": 1, "finetune_epochs": 2}
+    if method == "fmcsc":  # the code's widths and epochs take minutes; the state kept is the same
+        raw["fmcsc"] = {"hidden": [32, 32], "head_width": 16, "main_epochs": 2, "distill_epochs": 2}
     overrides = ["task=classification"] if method in SUPERVISED else []
     return build_config(raw, overrides).model_dump(mode="json")
 

@@ -10,6 +10,7 @@ simulated start/end time, wall time and staleness (uploads committed by others i
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +72,16 @@ class ServerLost(Exception):
     """The parameter server was restarted and has no checkpoint to continue from."""
 
 
+def _was_restarted() -> bool:
+    """Whether Ray restarted this actor. Ray's own property reads its deprecated ``actor_id`` and
+    would print a deprecation warning from every server actor; that warning is Ray's, not ours."""
+    if not ray.is_initialized():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 class ParameterServer:
     """Plain class; ``ray.remote(ParameterServer)`` makes it the server actor (see cluster.py).
 
@@ -114,7 +125,7 @@ class ParameterServer:
             if self._ckpt is not None:
                 self._ckpt.create()
             # a restart with nothing to restart from: say so rather than serve an empty store
-            self._lost = ray.get_runtime_context().was_current_actor_reconstructed if ray.is_initialized() else False
+            self._lost = _was_restarted()
 
     def _ready(self) -> None:
         if self._lost:
