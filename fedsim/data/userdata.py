@@ -123,10 +123,13 @@ def _is_hdf5(path: Path) -> bool:
 def _mat_v5_entries(path: Path) -> dict[str, Entry | list[Entry]]:
     """A MATLAB v5 file from its headers (scipy's whosmat); a cell is read (its elements' shapes are
     not in the header) and becomes a list of entries."""
+    cut = _mat_v5_truncation(path)
+    if cut is not None:
+        raise DataError(f"{path}: the MATLAB file is truncated ({cut}); copy or save it again")
     try:
         described = scipy.io.whosmat(path)
     except Exception as err:  # scipy fails in many ways on a file that is not MATLAB
-        raise DataError(f"{path}: not a readable MATLAB file ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: not a readable MATLAB file ({_reason(err)})") from err
     out: dict[str, Entry | list[Entry]] = {}
     for name, shape, mclass in described:
         if mclass == "cell":
@@ -189,7 +192,9 @@ def _hdf5_entries(path: Path, matlab: bool) -> dict[str, Entry | list[Entry]]:
     except DataError:
         raise
     except Exception as err:  # any failure inside h5py means an unusable file
-        raise DataError(f"{path}: not a readable HDF5 file ({type(err).__name__}: {err})") from err
+        raise DataError(
+            f"{path}: not a readable HDF5 file ({_reason(err)}); the file is damaged or truncated: write it again"
+        ) from err
 
 
 def _hdf5_group(handle: Any, name: str, group: Any, matlab: bool) -> Entry | list[Entry] | None:
@@ -255,8 +260,19 @@ def _npz_entries(path: Path) -> dict[str, Entry | list[Entry]]:
                         else np.lib.format.read_array_header_2_0
                     )
                     headers[member[:-4]] = read_header(handle)
+                    stored, (shape, _, dtype) = archive.getinfo(member).file_size, headers[member[:-4]]
+                    wanted = handle.tell() + (
+                        0 if dtype.hasobject else int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    )
+                if stored < wanted:
+                    raise DataError(
+                        f"{path}: array {member[:-4]!r} is truncated ({stored:,} of the {wanted:,} bytes its header "
+                        "promises); the file is damaged: write it again"
+                    )
+    except DataError:
+        raise
     except Exception as err:
-        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: not a readable .npz file ({_reason(err)})") from err
     if {"format", "shape", "data", "indices", "indptr"} <= set(headers):
         matrix = scipy.sparse.load_npz(path)
         return {"X": _eager("X", matrix)}
@@ -275,6 +291,40 @@ def _npz_entries(path: Path) -> dict[str, Entry | list[Entry]]:
         kind = "dense" if dtype.kind in "biufc" else "text" if dtype.kind in "US" else "other"
         out[key] = Entry(key, tuple(int(n) for n in shape), str(dtype), kind, read)
     return out
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as ``Type: message`` for an error line, at most ~100 characters."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:80] + '...' if len(text) > 80 else text}"
+
+
+def _mat_v5_truncation(path: Path) -> str | None:
+    """Whether a MATLAB v5 file ends before its last variable does: scipy's ``whosmat`` lists
+    the variables it can find and stops quietly at a cut one, so a truncated file would look
+    like a file with fewer variables (no labels, a view missing). Walks the top-level element
+    tags (8 bytes each, with the element's length), reading nothing else."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header = handle.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return None  # not v5 (v4, or damaged): scipy's own error says more
+        order = "<" if header[126:128] == b"IM" else ">"
+        position = 128
+        while position + 8 <= size:
+            handle.seek(position)
+            tag = handle.read(8)
+            mdtype, nbytes = np.frombuffer(tag, dtype=f"{order}u4")
+            if mdtype >> 16:  # a small data element: its data sits inside the tag
+                position += 8
+                continue
+            end = position + 8 + int(nbytes)
+            if mdtype != 15:  # miCOMPRESSED elements are not padded to 8 bytes
+                end += -int(nbytes) % 8
+            if end > size:
+                return f"its variable at byte {position:,} needs {end:,} bytes but the file has {size:,}"
+            position = end
+    return None
 
 
 def _natural(text: str) -> list[Any]:
@@ -425,7 +475,15 @@ class Scan:
     def load_view(self, index: int) -> Any:
         """View ``index`` as (samples x features), sparse views kept sparse."""
         plan = self.views[index]
-        value = plan.entry.read()
+        try:
+            value = plan.entry.read()
+        except DataError:
+            raise
+        except Exception as err:  # the header was readable, the data is not: a damaged file
+            raise DataError(
+                f"{self.path}: view {plan.entry.name} cannot be read ({_reason(err)}); the file is damaged or "
+                "truncated: write it again"
+            ) from err
         if not scipy.sparse.issparse(value):
             value = np.asarray(value)
             if value.dtype.kind not in "biuf":
@@ -512,8 +570,13 @@ def _hdf5_is_matlab(path: Path) -> bool:
             return True
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        return any("MATLAB_class" in handle[name].attrs for name in handle)
+    try:
+        with h5py.File(path, "r") as handle:
+            return any("MATLAB_class" in handle[name].attrs for name in handle)
+    except Exception as err:  # any failure inside h5py means an unusable file (truncated, damaged)
+        raise DataError(
+            f"{path}: not a readable HDF5 file ({_reason(err)}); the file is damaged or truncated: write it again"
+        ) from err
 
 
 def _pick_layout(
