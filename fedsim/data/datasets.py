@@ -328,6 +328,9 @@ def _handwritten_locations() -> list[tuple[str, Path | None]]:
 # --------------------------------------------------------------------------------------------
 
 
+SYNTHETIC_MAX_BYTES = 4 * 2**30  # a synthetic dataset's float32 views and latent, generated in the driver
+
+
 @dataclass(frozen=True)
 class SyntheticParams:
     """Parameters of the synthetic generator (see ``generate_synthetic``).
@@ -390,8 +393,20 @@ class SyntheticParams:
                 "need noise >= 0, separation >= 0, latent_dim >= 1 and imbalance >= 1, got "
                 f"{self.noise}, {self.separation}, {self.latent_dim} and {self.imbalance}"
             )
+        if not all(math.isfinite(v) and v <= 1e6 for v in (self.noise, self.separation, self.imbalance)):
+            problems.append(
+                "noise, separation and imbalance must be finite and at most 1e6, got "
+                f"{self.noise:g}, {self.separation:g} and {self.imbalance:g}"
+            )
+        # generated in the driver first: a size that does not fit would take the machine down
+        size = 4 * max(self.n_samples, 0) * (sum(max(d, 0) for d in self.view_dims) + max(self.latent_dim, 0))
+        if size > SYNTHETIC_MAX_BYTES:
+            problems.append(
+                f"{self.n_samples:,} samples of views {list(self.view_dims)[:6]} would take {size / 2**30:,.1f} GiB "
+                f"(at most {SYNTHETIC_MAX_BYTES / 2**30:g} GiB); lower n_samples or view_dims"
+            )
         if problems:
-            raise ConfigError(f"dataset {dataset!r}: bad synthetic parameters: {'; '.join(problems)}")
+            raise ConfigError(f"dataset {dataset!r}: bad synthetic parameters: {shorten('; '.join(problems), 220)}")
 
     def sizes(self) -> np.ndarray:
         if self.cluster_sizes is not None:
