@@ -29,6 +29,32 @@ MAX_CONFIG_BYTES = 1 << 20  # a config file, and one --set value
 MAX_YAML_NODES = 100_000  # values after expanding every alias (*a repeats what &a names)
 MAX_YAML_DEPTH = 64  # nesting of mappings and lists
 MAX_SEED = 2**32 - 1
+# Counts (rounds, clients, uploads, restarts): far beyond any experiment, and small enough that
+# no count overflows an int64 or a float's exact integers on its way through NumPy and JSON.
+MAX_COUNT = 1_000_000
+MAX_AMOUNT = 1e12  # simulated-time budgets and other amounts: finite, and far beyond any run
+
+
+def ray_address_problem(address: str) -> str | None:
+    """What is wrong with a Ray address (``runtime.ray_address`` or $RAY_ADDRESS), or None.
+
+    Accepted as Ray takes them: ``auto`` (the cluster started on this machine by ``ray start``),
+    ``local`` (a fresh local Ray), ``HOST:PORT`` (the head node's GCS), ``ray://HOST:PORT`` (Ray
+    Client) or another ``SCHEME://HOST[:PORT]``. Checked in the driver, so a typo is one line now,
+    not a connection attempt after the slow imports."""
+    text = address.strip()
+    example = "use HOST:PORT of the head node (e.g. 10.0.0.5:6379), ray://HOST:10001, or auto"
+    if text in ("auto", "local"):
+        return None
+    match = re.fullmatch(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?/?", text)
+    if match is None:
+        return f"not a Ray address; {example}"
+    port = match.group(2)
+    if port is None and "://" not in text:
+        return f"no port; {example}"
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"port {port} is not in 1..65535; {example}"
+    return None
 
 
 class Strict(BaseModel):
@@ -49,8 +75,8 @@ class StopConfig(Strict):
 
     rule: Literal["rounds", "group", "sim_time"] = "rounds"
     group: Literal["odd", "even", "all"] = "odd"
-    group_rounds: int = Field(10, ge=1)
-    sim_time_budget: float = Field(0.0, ge=0)
+    group_rounds: int = Field(10, ge=1, le=MAX_COUNT)
+    sim_time_budget: float = Field(0.0, ge=0, le=MAX_AMOUNT)
 
 
 class PretrainConfig(Strict):
@@ -67,7 +93,7 @@ class PretrainConfig(Strict):
     enabled: bool = True
     schedule: Literal["designated", "chain"] = "designated"
     client: int = Field(0, ge=0)
-    rounds: int | None = Field(None, ge=0)
+    rounds: int | None = Field(None, ge=0, le=MAX_COUNT)
 
 
 class PrivacyConfig(Strict):
@@ -76,7 +102,7 @@ class PrivacyConfig(Strict):
     enabled: bool = False
     epsilon: float = Field(40.0, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
-    clip_norm: float = Field(1.0, gt=0)
+    clip_norm: float = Field(1.0, gt=0, le=1e6)  # noise std = multiplier (<= 1e6) x clip_norm stays finite
 
 
 class RuntimeConfig(Strict):
@@ -89,14 +115,16 @@ class RuntimeConfig(Strict):
     sets them to the trial's placement-group reservation.
     """
 
-    clients_per_actor: int | None = Field(None, ge=1)
-    clients_per_gpu: int = Field(4, ge=1)
-    num_gpus: float | None = Field(None, ge=0)  # GPUs this run may use (sweeps: the trial's share)
+    clients_per_actor: int | None = Field(None, ge=1, le=MAX_COUNT)
+    clients_per_gpu: int = Field(4, ge=1, le=MAX_COUNT)
+    num_gpus: float | None = Field(None, ge=0, le=MAX_COUNT)  # GPUs this run may use (sweeps: the trial's share)
     # how often Ray may restart one actor (-1: without limit); a lost actor is waited for up to
     # start_timeout_s each time, and its clients continue exactly where they were
-    max_actor_restarts: int = Field(-1, ge=-1)
-    ray_address: str | None = None
-    num_cpus: float | None = Field(None, gt=0)
+    max_actor_restarts: int = Field(-1, ge=-1, le=MAX_COUNT)
+    # a Ray cluster to join (see README, "What listens where"); null: $RAY_ADDRESS, else a local
+    # Ray of this run's own, on 127.0.0.1 only
+    ray_address: str | None = Field(None, max_length=1000)
+    num_cpus: float | None = Field(None, gt=0, le=MAX_COUNT)
     include_dashboard: bool = True
     dashboard_port: int = Field(8265, ge=1, le=65535)
     # bounds every wait on an actor (a round, an evaluation, the server): nothing waits forever
@@ -113,7 +141,15 @@ class RuntimeConfig(Strict):
     # intra-op threads of each client actor's torch. Fixed, not taken from the actor's CPU share:
     # the share follows the machine (one actor on 2 CPUs here, four on 0.5 there) and a different
     # thread count changes float reductions, so virtual mode would stop being bit-for-bit.
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int = Field(1, ge=1, le=1024)
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_shape(cls, v: str | None) -> str | None:
+        problem = ray_address_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class TrackingConfig(Strict):
@@ -144,7 +180,7 @@ class FaultConfig(Strict):
     parameter server's copy."""
 
     kill_client: int | None = Field(None, ge=0)
-    after_uploads: int = Field(1, ge=1)
+    after_uploads: int = Field(1, ge=1, le=MAX_COUNT)
 
 
 class ModelSelectionConfig(Strict):
@@ -156,7 +192,7 @@ class ModelSelectionConfig(Strict):
     MSDIB and GIB papers do: results chosen that way are tagged ``fedsim.selection=acc (uses
     labels)``."""
 
-    runs: int = Field(1, ge=1)
+    runs: int = Field(1, ge=1, le=1000)
     criterion: Literal["loss", "acc"] = "loss"
 
 
@@ -169,7 +205,7 @@ class ExperimentConfig(Strict):
     # null: the dataset's own (registry entry's; ``none`` for a user file). See fedsim.data.datasets.
     preprocessing: Literal["none", "minmax", "standard", "scale255"] | None = None
     n_clusters: int | None = Field(None, ge=1)  # null: the number of classes; required for unlabelled data
-    num_clients: int = Field(12, ge=1)
+    num_clients: int = Field(12, ge=1, le=MAX_COUNT)
     client_ratio: str = Field("1:1", max_length=100)
     partition: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = Field(1.0, gt=0)
@@ -180,11 +216,11 @@ class ExperimentConfig(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)  # classification: each client's held-out share
     mode: Literal["sync", "async", "virtual"] = "virtual"
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    rounds: int = Field(20, ge=1)
+    rounds: int = Field(20, ge=1, le=MAX_COUNT)
     speed_profile: str = Field("uniform", max_length=10_000)
-    eval_every: int = Field(5, ge=0)
+    eval_every: int = Field(5, ge=0, le=MAX_COUNT)
     evaluation: Literal["fmcsc", "global_kmeans", "argmax"] = "fmcsc"
-    kmeans_n_init: int = Field(10, ge=1)
+    kmeans_n_init: int = Field(10, ge=1, le=1000)
     stop: StopConfig = StopConfig()
     pretrain: PretrainConfig = PretrainConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -192,7 +228,7 @@ class ExperimentConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
     fault: FaultConfig = FaultConfig()
     model_selection: ModelSelectionConfig = ModelSelectionConfig()
-    restart: int = Field(0, ge=0)  # set by model selection: which restart this is (seeds the models)
+    restart: int = Field(0, ge=0, le=1000)  # set by model selection: which restart this is (seeds the models)
     # The method's own section, validated by the method's Config model (see fedsim.methods).
     method_params: dict[str, Any] = Field(default_factory=dict)
 
@@ -418,25 +454,37 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     if len(method) > 100:
         raise ConfigError(f"unknown method '{shorten(method, 40)}'; see README.md for the method names")
 
-    from fedsim.methods import method_names  # reads the registry only: no torch
+    from fedsim.methods import config_keys, method_names  # the registry and sources only: no torch
 
-    # A misspelt top-level key (``--set mod=async``) is refused before the method's module (and
-    # torch with it, seconds) is imported.
-    known = set(ExperimentConfig.model_fields) | set(method_names())
+    # Everything but the method's own values is checked before the method's module (and torch
+    # with it, seconds) is imported: a misspelt key (``--set mod=async``, ``afmcc.lrr=1``) and
+    # every top-level value answer at once.
+    names = method_names()
+    known = set(ExperimentConfig.model_fields) | set(names)
     for key in data:
         if key not in known:
             raise ConfigError(_unknown_key(str(key), ExperimentConfig.model_fields))
-
-    from fedsim.methods import get_method  # late: the method registry imports torch
-
-    method_cls = get_method(method)
+    if method not in names:
+        raise ConfigError(f"unknown method '{shorten(method, 40)}'; available: {', '.join(names)}")
     section = data.pop(method, None) or {}
     # One file may configure several methods (a grid switches ``method``): drop the others.
-    for other in method_names():
+    for other in names:
         if other != method and isinstance(data.get(other), dict):
             data.pop(other)
     if not isinstance(section, dict):
         raise ConfigError(f"'{method}' must be a section of {method} hyper-parameters")
+    keys = config_keys(method)
+    for key in section if keys is not None else ():
+        if key not in keys:
+            raise ConfigError(_unknown_key(f"{method}.{key}", keys))
+    try:
+        ExperimentConfig.model_validate({**data, "method_params": {}})
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, model=ExperimentConfig)) from None
+
+    from fedsim.methods import get_method  # late: a method's module imports torch
+
+    method_cls = get_method(method)
     try:
         params = method_cls.Config.model_validate(section)
     except ValidationError as exc:

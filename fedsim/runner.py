@@ -8,6 +8,7 @@ run behind. Once the MLflow run is open it is always closed: FINISHED, FAILED or
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import uuid
@@ -19,7 +20,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError
 
-from fedsim.config import ExperimentConfig, method_config
+from fedsim.config import ExperimentConfig, method_config, ray_address_problem
 from fedsim.errors import ConfigError, FedsimError, shorten, shorten_path
 from fedsim.runtime.callbacks import Callback, CallbackList
 from fedsim.runtime.cluster import ensure_ray, plan_placement, start_client_actors, stop_actors
@@ -74,6 +75,11 @@ def _check_paths(cfg: ExperimentConfig) -> None:
         if not path.is_dir():
             raise ConfigError(f"data_dir '{shown}' is a file, not a folder; pass the folder that holds the dataset "
                               "files (--data-dir or data_dir)")
+    env_address = os.environ.get("RAY_ADDRESS")
+    if cfg.runtime.ray_address is None and env_address:
+        problem = ray_address_problem(env_address)
+        if problem:
+            raise ConfigError(f"$RAY_ADDRESS '{shorten(env_address, 60)}': {problem} (or unset it for a local Ray)")
     if cfg.tracking.enabled:
         check_tracking_uri(cfg)
     if cfg.runtime.checkpoint_dir is not None:
@@ -104,10 +110,11 @@ def _rehearse_method(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_cluste
     method_cls = get_method(cfg.method)
     try:
         method = method_cls(method_config(cfg), view_dims, n_clusters, cfg.num_clients)
+        _check_model_size(cfg, method)
         model = method.build_model(seed=0)
     except FedsimError:
         raise
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as exc:
         raise ConfigError(f"{cfg.method} cannot build its model for views {list(view_dims)} from this config "
                           f"({type(exc).__name__}: {shorten(str(exc), 80)}); check the {cfg.method}.* widths") from None
     empty = [name for name, p in model.named_parameters() if p.numel() == 0]
@@ -127,6 +134,26 @@ def _rehearse_method(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_cluste
         for modalities in {tuple(m) for m in client_modalities}:
             pattern_of(modalities)
     return 4 * sum(p.numel() for p in model.parameters())
+
+
+def _check_model_size(cfg: ExperimentConfig, method: Any) -> None:
+    """The model fits in memory, counted before it is built: on torch's meta device (shapes,
+    no storage), so ``afmcc.hidden=[100000000]`` is one line, not gigabytes allocated. A client
+    keeps at least four copies (weights, gradients, Adam's two moments): those must fit in this
+    machine's memory, where the driver and the actors build it."""
+    import psutil
+    import torch
+
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in method.build_model(seed=0).parameters())
+    except Exception:  # noqa: BLE001 - a method that cannot build on meta: the real build judges
+        return
+    need, total = 4 * 4 * count, psutil.virtual_memory().total
+    if need > total:
+        raise ConfigError(f"{cfg.method}'s model has {count:,} parameters: a client needs {need / 2**30:,.1f} GiB for "
+                          f"it (weights, gradients, Adam), more than this machine's {total / 2**30:,.0f} GiB; lower "
+                          f"the {cfg.method}.* widths")
 
 
 def _check_method(cfg: ExperimentConfig) -> None:
@@ -289,6 +316,9 @@ def _resume_key(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _check_resumable(cfg: ExperimentConfig, run: str) -> None:
     """Refuse, before Ray starts, a resumption that cannot continue the run it names."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", run):
+        raise ConfigError(f"--resume '{shorten(run, 40)}' is not a run id; give the MLflow run id (32 hex digits) or "
+                          "the run tag a run printed")
     if cfg.mode != "virtual":
         raise ConfigError(f"--resume continues virtual-mode runs; this config has mode={cfg.mode} (rerun it without "
                           "--resume)")

@@ -335,7 +335,13 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
     owned = not ray.is_initialized()
     if owned:
         try:
-            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+            address = os.environ.get("RAY_ADDRESS")
+            if address and address.strip() != "local":
+                ray.init(address=address, logging_level="WARNING")  # a cluster: its own settings
+            else:
+                from fedsim.runtime.cluster import init_local_ray
+
+                init_local_ray(logging_level="WARNING")  # every server on 127.0.0.1 only
         except BaseException:
             # e.g. Ray's fixed 30 s node start-up wait on an overloaded machine: the summary
             # run must not stay RUNNING (a resume reopens it)

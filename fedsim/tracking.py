@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from fedsim.config import ExperimentConfig, flatten
-from fedsim.errors import ConfigError, shorten_path
+from fedsim.errors import ConfigError, shorten, shorten_path
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.server import UploadRecord
 
@@ -81,7 +81,10 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
         store, is_file = Path(path.split("?", 1)[0]), True
     else:
         parsed = urlparse(uri)
-        if parsed.scheme not in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        if len(parsed.scheme) == 1 and os.name == "nt":  # C:\\...
+            return
+        if parsed.scheme not in ("", "file"):
+            _check_remote_store(uri, parsed, named)
             return
         store, is_file = Path(parsed.path if parsed.scheme == "file" else uri).expanduser(), False
     if store.exists() and store.is_dir() == is_file:
@@ -91,6 +94,42 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
     parent = store.parent if str(store.parent) else Path(".")
     if not store.exists() and not parent.is_dir():
         raise ConfigError(f"{named}: folder '{shorten_path(parent, 100)}' does not exist (MLflow would create it); {fix}")
+
+
+# MLflow's tracking stores by URI scheme (mlflow.tracking._tracking_service.utils registers these;
+# plug-ins add theirs under the entry-point group mlflow.tracking_store). Database URIs may name a
+# driver: postgresql+psycopg2://...
+MLFLOW_SCHEMES = ("file", "databricks", "databricks-uc", "uc", "http", "https", "postgresql", "mysql", "sqlite", "mssql")
+PROBE_TIMEOUT_S = 3.0
+
+
+def _check_remote_store(uri: str, parsed: Any, named: str) -> None:
+    """A store MLflow can open: a scheme MLflow knows, and for an http(s) server, one that
+    accepts a connection now (MLflow would otherwise retry for minutes after Ray started)."""
+    import socket
+    from importlib.metadata import entry_points
+
+    shown = shorten_path(uri, 80)
+    scheme = parsed.scheme.lower().split("+", 1)[0]
+    known = set(MLFLOW_SCHEMES) | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+    if scheme not in known:
+        raise ConfigError(f"{named} '{shown}': MLflow has no store for scheme '{shorten(parsed.scheme, 20)}'; use "
+                          "sqlite:///mlflow.db, a folder, or http(s)://HOST:PORT of an MLflow server")
+    if scheme not in ("http", "https") or any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                                                         "https_proxy")):
+        return  # behind a proxy, a direct connection says nothing
+    try:
+        host, port = parsed.hostname, parsed.port or (443 if scheme == "https" else 80)
+    except ValueError:  # a port that is no number or out of range
+        host, port = None, None
+    if not host or port is None:
+        raise ConfigError(f"{named} '{shown}' names no server; write http(s)://HOST:PORT of an MLflow server")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"{named} '{shown}': no MLflow server answers at {shorten(host, 40)}:{port} "
+                          f"({type(exc).__name__}); start it (mlflow server --host 127.0.0.1 --port {port}) or set "
+                          "another tracking.tracking_uri") from None
 
 
 # MLflow 3's UI sorts experiments into GenAI apps and model training by this tag (its web app's

@@ -197,6 +197,110 @@ ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{x}: &{x} [{', '.join(['*' + p] * 9)}]\n" for p, x in zip("abcdefgh", "bcdefghi"))
 
 
+# -- a researcher's own files (``dataset: PATH``, issue 27): written here, never committed
+
+
+def _user(tp: Path, path: str | Path, **changes) -> str:
+    """A config whose dataset is the user's file ``path``."""
+    return _cfg(tp, None, dataset=str(path), synthetic=None, client_ratio="1:1", num_clients=3, **changes)
+
+
+def _views(n: int = 60) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.random((n, 5)), rng.random((n, 7))]
+
+
+USER_LABELS = np.arange(60) % 3
+
+
+def _npz(tp: Path, mutate=None, **arrays) -> Path:
+    """A labelled two-view .npz (X1, X2, Y) after ``mutate`` changes its arrays, or ``arrays``."""
+    if not arrays:
+        first, second = _views()
+        arrays = {"X1": first, "X2": second, "Y": USER_LABELS.astype(float)}
+        if mutate is not None:
+            mutate(arrays)
+    path = tp / "mine.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _set_item(key, index, value):
+    def mutate(arrays):
+        arrays[key][index] = value
+    return mutate
+
+
+def _cut(path: Path, keep: float | int) -> Path:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: keep if isinstance(keep, int) else int(len(raw) * keep)])
+    return path
+
+
+def _npz_raw(tp: Path, members: dict[str, bytes]) -> Path:
+    """An .npz written member by member: a .npy header and whatever bytes follow it."""
+    import zipfile
+
+    path = tp / "mine.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(f"{name}.npy", content)
+    return path
+
+
+def _npy(array: np.ndarray | None = None, shape: tuple[int, ...] | None = None, keep: float = 1.0) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    if shape is not None:  # a header alone, promising ``shape``
+        np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        buffer.write(b"\0" * 64)
+    else:
+        np.save(buffer, array)
+    raw = buffer.getvalue()
+    return raw[: int(len(raw) * keep)] if keep < 1 else raw
+
+
+def _user_mat(tp: Path, nan: bool = False) -> Path:
+    first, second = _views()
+    if nan:
+        first[0, 0] = np.nan
+    path = tp / "mine.mat"
+    scipy.io.savemat(path, {"X1": first, "X2": second, "Y": USER_LABELS.reshape(-1, 1)})
+    return path
+
+
+def _user_h5(tp: Path, inf: bool = False) -> Path:
+    first, second = _views()
+    path = tp / "mine.h5"
+    with h5py.File(path, "w") as handle:
+        handle["X1"], handle["X2"], handle["Y"] = first, second * np.inf if inf else second, USER_LABELS
+    return path
+
+
+def _user_csv(tp: Path) -> Path:
+    folder = tp / "mine"
+    folder.mkdir()
+    for i, view in enumerate(_views()):
+        if i == 0:
+            view[2, 1] = np.nan
+        np.savetxt(folder / f"view{i + 1}.csv", view, delimiter=",")
+    np.savetxt(folder / "labels.csv", USER_LABELS, fmt="%d")
+    return folder
+
+
+def _refusing_port() -> int:
+    """A port on 127.0.0.1 where nothing listens now (connections are refused)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+ALIAS_MILLION = "a: &a [" + ", ".join(["0"] * 1000) + "]\nseed: [" + ", ".join(["*a"] * 1000) + "]\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # The cases: name -> tp -> (argv, what the line must contain). "CFG" is the base config.
 
@@ -370,6 +474,81 @@ CASES = {
     "folder named scene15.mat": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _folder_as_mat(tp)],
                                             "scene15"),
     "malformed UCI CSV": lambda tp: (["run", _real(tp, "handwritten"), "--data-dir", _bad_uci_csv(tp)], "cannot"),
+    # -- a user's own data file (dataset: PATH): malformed, truncated, NaN/inf-filled
+    "user .npz with a NaN in a view": lambda tp: (["run", _user(tp, _npz(tp, _set_item("X1", (3, 2), np.nan)))],
+                                                  "view X1 holds 1 NaN or inf"),
+    "user .npz view filled with inf": lambda tp: (
+        ["run", _user(tp, _npz(tp, lambda a: a["X2"].fill(np.inf)))], "view X2 holds 420 NaN or inf"),
+    "user .npz with a NaN label": lambda tp: (["run", _user(tp, _npz(tp, _set_item("Y", 4, np.nan)))],
+                                              "labels are NaN or inf"),
+    "user .npz with an inf label": lambda tp: (["run", _user(tp, _npz(tp, _set_item("Y", 9, -np.inf)))],
+                                               "labels are NaN or inf"),
+    "truncated user .npz": lambda tp: (["run", _user(tp, _cut(_npz(tp), 0.5))], "not a readable .npz file"),
+    "user .npz member cut short": lambda tp: (
+        ["run", _user(tp, _npz_raw(tp, {"X1": _npy(_views()[0]), "X2": _npy(_views()[1], keep=0.5),
+                                        "Y": _npy(USER_LABELS)}))], "array 'X2' is truncated"),
+    "user .npz header promising 10^12 rows": lambda tp: (
+        ["run", _user(tp, _npz_raw(tp, {"X1": _npy(shape=(10**12, 5)), "X2": _npy(shape=(10**12, 5))}),
+                      n_clusters=3)], "is truncated"),
+    "user .npz of pickled objects": lambda tp: (
+        ["run", _user(tp, _npz(tp, X=np.array([np.zeros(3), "a"], dtype=object), Y=USER_LABELS))],
+        "holds Python objects"),
+    "user .npz views of different lengths": lambda tp: (
+        ["run", _user(tp, _npz(tp, X1=_views()[0], X2=_views()[1][:50], Y=USER_LABELS))], "no axis matches"),
+    "user .npz with no arrays": lambda tp: (["run", _user(tp, _npz(tp, **{"_": np.zeros(0)}))], "no views found"),
+    "empty user .npz file": lambda tp: (["run", _user(tp, _bytes_file(tp, "mine.npz", b"") + "/mine.npz")],
+                                        "empty or not a regular file"),
+    "user .npz of garbage": lambda tp: (["run", _user(tp, _bytes_file(tp, "mine.npz", b"PK garbage" * 50) +
+                                                      "/mine.npz")], "not a readable .npz file"),
+    "truncated user .mat (v5)": lambda tp: (["run", _user(tp, _cut(_user_mat(tp), 0.6))], "truncated"),
+    "user .mat cut inside its header": lambda tp: (["run", _user(tp, _cut(_user_mat(tp), 300), n_clusters=3)],
+                                                   "truncated"),
+    "user .mat with a NaN": lambda tp: (["run", _user(tp, _user_mat(tp, nan=True))], "view X1 holds 1 NaN or inf"),
+    "truncated user .h5": lambda tp: (["run", _user(tp, _cut(_user_h5(tp), 0.5))], "not a readable HDF5 file"),
+    "user .h5 view filled with inf": lambda tp: (["run", _user(tp, _user_h5(tp, inf=True))], "NaN or inf"),
+    "user CSV folder with a NaN cell": lambda tp: (["run", _user(tp, _user_csv(tp))], "view1.csv holds 1 NaN"),
+    "user file of unknown type": lambda tp: (["run", _user(tp, _bytes_file(tp, "mine.txt", b"1 2\n") + "/mine.txt")],
+                                             "unknown file type .txt"),
+    "user file not found": lambda tp: (["run", _user(tp, tp / "nowhere.npz")], "no such file or folder"),
+    "unlabelled user file without n_clusters": lambda tp: (
+        ["run", _user(tp, _npz(tp, X1=_views()[0], X2=_views()[1]))], "set n_clusters"),
+    "n_clusters above the sample count": lambda tp: (["run", _user(tp, _npz(tp), n_clusters=1000)],
+                                                     "1000 clusters asked of 60 samples"),
+    # -- sizes, counts and what the run would reach
+    "10^6-element value by aliases": lambda tp: (["run", _cfg(tp, ALIAS_MILLION)], "remove the aliases"),
+    "300k-entry speed list": lambda tp: (["run", _cfg(tp), *_set("speed_profile=list:" + "1," * 300_000)],
+                                         "at most 10000 characters"),
+    "rounds=10^23": lambda tp: (["run", _cfg(tp), *_set(f"rounds={10**23}")], "config key 'rounds'"),
+    "kmeans_n_init=10^9": lambda tp: (["run", _cfg(tp), *_set("kmeans_n_init=1000000000")], "kmeans_n_init"),
+    "runtime.torch_threads=100000": lambda tp: (["run", _cfg(tp), *_set("runtime.torch_threads=100000")],
+                                                "runtime.torch_threads"),
+    "model_selection.runs=10^6": lambda tp: (
+        ["run", _cfg(tp), *_set("model_selection.runs=1000000", "model_selection.criterion=acc")],
+        "model_selection.runs"),
+    "privacy.clip_norm=1e308": lambda tp: (["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.clip_norm=1e308")],
+                                           "privacy.clip_norm"),
+    "privacy.epsilon=1e-300 (Opacus warns)": lambda tp: (
+        ["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.epsilon=1e-300")], "out of reach"),
+    "afmcc.hidden=[10^8] (beyond memory)": lambda tp: (["run", _cfg(tp), *_set("afmcc.hidden=[100000000]")],
+                                                       "lower the afmcc.* widths"),
+    "synthetic.n_samples=10^9": lambda tp: (["run", _cfg(tp), *_set("synthetic.n_samples=1000000000")], "GiB"),
+    "synthetic.noise=1e308": lambda tp: (["run", _cfg(tp), *_set("synthetic.noise=1e308")], "at most 1e6"),
+    # -- where the run would connect
+    "runtime.ray_address garbage": lambda tp: (["run", _cfg(tp), *_set("runtime.ray_address=not an address")],
+                                               "not a Ray address"),
+    "runtime.ray_address port 99999": lambda tp: (["run", _cfg(tp), *_set("runtime.ray_address=10.0.0.1:99999")],
+                                                  "port 99999"),
+    "runtime.ray_address without port": lambda tp: (["run", _cfg(tp), *_set("runtime.ray_address=10.0.0.1")],
+                                                    "no port"),
+    "tracking_uri of an unknown scheme": lambda tp: (["run", _cfg(tp), *_set("tracking.tracking_uri=foo://bar")],
+                                                     "no store for scheme 'foo'"),
+    "tracking_uri server refusing": lambda tp: (
+        ["run", _cfg(tp), *_set(f"tracking.tracking_uri=http://127.0.0.1:{_refusing_port()}")],
+        "no MLflow server answers"),
+    "tracking_uri http without a host": lambda tp: (["run", _cfg(tp), *_set("tracking.tracking_uri=http://")],
+                                                    "names no server"),
+    "--resume with a 10k-character id": lambda tp: (["run", _cfg(tp), "--resume", "x" * 10_000], "not a run id"),
+    "--resume with a path": lambda tp: (["run", _cfg(tp), "--resume", "../../etc"], "not a run id"),
 }
 
 
@@ -456,3 +635,12 @@ def test_bad_input_from_the_shell(tmp_path, case, needle):
     assert len(lines[0]) <= MAX_LINE
     assert time.perf_counter() - started < 60
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_ray_address_in_the_environment(no_ray, capsys, monkeypatch):
+    """$RAY_ADDRESS (runtime.ray_address unset) is checked in the driver too."""
+    monkeypatch.setenv("RAY_ADDRESS", "http://[bad")
+    code = main(["run", _cfg(no_ray)])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 2 and "$RAY_ADDRESS 'http://[bad': not a Ray address" in line and len(line) <= MAX_LINE
+    assert _no_mlflow_store(no_ray)

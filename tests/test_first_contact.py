@@ -50,3 +50,31 @@ def test_misspelt_top_level_key_is_refused_before_torch_and_ray():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "[]"], out.stdout + out.stderr
     assert "did you mean 'mode'?" in out.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("afmcc.lrr=1", "unknown config key 'afmcc.lrr'; did you mean 'lr'?"),
+    ("seed=-1", "config key 'seed': Input should be greater than or equal to 0"),
+    ("runtime.dashboard_port=70000", "config key 'runtime.dashboard_port'"),
+])
+def test_misspelt_method_key_and_bad_values_are_refused_before_torch(override, message):
+    """Issue 27: a method section's keys are read from the method's source, and every top-level
+    value is checked, before the method's module (torch, seconds) is imported."""
+    code = (
+        "import sys\n"
+        "from fedsim.cli import main\n"
+        f"rc = main(['run', {CFG!r}, '--set', {override!r}])\n"
+        "print(rc, sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "[]"], out.stdout + out.stderr
+    assert message in out.stderr
+
+
+def test_config_keys_read_from_source_match_every_methods_model():
+    """The keys read without importing a method (fedsim.methods.config_keys) are exactly its
+    pydantic Config's fields, for every built-in method."""
+    from fedsim.methods import BUILTIN_METHODS, config_keys, get_method
+
+    for name in BUILTIN_METHODS:
+        assert config_keys(name) == frozenset(get_method(name).Config.model_fields), name

@@ -130,26 +130,110 @@ def test_unreachable_cluster_is_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_real_ray_moves_its_dashboard_off_a_taken_port(tmp_path, taken_port):
-    """Ray 2.60 itself, in a subprocess: the dashboard comes up on another port of 127.0.0.1."""
-    script = f"""
+def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, capsys):
+    """A Ray whose start-up hangs (a loaded machine: Ray's own waits added up to minutes) is
+    stopped at runtime.start_timeout_s and reported in one line."""
+    import time
+
+    def hang(**kwargs):
+        time.sleep(60)
+
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", hang)
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: None)
+    started = time.monotonic()
+    code, lines = _run_cli(tmp_path, monkeypatch, capsys, "--set", "runtime.start_timeout_s=1.5")
+    assert time.monotonic() - started < 15
+    assert code == 2
+    (line,) = lines
+    assert line.startswith("fedsim: error: Ray did not start within 1.5 s (runtime.start_timeout_s") and len(line) <= 300
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cluster_that_does_not_answer_in_time_is_one_line(tmp_path, monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: time.sleep(60))
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: None)
+    monkeypatch.setenv("RAY_ADDRESS", "10.255.255.1:6379")
+    code, lines = _run_cli(tmp_path, monkeypatch, capsys, "--set", "runtime.start_timeout_s=1")
+    assert code == 2
+    (line,) = lines
+    assert "10.255.255.1:6379' did not answer within 1 s" in line and len(line) <= 300
+
+
+def test_a_start_up_within_the_timeout_is_not_interrupted(monkeypatch):
+    """The timer that bounds start-up is gone once Ray is up: nothing interrupts the run later."""
+    import time
+
+    fake = FakeRay(monkeypatch)
+    cluster.ensure_ray(_cfg("runtime.start_timeout_s=0.3"))
+    time.sleep(0.6)  # a stray interrupt would raise KeyboardInterrupt here
+    assert len(fake.calls) == 1
+
+
+def test_local_rays_bind_to_loopback_and_clusters_keep_their_own(monkeypatch):
+    fake = FakeRay(monkeypatch)
+    cluster.ensure_ray(_cfg())
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # Ray's word for a fresh local Ray: ours
+    cluster.ensure_ray(_cfg())
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    cluster.ensure_ray(_cfg())
+    local, also_local, joined = fake.calls
+    for call in (local, also_local):
+        assert call["address"] == "local" and call["_node_ip_address"] == "127.0.0.1"
+        assert call["dashboard_host"] == "127.0.0.1"
+    assert joined == {"address": "10.0.0.5:6379", "logging_level": "WARNING"}  # Ray's own settings
+
+
+LISTENING = """
 import json, sys
-sys.path.insert(0, {str(ROOT)!r})
-import ray
+sys.path.insert(0, {root!r})
+import psutil
 from fedsim.config import build_config
-from fedsim.runtime.cluster import ensure_ray
+from fedsim.runner import run_experiment
+from fedsim.runtime.callbacks import Callback
 from tests.conftest import SMALL_SYNTHETIC
+
+
+class Listeners(Callback):
+    \"\"\"Once the actors run: every TCP socket this driver and the Ray it started listen on.\"\"\"
+
+    found = []
+
+    def on_run_start(self, info):
+        for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+            try:
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        self.found.append([conn.laddr.ip, conn.laddr.port, proc.name()])
+            except psutil.Error:
+                pass
+
+
 cfg = build_config(SMALL_SYNTHETIC, ["runtime.include_dashboard=true", "runtime.num_cpus=1",
-                                     "runtime.dashboard_port={taken_port}"])
-info = ensure_ray(cfg)
-ray.shutdown()
-print(json.dumps(info))
+                                     "runtime.dashboard_port={port}", "runtime.checkpoint_dir=null"])
+out = run_experiment(cfg, callbacks=[Listeners()]).summary
+print(json.dumps({{"dashboard_url": out["dashboard_url"], "acc": out["acc"], "listening": Listeners.found}}))
 """
+
+
+def test_real_run_moves_its_dashboard_off_a_taken_port_and_listens_on_loopback_only(tmp_path, taken_port):
+    """Ray 2.60 itself, in a subprocess (its own Ray, never the test session's): a whole run whose
+    dashboard port is taken comes up on another port, and while its actors run, every socket
+    that the driver, Ray's servers and the actors listen on is on 127.0.0.1 (issue 26, item 6)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env,
+    script = LISTENING.format(root=str(ROOT), port=taken_port)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["dashboard_url"].startswith("http://127.0.0.1:")
-    assert not info["dashboard_url"].endswith(f":{taken_port}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["dashboard_url"].startswith("http://127.0.0.1:")
+    assert not out["dashboard_url"].endswith(f":{taken_port}")
     assert f"dashboard port {taken_port} is taken" in proc.stderr
+    assert out["acc"] == out["acc"]  # the run finished with a score
+    names = {name for _, _, name in out["listening"]}
+    assert {"gcs_server", "raylet"} <= names, out["listening"]
+    exposed = [entry for entry in out["listening"] if entry[0] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"

@@ -328,6 +328,9 @@ def _handwritten_locations() -> list[tuple[str, Path | None]]:
 # --------------------------------------------------------------------------------------------
 
 
+SYNTHETIC_MAX_BYTES = 4 * 2**30  # a synthetic dataset's float32 views and latent, generated in the driver
+
+
 @dataclass(frozen=True)
 class SyntheticParams:
     """Parameters of the synthetic generator (see ``generate_synthetic``).
@@ -390,8 +393,20 @@ class SyntheticParams:
                 "need noise >= 0, separation >= 0, latent_dim >= 1 and imbalance >= 1, got "
                 f"{self.noise}, {self.separation}, {self.latent_dim} and {self.imbalance}"
             )
+        if not all(math.isfinite(v) and v <= 1e6 for v in (self.noise, self.separation, self.imbalance)):
+            problems.append(
+                "noise, separation and imbalance must be finite and at most 1e6, got "
+                f"{self.noise:g}, {self.separation:g} and {self.imbalance:g}"
+            )
+        # generated in the driver first: a size that does not fit would take the machine down
+        size = 4 * max(self.n_samples, 0) * (sum(max(d, 0) for d in self.view_dims) + max(self.latent_dim, 0))
+        if size > SYNTHETIC_MAX_BYTES:
+            problems.append(
+                f"{self.n_samples:,} samples of views {list(self.view_dims)[:6]} would take {size / 2**30:,.1f} GiB "
+                f"(at most {SYNTHETIC_MAX_BYTES / 2**30:g} GiB); lower n_samples or view_dims"
+            )
         if problems:
-            raise ConfigError(f"dataset {dataset!r}: bad synthetic parameters: {'; '.join(problems)}")
+            raise ConfigError(f"dataset {dataset!r}: bad synthetic parameters: {shorten('; '.join(problems), 220)}")
 
     def sizes(self) -> np.ndarray:
         if self.cluster_sizes is not None:
@@ -703,7 +718,7 @@ def load_user_dataset(dataset: str, data_dir: str | None = None, *, preprocessin
             view = view.astype(np.float32)
         bad = int(view.size - np.count_nonzero(np.isfinite(view)))
         if bad:
-            raise DataError(f"{path}: view {found.views[index].entry.name} holds {bad} NaN or inf values; "
+            raise DataError(f"{shorten_path(path)}: view {found.views[index].entry.name} holds {bad} NaN or inf values; "
                             "impute them or drop those samples (`fedsim datasets inspect` counts them per view)")
         views.append(_preprocess(view, preprocessing or userdata.DEFAULT_USER_PREPROCESSING))
     labelled = codes is not None
@@ -720,22 +735,22 @@ def _user_labels(found: Any, n_clusters: int | None) -> tuple[np.ndarray | None,
 
     path = found.path
     if found.n_samples < 2:
-        raise DataError(f"{path}: {found.n_samples} sample(s); clustering needs at least 2")
+        raise DataError(f"{shorten_path(path)}: {found.n_samples} sample(s); clustering needs at least 2")
     if any(d < 1 for d in found.view_dims):
-        raise DataError(f"{path}: a view has no features (view dims {list(found.view_dims)})")
+        raise DataError(f"{shorten_path(path)}: a view has no features (view dims {list(found.view_dims)})")
     if found.labels is None:
         if n_clusters is None:
-            raise DataError(f"{path} has no labels, so the number of clusters is not known: set n_clusters "
+            raise DataError(f"{shorten_path(path)} has no labels, so the number of clusters is not known: set n_clusters "
                             "(e.g. --set n_clusters=10); only label-free metrics will be reported")
         codes, k = None, int(n_clusters)
     else:
-        classes, codes = label_codes(found.labels, f"{path}: labels {found.label_name}")
+        classes, codes = label_codes(found.labels, f"{shorten_path(path)}: labels {found.label_name}")
         if classes.size < 2 and n_clusters is None:
-            raise DataError(f"{path}: labels {found.label_name} hold a single class ({classes[0]!r}); remove them "
+            raise DataError(f"{shorten_path(path)}: labels {found.label_name} hold a single class ({classes[0]!r}); remove them "
                             "to cluster without labels, or set n_clusters")
         k = int(n_clusters) if n_clusters is not None else int(classes.size)
     if k > found.n_samples:
-        raise DataError(f"{path}: {k} clusters asked of {found.n_samples} samples; lower n_clusters")
+        raise DataError(f"{shorten_path(path)}: {k} clusters asked of {found.n_samples} samples; lower n_clusters")
     return codes, k
 
 

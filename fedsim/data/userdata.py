@@ -29,7 +29,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from fedsim.errors import DataError
+from fedsim.errors import DataError, shorten, shorten_path
 
 SUFFIXES = (".mat", ".npz", ".h5", ".hdf5")
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -46,6 +46,7 @@ LAYOUTS = (
     "a cell X, data or fea of views; X1..Xn (or view1..viewN); otherwise every 2-D numeric variable; labels "
     f"(optional) named {'/'.join(name.upper() if len(name) < 3 else name for name in LABEL_NAMES)}"
 )
+LAYOUTS_SHORT = "a cell X/data/fea of views, X1..Xn, else every 2-D numeric array; labels (optional) Y, labels, gt, ..."
 _NUMBERED = re.compile(r"^(x|view|v)_?(\d+)$", re.IGNORECASE)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MATLAB_CLASSES = {
@@ -80,8 +81,11 @@ def resolve_path(dataset: str, folders: list[Path]) -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()
-    looked = ", ".join(str(c) for c in candidates)
-    raise DataError(f"dataset {dataset!r}: no such file or folder (looked at {looked}); give {SUPPORTED}")
+    shown = shorten_path(dataset)
+    if given.is_absolute():
+        raise DataError(f"dataset '{shown}': no such file or folder; give {SUPPORTED}")
+    looked = ", ".join(shorten_path(c, 50) for c in candidates[:3]) + (" ..." if len(candidates) > 3 else "")
+    raise DataError(f"dataset '{shown}': no such file or folder (looked at {looked}); give {SUPPORTED}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,17 +127,22 @@ def _is_hdf5(path: Path) -> bool:
 def _mat_v5_entries(path: Path) -> dict[str, Entry | list[Entry]]:
     """A MATLAB v5 file from its headers (scipy's whosmat); a cell is read (its elements' shapes are
     not in the header) and becomes a list of entries."""
+    cut = _mat_v5_truncation(path)
+    if cut is not None:
+        raise DataError(f"{shorten_path(path)}: the MATLAB file is truncated ({cut}); copy or save it again")
     try:
         described = scipy.io.whosmat(path)
     except Exception as err:  # scipy fails in many ways on a file that is not MATLAB
-        raise DataError(f"{path}: not a readable MATLAB file ({type(err).__name__}: {err})") from err
+        raise DataError(f"{shorten_path(path)}: not a readable MATLAB file ({_reason(err)})") from err
     out: dict[str, Entry | list[Entry]] = {}
     for name, shape, mclass in described:
         if mclass == "cell":
             try:
                 cell = scipy.io.loadmat(path, variable_names=[name])[name]
             except Exception as err:
-                raise DataError(f"{path}: cannot read the cell {name!r} ({type(err).__name__}: {err})") from err
+                raise DataError(
+                    f"{shorten_path(path)}: cannot read the cell {name!r} ({type(err).__name__}: {err})"
+                ) from err
             out[name] = [_eager(f"{name}[{i}]", element) for i, element in enumerate(cell.flat)]
             continue
         dtype = _MATLAB_CLASSES.get(mclass)
@@ -189,7 +198,9 @@ def _hdf5_entries(path: Path, matlab: bool) -> dict[str, Entry | list[Entry]]:
     except DataError:
         raise
     except Exception as err:  # any failure inside h5py means an unusable file
-        raise DataError(f"{path}: not a readable HDF5 file ({type(err).__name__}: {err})") from err
+        raise DataError(
+            f"{shorten_path(path)}: not a readable HDF5 file ({_reason(err)}); the file is damaged or truncated: write it again"
+        ) from err
 
 
 def _hdf5_group(handle: Any, name: str, group: Any, matlab: bool) -> Entry | list[Entry] | None:
@@ -255,8 +266,19 @@ def _npz_entries(path: Path) -> dict[str, Entry | list[Entry]]:
                         else np.lib.format.read_array_header_2_0
                     )
                     headers[member[:-4]] = read_header(handle)
+                    stored, (shape, _, dtype) = archive.getinfo(member).file_size, headers[member[:-4]]
+                    wanted = handle.tell() + (
+                        0 if dtype.hasobject else int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    )
+                if stored < wanted:
+                    raise DataError(
+                        f"{shorten_path(path)}: array {member[:-4]!r} is truncated ({stored:,} of the {wanted:,} bytes its header "
+                        "promises); the file is damaged: write it again"
+                    )
+    except DataError:
+        raise
     except Exception as err:
-        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+        raise DataError(f"{shorten_path(path)}: not a readable .npz file ({_reason(err)})") from err
     if {"format", "shape", "data", "indices", "indptr"} <= set(headers):
         matrix = scipy.sparse.load_npz(path)
         return {"X": _eager("X", matrix)}
@@ -264,7 +286,7 @@ def _npz_entries(path: Path) -> dict[str, Entry | list[Entry]]:
     for key, (shape, _fortran, dtype) in headers.items():
         if dtype.hasobject:
             raise DataError(
-                f"{path}: array {key!r} holds Python objects (saved with pickling), which fedsim does not "
+                f"{shorten_path(path)}: array {key!r} holds Python objects (saved with pickling), which fedsim does not "
                 "load; save each view as its own numeric array: np.savez(path, X1=view1, X2=view2, Y=labels)"
             )
 
@@ -275,6 +297,40 @@ def _npz_entries(path: Path) -> dict[str, Entry | list[Entry]]:
         kind = "dense" if dtype.kind in "biufc" else "text" if dtype.kind in "US" else "other"
         out[key] = Entry(key, tuple(int(n) for n in shape), str(dtype), kind, read)
     return out
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as ``Type: message`` for an error line, at most ~100 characters."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:80] + '...' if len(text) > 80 else text}"
+
+
+def _mat_v5_truncation(path: Path) -> str | None:
+    """Whether a MATLAB v5 file ends before its last variable does: scipy's ``whosmat`` lists
+    the variables it can find and stops quietly at a cut one, so a truncated file would look
+    like a file with fewer variables (no labels, a view missing). Walks the top-level element
+    tags (8 bytes each, with the element's length), reading nothing else."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header = handle.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return None  # not v5 (v4, or damaged): scipy's own error says more
+        order = "<" if header[126:128] == b"IM" else ">"
+        position = 128
+        while position + 8 <= size:
+            handle.seek(position)
+            tag = handle.read(8)
+            mdtype, nbytes = np.frombuffer(tag, dtype=f"{order}u4")
+            if mdtype >> 16:  # a small data element: its data sits inside the tag
+                position += 8
+                continue
+            end = position + 8 + int(nbytes)
+            if mdtype != 15:  # miCOMPRESSED elements are not padded to 8 bytes
+                end += -int(nbytes) % 8
+            if end > size:
+                return f"its variable at byte {position:,} needs {end:,} bytes but the file has {size:,}"
+            position = end
+    return None
 
 
 def _natural(text: str) -> list[Any]:
@@ -334,7 +390,7 @@ def _table_entry(path: Path) -> Entry:
         try:
             meta = pq.read_metadata(path)
         except Exception as err:
-            raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from err
+            raise DataError(f"{shorten_path(path)}: not a readable Parquet file ({type(err).__name__}: {err})") from err
         shape: tuple[int, ...] = (int(meta.num_rows), int(meta.num_columns))
     else:
         rows, columns, _, _ = _csv_shape(path)
@@ -345,7 +401,7 @@ def _table_entry(path: Path) -> Entry:
         bad = [str(c) for c, dtype in frame.dtypes.items() if dtype.kind not in "biuf"]
         if bad:
             raise DataError(
-                f"{path}: column(s) {bad[:5]} are not numeric; a view file holds numbers only (no id or "
+                f"{shorten_path(path)}: column(s) {bad[:5]} are not numeric; a view file holds numbers only (no id or "
                 "label column; labels go in their own labels.csv)"
             )
         return frame.to_numpy()
@@ -425,14 +481,24 @@ class Scan:
     def load_view(self, index: int) -> Any:
         """View ``index`` as (samples x features), sparse views kept sparse."""
         plan = self.views[index]
-        value = plan.entry.read()
+        try:
+            value = plan.entry.read()
+        except DataError:
+            raise
+        except Exception as err:  # the header was readable, the data is not: a damaged file
+            raise DataError(
+                f"{shorten_path(self.path)}: view {plan.entry.name} cannot be read ({_reason(err)}); the file is damaged or "
+                "truncated: write it again"
+            ) from err
         if not scipy.sparse.issparse(value):
             value = np.asarray(value)
             if value.dtype.kind not in "biuf":
-                raise DataError(f"{self.path}: view {plan.entry.name} is not numeric (dtype {value.dtype})")
+                raise DataError(
+                    f"{shorten_path(self.path)}: view {plan.entry.name} is not numeric (dtype {value.dtype})"
+                )
         if plan.entry.exact and tuple(value.shape) != plan.entry.shape:
             raise DataError(
-                f"{self.path}: view {plan.entry.name} read as shape {tuple(value.shape)}, not the "
+                f"{shorten_path(self.path)}: view {plan.entry.name} read as shape {tuple(value.shape)}, not the "
                 f"{plan.entry.shape} its header gave"
             )
         if value.ndim == 1:
@@ -442,7 +508,9 @@ class Scan:
         if plan.flatten:
             value = value.reshape(value.shape[0], -1)
         if value.shape[0] != self.n_samples:
-            raise DataError(f"{self.path}: view {plan.entry.name} has {value.shape[0]} rows, not {self.n_samples}")
+            raise DataError(
+                f"{shorten_path(self.path)}: view {plan.entry.name} has {value.shape[0]} rows, not {self.n_samples}"
+            )
         return value
 
 
@@ -456,13 +524,13 @@ def scan(path: Path) -> Scan:
         suffix = path.suffix.lower()
         if suffix in TABLE_SUFFIXES:
             raise DataError(
-                f"{path}: a {suffix} file holds one view; put each view's file in one folder (with labels{suffix} "
+                f"{shorten_path(path)}: a {suffix} file holds one view; put each view's file in one folder (with labels{suffix} "
                 "if there are labels) and give the folder"
             )
         if suffix not in SUFFIXES:
-            raise DataError(f"{path}: unknown file type {suffix or '(none)'}; give {SUPPORTED}")
+            raise DataError(f"{shorten_path(path)}: unknown file type {suffix or '(none)'}; give {SUPPORTED}")
         if not path.is_file() or path.stat().st_size == 0:
-            raise DataError(f"{path}: empty or not a regular file; give {SUPPORTED}")
+            raise DataError(f"{shorten_path(path)}: empty or not a regular file; give {SUPPORTED}")
         if suffix == ".npz":
             entries, fmt = _npz_entries(path), "NumPy .npz"
         elif _is_hdf5(path):
@@ -472,7 +540,7 @@ def scan(path: Path) -> Scan:
         elif suffix == ".mat":
             entries, fmt = _mat_v5_entries(path), "MATLAB v5"
         else:
-            raise DataError(f"{path}: not an HDF5 file (no HDF5 signature); give {SUPPORTED}")
+            raise DataError(f"{shorten_path(path)}: not an HDF5 file (no HDF5 signature); give {SUPPORTED}")
     views, label_entry, layout, notes = _pick_layout(path, entries)
     labels = None
     if label_entry is not None:
@@ -512,8 +580,13 @@ def _hdf5_is_matlab(path: Path) -> bool:
             return True
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        return any("MATLAB_class" in handle[name].attrs for name in handle)
+    try:
+        with h5py.File(path, "r") as handle:
+            return any("MATLAB_class" in handle[name].attrs for name in handle)
+    except Exception as err:  # any failure inside h5py means an unusable file (truncated, damaged)
+        raise DataError(
+            f"{shorten_path(path)}: not a readable HDF5 file ({_reason(err)}); the file is damaged or truncated: write it again"
+        ) from err
 
 
 def _pick_layout(
@@ -564,7 +637,10 @@ def _pick_layout(
             f"{name} {value.shape} {value.dtype}" if isinstance(value, Entry) else f"{name} (cell of {len(value)})"
             for name, value in entries.items()
         )
-        raise DataError(f"{path}: no views found (it holds {described or 'nothing'}); layouts read: {LAYOUTS}")
+        raise DataError(
+            f"{shorten_path(path)}: no views found (it holds {shorten(described or 'nothing', 60)}); layouts read: "
+            f"{LAYOUTS_SHORT}"
+        )
     chosen = {id(e) for e in views} | ({id(label_entry)} if label_entry is not None else set())
     ignored = [name for name, value in entries.items() if isinstance(value, Entry) and id(value) not in chosen]
     if ignored:
@@ -580,7 +656,7 @@ def _read_labels(path: Path, entry: Entry) -> np.ndarray:
         if np.isin(onehot, (0, 1)).all() and (onehot.sum(axis=1) == 1).all():
             return onehot.argmax(axis=1)
         raise DataError(
-            f"{path}: labels {entry.name} have shape {labels.shape}; give one label per sample (a vector), or one-hot rows"
+            f"{shorten_path(path)}: labels {entry.name} have shape {labels.shape}; give one label per sample (a vector), or one-hot rows"
         )
     return labels.ravel()
 
@@ -595,7 +671,7 @@ def _orient(path: Path, views: list[Entry], labels: np.ndarray | None) -> tuple[
         common = set.intersection(*({s[0], s[-1]} for s in shapes))
         if not common:
             raise DataError(
-                f"{path}: the views disagree on the number of samples (shapes {shapes}); every view needs one "
+                f"{shorten_path(path)}: the views disagree on the number of samples (shapes {shapes}); every view needs one "
                 "row (or column) per sample"
             )
         if len({s[0] for s in shapes}) == 1 and shapes[0][0] in common:
@@ -617,7 +693,7 @@ def _orient(path: Path, views: list[Entry], labels: np.ndarray | None) -> tuple[
             notes.append(f"view {entry.name} is stored features x samples {shape}: transposed")
         else:
             where = f"the {n_samples} labels in {path.name}" if labels is not None else f"{n_samples} samples"
-            raise DataError(f"{path}: view {entry.name} has shape {shape}; no axis matches {where}")
+            raise DataError(f"{shorten_path(path)}: view {entry.name} has shape {shape}; no axis matches {where}")
         if plan.flatten:
             notes.append(f"view {entry.name} has {len(shape)} axes {shape}: flattened per sample")
         plans.append(plan)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import _thread
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,20 +33,31 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
     (and so must shut it down). Ray >= 2.60 enables token authentication: the dashboard wants
     the bearer token in ~/.ray/auth_token (see README).
 
-    A local Ray's dashboard listens on 127.0.0.1 at ``runtime.dashboard_port`` or, when that
+    A local Ray listens on 127.0.0.1 only (``init_local_ray``): its GCS, raylet, workers,
+    dashboard, agents and metrics. Its dashboard is at ``runtime.dashboard_port`` or, when that
     port is taken (another run's dashboard, any server), at a free port the OS picks, with a
-    warning naming it. A Ray that cannot start or be reached is one ``RayStartError`` line
-    saying what to do, raised before any MLflow run opens."""
+    warning naming it. A cluster (``runtime.ray_address`` / $RAY_ADDRESS) keeps its own settings.
+    A Ray that cannot start or be reached within ``runtime.start_timeout_s`` is one
+    ``RayStartError`` line saying what to do, raised before any MLflow run opens."""
     if ray.is_initialized():
         return {"dashboard_url": None, "owned": False}
     address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
+    if address and address.strip() == "local":
+        address = None  # Ray's own word for a fresh local Ray: ours, on 127.0.0.1
+    timeout = cfg.runtime.start_timeout_s
     kwargs: dict[str, Any] = {"logging_level": "WARNING"}
     if address:
+        named = "runtime.ray_address" if cfg.runtime.ray_address else "RAY_ADDRESS"
         try:
-            context = ray.init(address=address, **kwargs)
+            context = _within(timeout, lambda: ray.init(address=address, **kwargs))
+        except _StartTimeout:
+            _shutdown_quietly()
+            raise RayStartError(
+                f"the Ray cluster at {named}='{shorten(address, 60)}' did not answer within {timeout:g} s "
+                f"(runtime.start_timeout_s); check that it runs (ray status) and is reachable, or unset {named} for "
+                "a local Ray") from None
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             _shutdown_quietly()
-            named = "runtime.ray_address" if cfg.runtime.ray_address else "RAY_ADDRESS"
             raise RayStartError(
                 f"cannot reach the Ray cluster at {named}='{shorten(address, 60)}' ({_first_line(exc)}); start it "
                 f"(ray start --head), fix {named}, or unset it for a local Ray") from None
@@ -58,8 +73,11 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
             kwargs["num_cpus"] = cfg.runtime.num_cpus
         # address="local": always a fresh local Ray, never a stray cluster left by a crashed
         # run; to attach to a running cluster set RAY_ADDRESS (e.g. "auto" on its head node).
+        started = time.time()
         try:
-            context = ray.init(address="local", **kwargs)
+            context = _within(timeout, lambda: init_local_ray(**kwargs))
+        except _StartTimeout:
+            raise _timeout_error(timeout, started) from None
         except Exception as exc:  # noqa: BLE001 - Ray raises ValueError/Exception/RuntimeError alike
             _shutdown_quietly()
             if not cfg.runtime.include_dashboard or not _dashboard_trouble(exc):
@@ -75,7 +93,9 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
                 kwargs["include_dashboard"] = False
                 kwargs.pop("dashboard_port")
             try:
-                context = ray.init(address="local", **kwargs)
+                context = _within(max(1.0, timeout - (time.time() - started)), lambda: init_local_ray(**kwargs))
+            except _StartTimeout:
+                raise _timeout_error(timeout, started) from None
             except Exception as again:  # noqa: BLE001
                 _shutdown_quietly()
                 raise _start_error(again) from None
@@ -85,7 +105,107 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"dashboard_url": url or None, "owned": True}
 
 
-DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_HOST = LOCALHOST = "127.0.0.1"
+
+
+def init_local_ray(**kwargs: Any) -> Any:
+    """``ray.init`` of a fresh local Ray whose every server listens on 127.0.0.1 only.
+
+    Ray binds its GCS, raylet, object manager, workers, dashboard agent (gRPC, HTTP and the
+    Prometheus metrics export) and runtime-env agent to loopback when its node IP is a loopback
+    address, and to all interfaces otherwise (measured with ``ss -ltnp``: see README, "What
+    listens where"). ``ray.init(_node_ip_address="127.0.0.1")`` alone does not do it: Ray 2.60
+    rewrites a loopback address to the machine's routable one (``services.
+    resolve_ip_for_localhost``), except where Ray clusters are disabled, which is what
+    ``ray_constants.ENABLE_RAY_CLUSTER`` says. So that flag is off for the duration of this one
+    call (a local Ray is a one-node cluster; nothing else reads the flag meanwhile), and a Ray
+    that still chose another address is named in a warning."""
+    from ray._private import services  # Ray's own module: no stable API says "loopback only"
+
+    constants = getattr(services, "ray_constants", None)
+    saved = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[union-attr]
+    try:
+        context = ray.init(address="local", _node_ip_address=LOCALHOST, **kwargs)
+    finally:
+        if saved is not None:
+            constants.ENABLE_RAY_CLUSTER = saved  # type: ignore[union-attr]
+    from ray._private import worker as ray_worker
+
+    node_ip = getattr(getattr(ray_worker, "_global_node", None), "node_ip_address", None)
+    if node_ip is not None and node_ip not in (LOCALHOST, "localhost", "::1"):
+        _warn(f"Ray chose node address {node_ip} instead of 127.0.0.1: its servers listen on all interfaces "
+              "(guarded by its token authentication); see README, 'What listens where'")
+    return context
+
+
+class _StartTimeout(Exception):
+    """Ray's start-up outlasted ``runtime.start_timeout_s``."""
+
+
+def _within(timeout_s: float, start: Callable[[], Any]) -> Any:
+    """``start()``, interrupted after ``timeout_s`` (raising ``_StartTimeout``).
+
+    Ray's start-up waits in Python loops (for the GCS, the raylet, the dashboard), each with its
+    own limit; on a loaded machine they added up to 4-5 minutes. A timer interrupts the main
+    thread as Ctrl-C would (a SIGINT to that thread); off the main thread (a Tune trial, a library caller) ``start`` runs
+    unbounded, as Ray's own limits have it."""
+    if threading.current_thread() is not threading.main_thread():
+        return start()
+    lock, state = threading.Lock(), {"done": False, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                    # a real SIGINT to the main thread also ends a blocking call (sleep, select)
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                else:  # someone else's handler: only Python's simulated interrupt is safe
+                    _thread.interrupt_main()
+
+    timer = threading.Timer(timeout_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        result = start()
+    except KeyboardInterrupt:
+        with lock:
+            state["done"] = True
+        if state["fired"]:
+            raise _StartTimeout() from None
+        raise
+    finally:
+        timer.cancel()
+    with lock:
+        state["done"] = True
+    if state["fired"]:  # fired as ``start`` returned: its interrupt is still on its way
+        try:
+            for _ in range(100):
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            pass
+        raise _StartTimeout()
+    return result
+
+
+def _timeout_error(timeout_s: float, started: float) -> RayStartError:
+    """Stop what a local Ray started before it ran out of time (the processes this driver
+    spawned since ``started``: ``ray.shutdown`` knows them only once ``ray.init`` returned)."""
+    _shutdown_quietly()
+    try:
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.create_time() >= started - 1 and "ray" in " ".join(child.cmdline()):
+                    child.kill()
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return RayStartError(
+        f"Ray did not start within {timeout_s:g} s (runtime.start_timeout_s; a loaded machine?); free CPU and memory "
+        "or raise runtime.start_timeout_s, see /tmp/ray/session_latest/logs, or set RAY_ADDRESS to a running cluster")
 
 
 def free_port(host: str, port: int) -> int:
