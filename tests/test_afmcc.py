@@ -307,3 +307,36 @@ def test_modality_aware_average_only_averages_owners_of_a_modality():
         expected = {"enc0": (10 * 1 + 30 * 4) / 40, "enc1": (10 * 1 + 20 * 7) / 30, "head": (10 + 120 + 140) / 60}[name.split(".")[0]]
         assert torch.allclose(out[a:b], torch.full((b - a,), expected)), name
     assert weights == pytest.approx({0: 10 / 60, 1: 30 / 60, 2: 20 / 60})
+
+
+def test_aggregated_evaluation_clusters_what_eq6_makes_of_everyone_s_uploads():
+    """``evaluated_model="aggregated"``: a client is evaluated with Eq. 6 applied to every client's
+    latest upload (FMCSC's protocol evaluates the aggregated model), not with its own upload."""
+    from fedsim.config import build_config
+    from fedsim.runtime.client import ClientActor
+    from fedsim.runtime.server import Snapshot, StoreEntry
+    from tests.conftest import SMALL_SYNTHETIC
+
+    raw = dict(SMALL_SYNTHETIC) | {"method": "afmcc"}
+    raw["afmcc"] = {**SMALL_SYNTHETIC["afmcc"], "evaluated_model": "aggregated"}
+    cfg = build_config(raw, []).model_dump(mode="json")
+    u = cfg["num_clients"]
+    actor = ClientActor(cfg, list(range(u)))
+    assert actor.describe()[0]["evaluates_aggregate"]
+    rng = np.random.default_rng(0)
+    init = actor.initial_parameters(0)
+    uploads = [init + rng.normal(0, 0.05, init.shape).astype(np.float32) for _ in range(u)]
+    snapshot = Snapshot(tuple(StoreEntry(c, 1, tuple(actor.clients[c].data.modalities), None,
+                                         actor.clients[c].data.n_samples) for c in range(u)), u)
+    got = actor.embed(0, uploads[0], snapshot, *uploads)["features"]
+    client = actor.clients[0]
+    model = client.method.build_model(seed=0)
+    load_flat_parameters(model, torch.from_numpy(uploads[0]))
+    peers = [PeerModel(c, 1, tuple(actor.clients[c].data.modalities), torch.from_numpy(uploads[c]),
+                       actor.clients[c].data.n_samples) for c in range(u)]
+    aggregated, weights = client.method.aggregate(model, client.data, peers)
+    load_flat_parameters(model, aggregated)
+    np.testing.assert_allclose(got, client.method.embed(model, client.data), atol=1e-6)
+    assert not np.allclose(got, actor.embed(0, uploads[0])["features"], atol=1e-3)  # not the client's own upload
+    assert len(weights) == u
+    assert not AFMCC(AFMCCConfig(reading="printed"), (4, 3), 2, 2).evaluates_aggregate

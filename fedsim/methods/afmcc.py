@@ -67,6 +67,12 @@ text as printed, kept as the record of the gap. Each switch below belongs to one
   model's z^v of the same samples in place of h. It lifts MNIST-USPS' one-view clients but not
   BDGP's Table 2 as a whole, so it is off in both readings (grid ``table2_anchor``).
 
+- Evaluation (Sec. 5: "following the experimental protocol of FMCSC"): FMCSC's code clusters a
+  client's samples with the global model of its view pattern, aggregated from every client's
+  upload, not with the client's own last upload. ``evaluated_model="aggregated"`` is that in
+  AFMCC's terms: Eq. 6 applied to every client's latest upload, the model the client would start
+  its next round from; ``"uploaded"`` clusters with the client's own last upload.
+
 Which reading reproduces Table 2 (numbers in reports/REPRODUCTION.md and
 reports/findings/afmcc_table2.md): the printed reading does not (BDGP F/S 1:1: 76.4 +- 4.1 ACC
 over 5 seeds against the paper's 93.9; grid table2_printed). Measured one change at a time on
@@ -151,6 +157,8 @@ class AFMCCConfig(BaseModel):
     embedding: Literal["fused", "normalized"]
     pretrain_loss: Literal["full", "reconstruction"]
     anchor: float = Field(0.0, ge=0, description="weight of the one-modality clients' anchor term (grid table2_anchor)")
+    evaluated_model: Literal["uploaded", "aggregated"] = Field(
+        "uploaded", description="what a client clusters with: its last upload, or Eq. 6 applied to everyone's latest uploads")
 
     @model_validator(mode="before")
     @classmethod
@@ -267,6 +275,8 @@ class AFMCC:
         self.view_dims = tuple(view_dims)
         self.n_clusters = n_clusters
         self.num_clients = num_clients
+        # read by the runtime: evaluate what Eq. 6 makes of every client's latest upload
+        self.evaluates_aggregate = config.evaluated_model == "aggregated"
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, seed: int) -> MultiModalAutoencoder:
