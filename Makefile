@@ -21,7 +21,7 @@ FORMATTED := fedsim/data/userdata.py fedsim/data/inspect.py tests/test_user_data
 	tests/test_ib_common.py tests/test_msdib.py tests/test_gib.py \
 	fedsim/runtime/client_state.py tests/faults.py tests/test_faults.py tests/test_client_state.py fedsim/runtime/checkpoint.py \
 	fedsim/runtime/resume.py tests/test_dead_runs.py tests/test_resume.py bench/bench_faults.py \
-	fedsim/privacy.py tests/test_privacy_accounting.py
+	fedsim/privacy.py tests/test_privacy_accounting.py bench/bench_soak.py
 
 .PHONY: install test lint run bench mlflow-ui clean report
 
