@@ -315,8 +315,9 @@ _FIX = {
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """Per client: its release bound and the noise multiplier calibrated for it (0.0 for a
-    client that never uploads: no release, nothing to calibrate)."""
+    """Per client: its release bound and the noise multiplier calibrated for it (for one release
+    where the bound is 0: such a client's rounds may still run, e.g. one that would end past
+    the sim-time budget, but none is committed)."""
 
     epsilon: float
     delta: float
@@ -376,15 +377,16 @@ def plan_privacy(
     bounds = release_bounds(cfg, round_costs, pretrain_costs, speeds)
     sigmas: dict[int, float] = {}
     for client, total in enumerate(bounds.total):
-        if total and total not in sigmas:
+        steps = max(total, 1)
+        if steps not in sigmas:
             fix = f"{_FIX[cfg.stop.rule]} (they bound client {client}'s releases)"
-            sigmas[total] = GaussianMechanism.calibrate(
-                privacy.epsilon, privacy.delta, total, privacy.clip_norm, fix=fix
+            sigmas[steps] = GaussianMechanism.calibrate(
+                privacy.epsilon, privacy.delta, steps, privacy.clip_norm, fix=fix
             ).noise_multiplier
     return PrivacyPlan(
         epsilon=privacy.epsilon,
         delta=privacy.delta,
         clip_norm=privacy.clip_norm,
         bounds=bounds,
-        noise_multipliers=tuple(sigmas.get(total, 0.0) for total in bounds.total),
+        noise_multipliers=tuple(sigmas[max(total, 1)] for total in bounds.total),
     )

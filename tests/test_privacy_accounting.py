@@ -111,6 +111,17 @@ def test_each_client_is_calibrated_for_its_own_bound():
         plan.account([13, 4, 5, 8])
 
 
+def test_a_client_without_releases_still_gets_noise():
+    """A budget the pretraining uses up: no training upload is committed, but the virtual clock
+    still runs each client's first round (then drops it), so every client has a noise multiplier."""
+    plan = plan_privacy(
+        _cfg("stop.rule=sim_time", "stop.sim_time_budget=60", "pretrain.rounds=2"), COSTS, PRETRAIN_COSTS, SPEEDS
+    )
+    assert plan.bounds.total == (2, 0, 0, 0) and all(s > 0 for s in plan.noise_multipliers)
+    report = plan.account([2, 0, 0, 0])
+    assert [c["epsilon"] for c in report["clients"]][1:] == [0.0, 0.0, 0.0]
+
+
 def test_an_unboundable_count_is_refused():
     with pytest.raises(ConfigError, match="cannot bound"):
         release_bounds(
@@ -217,7 +228,10 @@ def _check_against_opacus(report: dict, seen: Releases, cfg) -> None:
     for row in report["clients"]:
         assert seen.sigma[row["client"]] == {row["noise_multiplier"]}  # what the actor used for each upload
         expected_sigma = get_noise_multiplier(
-            target_epsilon=cfg.privacy.epsilon, target_delta=cfg.privacy.delta, sample_rate=1.0, steps=row["bound"]
+            target_epsilon=cfg.privacy.epsilon,
+            target_delta=cfg.privacy.delta,
+            sample_rate=1.0,
+            steps=max(row["bound"], 1),
         )
         assert row["noise_multiplier"] == pytest.approx(expected_sigma, rel=1e-12)
         assert row["releases"] <= row["bound"]
