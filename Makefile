@@ -20,7 +20,8 @@ FORMATTED := fedsim/data/userdata.py fedsim/data/inspect.py tests/test_user_data
 	fedsim/methods/ib_common.py fedsim/methods/granular_balls.py fedsim/methods/msdib.py fedsim/methods/gib.py \
 	tests/test_ib_common.py tests/test_msdib.py tests/test_gib.py \
 	fedsim/runtime/client_state.py tests/faults.py tests/test_faults.py tests/test_client_state.py fedsim/runtime/checkpoint.py \
-	fedsim/runtime/resume.py tests/test_dead_runs.py tests/test_resume.py bench/bench_faults.py
+	fedsim/runtime/resume.py tests/test_dead_runs.py tests/test_resume.py bench/bench_faults.py \
+	fedsim/privacy.py tests/test_privacy_accounting.py bench/bench_soak.py
 
 .PHONY: install test lint run bench mlflow-ui clean report
 
@@ -47,7 +48,7 @@ lint: install
 	@$(BIN)/ruff check fedsim tests bench
 	@echo "make lint: ruff format --check $(FORMATTED)"
 	@$(BIN)/ruff format --check $(FORMATTED)
-	@echo "make lint: mypy on pyproject [tool.mypy] files (fedsim/runtime, fedsim/methods/base.py, fedsim/data/userdata.py, fedsim/data/inspect.py)"
+	@echo "make lint: mypy on pyproject [tool.mypy] files (fedsim/runtime, fedsim/methods/base.py, fedsim/data/userdata.py, fedsim/data/inspect.py, fedsim/privacy.py)"
 	@$(BIN)/mypy
 
 run: install

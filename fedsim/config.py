@@ -78,6 +78,13 @@ class StopConfig(Strict):
     group_rounds: int = Field(10, ge=1, le=MAX_COUNT)
     sim_time_budget: float = Field(0.0, ge=0, le=MAX_AMOUNT)
 
+    def members(self, num_clients: int) -> list[int]:
+        """The clients of ``group`` (the ``group`` rule waits for these): ``odd`` / ``even``
+        0-based client ids, or ``all``."""
+        if self.group == "all":
+            return list(range(num_clients))
+        return [c for c in range(num_clients) if (c % 2 == 0) == (self.group == "even")]
+
 
 class PretrainConfig(Strict):
     """AFMCC Alg. 1, line 1: one model is pretrained before the federation; it seeds every client.

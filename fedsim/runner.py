@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -32,6 +32,9 @@ from fedsim.runtime.server import make_server
 from fedsim.runtime.speed import speed_multipliers
 from fedsim.tracking import MLflowTracker, ProgressPrinter, check_tracking_uri, tracking_uri
 
+if TYPE_CHECKING:
+    from fedsim.privacy import PrivacyPlan
+
 
 def validate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Every check that needs no Ray: returns facts about the federation for logging.
@@ -46,13 +49,13 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
     _check_paths(cfg)
     dataset, specs = load_federation(cfg)
     speeds = speed_multipliers(cfg.speed_profile, cfg.num_clients, cfg.seed)
-    if cfg.privacy.enabled:
-        from fedsim.privacy import GaussianMechanism
-
-        GaussianMechanism.calibrate(cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds,
-                                    clip_norm=cfg.privacy.clip_norm)
     _check_method(cfg)
     param_bytes = _rehearse_method(cfg, dataset.view_dims, dataset.n_clusters, [s.views for s in specs])
+    privacy = None
+    if cfg.privacy.enabled:  # every client's release bound and its noise (fedsim.privacy)
+        from fedsim.privacy import plan_privacy
+
+        privacy = plan_privacy(cfg, *_round_costs(cfg, dataset, specs), speeds)
     if cfg.task == "clustering" and cfg.evaluation == "fmcsc" and specs[0].indices.size < dataset.n_clusters:
         raise ConfigError(f"client 0 holds {specs[0].indices.size} samples, fewer than the {dataset.n_clusters} "
                           "clusters k-means needs for the FMCSC evaluation; use fewer clients or evaluation=global_kmeans")
@@ -60,8 +63,26 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
         "dataset": dataset, "specs": specs, "speeds": speeds, "view_dims": dataset.view_dims,
         "n_clusters": dataset.n_clusters, "n_samples": dataset.n_samples,
         "client_kinds": "".join(s.kind for s in specs),
-        "client_modalities": [list(s.views) for s in specs], "param_bytes": param_bytes,
+        "client_modalities": [list(s.views) for s in specs], "param_bytes": param_bytes, "privacy": privacy,
     }
+
+
+def _round_costs(cfg: ExperimentConfig, dataset: Any, specs: list[Any]) -> tuple[list[float], list[float]]:
+    """Each client's round and pretraining-round cost (the virtual clock's work units), as its
+    actor's ``describe`` will report them: the method's ``round_cost`` on the client's sample
+    count and modalities (the samples themselves are not needed)."""
+    import torch
+
+    from fedsim.methods import get_method
+    from fedsim.methods.base import LocalData
+
+    method = get_method(cfg.method)(method_config(cfg), dataset.view_dims, dataset.n_clusters, cfg.num_clients)
+    train, pretrain = [], []
+    for cid, spec in enumerate(specs):
+        data = LocalData(cid, {v: torch.empty(0) for v in spec.views}, dataset.labels[spec.indices], spec.indices)
+        train.append(float(method.round_cost(data, cfg.num_clients)))
+        pretrain.append(float(method.round_cost(data, 0)))
+    return train, pretrain
 
 
 def _check_paths(cfg: ExperimentConfig) -> None:
@@ -190,6 +211,7 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
         _check_resumable(cfg, resume)
     facts = validate(cfg)
     dataset, specs, speeds = facts.pop("dataset"), facts.pop("specs"), facts.pop("speeds")
+    privacy = facts.pop("privacy")
     shard_bytes = int(sum(v.nbytes for v in dataset.views) / max(cfg.num_clients, 1))
     del dataset
 
@@ -212,12 +234,17 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
         selection = cfg.model_selection
         restarts: list[dict[str, Any]] = []
         best: tuple[float, FederationResult, dict[str, Any]] | None = None
+        releases = np.zeros(cfg.num_clients, dtype=int)  # uploads per client, every restart
+        capped: set[int] = set()
         for restart in range(selection.runs):
             run_cfg = cfg if restart == 0 else cfg.model_copy(update={"restart": restart})
             if selection.runs > 1:
                 callback.on_restart(restart, selection.runs)
             result, info = _federate(run_cfg, specs, speeds, facts, shard_bytes, run_tag, ray_info, callback,
-                                     resume is not None)
+                                     resume is not None, privacy)
+            if len(result.upload_log):
+                releases += np.bincount(result.upload_log["client_id"], minlength=cfg.num_clients)
+            capped.update(result.privacy_capped)
             restarts.append({"restart": restart, **result.metrics, "wall_time": result.wall_time})
             score = _selection_score(result.metrics, selection.criterion) if selection.runs > 1 else 0.0
             if best is None or score < best[0]:
@@ -230,11 +257,15 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
             result.metrics.update(selected_by(restarts))
         wall = time.perf_counter() - started
         out = _result_json(cfg, result, wall, run_id, ray_info, info)
+        if privacy is not None:
+            out["privacy"] = privacy.account(releases.tolist(), sorted(capped))
         if selection.runs > 1:
             out["model_selection"] = {"runs": selection.runs, "criterion": selection.criterion,
                                       "uses_labels": selection.criterion == "acc", "restarts": restarts,
                                       "chosen": int(info["restart"])}
         if tracker is not None:
+            if "privacy" in out:
+                tracker.log_privacy(out["privacy"])
             tracker.log_result(out)
         callback.on_run_end(result)
         folder = _checkpoint_folder(cfg, run_tag)
@@ -250,8 +281,8 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
 
 
 def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts: dict[str, Any], shard_bytes: int,
-              run_tag: str, ray_info: dict[str, Any], callback: Callback,
-              resume: bool = False) -> tuple[FederationResult, dict[str, Any]]:
+              run_tag: str, ray_info: dict[str, Any], callback: Callback, resume: bool = False,
+              privacy: PrivacyPlan | None = None) -> tuple[FederationResult, dict[str, Any]]:
     """One federation from fresh actors: a parameter server, the client actors, the run (from
     its checkpoint when ``resume``; one killed before its first driver checkpoint starts over)."""
     folder = _checkpoint_folder(cfg, run_tag)
@@ -283,6 +314,10 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
                 "runtime.num_cpus/num_gpus or free the cluster (`ray status`)") from None
         for part in parts:
             described.update(part)
+        if privacy is not None:  # the release bounds were derived from these costs
+            costs = [(described[c]["round_cost"], described[c]["pretrain_cost"]) for c in range(cfg.num_clients)]
+            if costs != list(zip(privacy.bounds.round_costs, privacy.bounds.pretrain_costs)):
+                raise RuntimeError("the client actors report other round costs than the driver's privacy plan used")
         info = {
             "n_samples": facts["n_samples"], "n_clusters": facts["n_clusters"], "view_dims": list(facts["view_dims"]),
             "client_kinds": facts["client_kinds"], "client_modalities": facts["client_modalities"],
@@ -295,7 +330,8 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
         if cfg.restart == 0:
             callback.on_run_start(info)
         federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback,
-                                checkpoint_folder=folder if cfg.mode == "virtual" else None, resume=state)
+                                checkpoint_folder=folder if cfg.mode == "virtual" else None, resume=state,
+                                privacy=privacy)
         return federation.run(), info
     finally:
         # Wait for the CPUs to be free again only where the next run plans from what is free: a

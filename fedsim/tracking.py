@@ -226,6 +226,21 @@ class MLflowTracker(Callback):
         mlflow.log_metrics(summary)
         mlflow.end_run("FINISHED")
 
+    def log_privacy(self, report: dict[str, Any]) -> None:
+        """The DP accounting (``fedsim.privacy``): per client ``privacy_epsilon/client_<c>`` and
+        ``privacy_releases/client_<c>``, the maxima ``privacy_epsilon_max`` and
+        ``privacy_releases_max``, and the whole table as ``privacy_accounting.json``."""
+        metrics = {"privacy_epsilon_max": report["epsilon_max"], "privacy_releases_max": float(report["releases_max"]),
+                   "privacy_releases_total": float(report["releases_total"]),
+                   "privacy_epsilon_target": report["epsilon_target"],
+                   "privacy_capped_clients": float(len(report["capped_clients"]))}
+        for row in report["clients"]:
+            metrics[f"privacy_epsilon/client_{row['client']}"] = row["epsilon"]
+            metrics[f"privacy_releases/client_{row['client']}"] = float(row["releases"])
+            metrics[f"privacy_noise_multiplier/client_{row['client']}"] = row["noise_multiplier"]
+        self.mlflow.log_metrics(metrics)
+        self.mlflow.log_dict(report, "privacy_accounting.json")
+
     def log_result(self, result_json: dict[str, Any]) -> None:
         self.mlflow.log_dict(result_json, "result.json")
 

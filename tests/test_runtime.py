@@ -145,8 +145,14 @@ def test_run_is_tracked_in_mlflow(ray_session, small_config, tmp_path):
 def test_private_uploads_and_argmax_evaluation(ray_session, small_config):
     out, res = _run(small_config("privacy.enabled=true", "privacy.epsilon=40", "evaluation=argmax"))
     train = _train_log(res.upload_log)
-    noise = [i["privacy"]["noise_std"] for i in train["info"]]
-    assert all(n > 0 for n in noise) and len(set(noise)) == 1  # one calibrated sigma * C for every upload
+    noise = [i["privacy"]["noise_std"] for i in res.upload_log["info"]]  # pretraining uploads are noised too
+    assert all(n > 0 for n in noise)
+    for _, uploads in res.upload_log.groupby("client_id"):  # one sigma * C per client, for its release bound
+        assert len({i["privacy"]["noise_std"] for i in uploads["info"]}) == 1
+    # client 0 pretrains (4 releases, the others 3), so it gets more noise per upload
+    sigma = [r["noise_multiplier"] for r in out["privacy"]["clients"]]
+    assert sigma[0] > sigma[1] == sigma[2] == sigma[3]
+    assert [r["releases"] for r in out["privacy"]["clients"]] == [4, 3, 3, 3]
     assert all(i["privacy"]["update_norm"] > 0 for i in train["info"])
     assert 0.0 <= out["acc"] <= 1.0
 

@@ -80,12 +80,9 @@ class ClientActor:
             self.clients[cid] = self._fresh_client(cid, data)
             self._seq[cid] = 0
         del dataset  # other clients' samples are dropped here
-        self.privacy = None
-        if cfg.privacy.enabled:
-            from fedsim.privacy import GaussianMechanism
-
-            self.privacy = GaussianMechanism.calibrate(
-                cfg.privacy.epsilon, cfg.privacy.delta, releases=cfg.rounds, clip_norm=cfg.privacy.clip_norm)
+        # DP (fedsim.privacy): the driver calibrates each client's noise multiplier for its
+        # release bound and passes it with every round; the actor clips and adds the noise
+        self._private = cfg.privacy.enabled
 
     def _fresh_client(self, cid: int, data: LocalData) -> SimulatedClient:
         """Client ``cid`` before its first round: its method, its seeded model, a new optimiser."""
@@ -132,13 +129,15 @@ class ClientActor:
     # -- one local round (AFMCC Alg. 2, or Alg. 1's pretraining when ``pretrain``) --------------
     @ray.method(num_returns=3)
     def run_round(self, client_id: int, round_: int, snapshot: Snapshot, pretrain: bool, slowdown: float,
-                  state_seq: int, state: dict[str, Any] | None,
-                  *params: np.ndarray) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+                  state_seq: int, state: dict[str, Any] | None, *params: np.ndarray,
+                  noise_multiplier: float | None = None) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
         """One local round. ``params`` are the flat buffers of ``snapshot.round_inputs(client_id, pretrain)``:
         the caller passes their refs as top-level arguments, so Ray fetches them before the
         round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``.
         ``state`` is the client's state after its ``state_seq``-th round, as kept with its last
-        upload (None before its first); the third return value is its state after this round."""
+        upload (None before its first); the third return value is its state after this round.
+        With privacy on, every upload (pretraining too) is a release: its update is clipped and
+        noised at ``noise_multiplier``, the driver's calibration for this client."""
         started = time.perf_counter()
         # The actor's task threads are new OpenMP threads, whose thread count is a per-thread
         # setting: pin it here too, or a threaded actor's reductions split differently from a
@@ -156,7 +155,8 @@ class ClientActor:
             load_flat_parameters(client.model, aggregated)
         aggregated_at = time.perf_counter()
         # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
-        start_params = flat_parameters(client.model).cpu().numpy() if self.privacy is not None and not pretrain else None
+        mechanism = self._mechanism(noise_multiplier)
+        start_params = flat_parameters(client.model).cpu().numpy() if mechanism is not None else None
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart))
         context = RoundContext(round_, "pretrain" if pretrain else "train",
                                self.cfg.pretrain_rounds if pretrain else self.cfg.rounds)
@@ -164,9 +164,17 @@ class ClientActor:
         trained_at = time.perf_counter()
         end_params = flat_parameters(client.model).cpu().numpy()
         info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
-        if self.privacy is not None and not pretrain:
-            rng = np.random.default_rng(derive_seed(self.cfg.seed, 3, client_id, round_))
-            end_params, info["privacy"] = self.privacy.privatize(start_params, end_params, rng)
+        if mechanism is not None:
+            assert start_params is not None
+            # Fresh noise for every release: a training round by its round, a pretraining round
+            # (all have round 0) by the client's round count, and a model-selection restart by
+            # its index. Two releases sharing one noise vector would give away the difference of
+            # their updates exactly. A re-run of a lost round draws the same noise, so it
+            # releases the same vector again, which costs nothing.
+            seed = (derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart) if pretrain
+                    else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart))
+            end_params, info["privacy"] = mechanism.privatize(start_params, end_params, np.random.default_rng(seed))
+            info["privacy"]["noise_multiplier"] = mechanism.noise_multiplier
             load_flat_parameters(client.model, torch.from_numpy(end_params))
         compute = time.perf_counter() - started
         # Async mode: a client of relative speed m takes 1/m as long; it waits out the difference
@@ -181,6 +189,16 @@ class ClientActor:
         self.telemetry.on_round(client_id, info)
         self._seq[client_id] = state_seq + 1
         return end_params, info, client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
+
+    def _mechanism(self, noise_multiplier: float | None) -> Any:
+        """The Gaussian mechanism for this round's upload, or None without privacy."""
+        if not self._private:
+            return None
+        if noise_multiplier is None or not noise_multiplier > 0:
+            raise RuntimeError(f"privacy is on but the round got noise multiplier {noise_multiplier}")
+        from fedsim.privacy import GaussianMechanism
+
+        return GaussianMechanism(self.cfg.privacy.clip_norm, noise_multiplier)
 
     def _as_peers(self, entries: list[StoreEntry], arrays: tuple[np.ndarray, ...]) -> list[PeerModel]:
         if len(entries) != len(arrays):

@@ -21,8 +21,8 @@ commit order is the mode's, not the scheduler's. Evaluation reads the server's c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
 from fedsim.runtime.clock import VirtualClock
 from fedsim.runtime.resume import DriverState, InFlight, save_driver_state
 from fedsim.runtime.server import ServerNeedsRefs, Snapshot, StoreEntry, UploadRecord
+
+if TYPE_CHECKING:
+    from fedsim.privacy import PrivacyPlan
 
 class RestartWait:
     """How long to keep re-trying a call on a lost actor: up to a deadline
@@ -102,12 +105,14 @@ class FederationResult:
     wall_time: float
     restarts: int = 0
     server_restarts: int = 0
+    privacy_capped: list[int] = field(default_factory=list)  # clients stopped by their release bound
 
 
 class Federation:
     def __init__(self, cfg: ExperimentConfig, server: Any, actor_of: dict[int, Any],
                  clients: dict[int, dict[str, Any]], speeds: np.ndarray, n_clusters: int,
-                 callback: Callback, checkpoint_folder: str | None = None, resume: DriverState | None = None) -> None:
+                 callback: Callback, checkpoint_folder: str | None = None, resume: DriverState | None = None,
+                 privacy: PrivacyPlan | None = None) -> None:
         self.cfg = cfg
         self.server = server
         self.actor_of = actor_of
@@ -132,10 +137,11 @@ class Federation:
         self._phase = "train"
         self._pretrain_rounds = (0, 0)
         self._has_extras = any(h in clients[0].get("hooks", ()) for h in ("selection_loss", "extra_metrics"))
-        if cfg.stop.rule == "group":
-            self._group = [c for c in range(self.u) if cfg.stop.group == "all" or (c % 2 == 0) == (cfg.stop.group == "even")]
-        else:
-            self._group = []
+        self._group = cfg.stop.members(self.u) if cfg.stop.rule == "group" else []
+        # DP: each client's noise multiplier, and the training uploads its release bound allows
+        # per federation (fedsim.privacy.release_bounds), which the driver enforces
+        self._privacy = privacy
+        self._capped: set[int] = set()
 
     # -- stop rules -----------------------------------------------------------------------------
     def _continues(self, cid: int) -> bool:
@@ -143,6 +149,16 @@ class Federation:
         if rule == "rounds":
             return self.rounds_done[cid] < self.cfg.rounds
         return not self._finished()
+
+    def _spent(self, cid: int) -> bool:
+        """DP: client ``cid`` has made all the training uploads its release bound allows, so a
+        round of it that the stop rule would commit is dropped instead, and it starts no more
+        (``fedsim.privacy.release_bounds``). Only reached where the stop rule alone does not
+        bound the count (the group rule in async mode); the privacy record names the client."""
+        if self._privacy is None or self.rounds_done[cid] < self._privacy.bounds.train[cid]:
+            return False
+        self._capped.add(cid)
+        return True
 
     def _finished(self) -> bool:
         rule = self.cfg.stop.rule
@@ -206,8 +222,9 @@ class Federation:
         # the client's state as kept with its last upload: a top-level argument too (None, or a
         # ref Ray resolves); the actor uses it only when it does not hold that state already
         seq, state = job.snapshot.states[job.client_id]
+        sigma = self._privacy.noise_multipliers[job.client_id] if self._privacy is not None else None
         job.flat_ref, job.info_ref, job.state_ref = self.actor_of[job.client_id].run_round.remote(
-            job.client_id, job.round, job.snapshot, pretrain, slowdown, seq, state, *params)
+            job.client_id, job.round, job.snapshot, pretrain, slowdown, seq, state, *params, noise_multiplier=sigma)
         job.attempts += 1
         return job
 
@@ -355,7 +372,7 @@ class Federation:
             metrics=final.metrics, history=self.history, upload_log=log, assignments=self._assignments,
             rounds_done=list(self.rounds_done), sim_time=self.sim_time,
             wall_time=time.perf_counter() - self._wall_start, restarts=self.restarts,
-            server_restarts=self.server_restarts)
+            server_restarts=self.server_restarts, privacy_capped=sorted(self._capped))
 
     def _run_sync(self) -> None:
         t = self.sim_time
@@ -366,6 +383,11 @@ class Federation:
             round_end = t + max(self._duration(c, "train") for c in participants)
             if self._over_budget(round_end):
                 break
+            if self._privacy is not None:  # the round happens: a client whose bound is spent sits it out
+                participants = [c for c in participants if not self._spent(c)]
+                if not participants:
+                    break
+                round_end = t + max(self._duration(c, "train") for c in participants)
             snapshot = self._snapshot()  # the barrier: everyone reads the same state
             jobs = [self._launch(c, "train", t, snapshot) for c in participants]
             infos = [self._resolve(job) for job in jobs]
@@ -383,7 +405,7 @@ class Federation:
             if not ready:
                 raise TimeoutError(f"no client finished a round in {self.cfg.runtime.round_timeout_s} s")
             job = inflight.pop(by_ref[ready[0]])
-            if self._over_budget(job.sim_end):
+            if self._over_budget(job.sim_end) or self._spent(job.client_id):
                 continue
             self._commit(job, self._resolve(job))
             if self._finished():
@@ -411,7 +433,7 @@ class Federation:
             self._save_driver()  # the clock's state between two steps: what a resumed run starts from
             finish, cid = clock.pop()
             job = inflight.pop(cid)
-            if self._over_budget(finish):
+            if self._over_budget(finish) or self._spent(cid):
                 continue
             self._commit(job, self._resolve(job))
             if self._finished():
