@@ -339,4 +339,6 @@ def test_aggregated_evaluation_clusters_what_eq6_makes_of_everyone_s_uploads():
     np.testing.assert_allclose(got, client.method.embed(model, client.data), atol=1e-6)
     assert not np.allclose(got, actor.embed(0, uploads[0])["features"], atol=1e-3)  # not the client's own upload
     assert len(weights) == u
+    # the lineage reading (the default) evaluates the aggregate, the printed one the upload
+    assert AFMCC(AFMCCConfig(), (4, 3), 2, 2).evaluates_aggregate
     assert not AFMCC(AFMCCConfig(reading="printed"), (4, 3), 2, 2).evaluates_aggregate

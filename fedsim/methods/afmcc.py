@@ -109,14 +109,17 @@ READINGS: dict[str, dict[str, Any]] = {
     # The equations as printed: Eq. 2 summed over features, Eq. 6 with its + sign on the
     # Frobenius distance, Alg. 1 pretraining on all of Eq. 7, k-means on h as it is.
     "printed": {"reconstruction": "printed", "embedding": "fused", "pretrain_loss": "full",
-                "eq6_sign": 1, "eq6_distance": "frobenius", "contrastive_pairs": "all"},
+                "eq6_sign": 1, "eq6_distance": "frobenius", "contrastive_pairs": "all",
+                "evaluated_model": "uploaded"},
     # What reproduces Table 2: the FMCSC code lineage (nn.MSELoss, reconstruction-only
     # pretraining, unit-norm embeddings), Eq. 6 with its printed sign on the per-sample (RMS)
     # distance instead of the Frobenius norm that makes the weights one-hot, and Eq. 3
     # without its constant pairs (h = z^v when G = {v}), which only push samples apart and are
-    # what makes the run degenerate after ~10 rounds (reports/findings/afmcc_table2.md).
+    # what makes the run degenerate after ~10 rounds (reports/findings/afmcc_table2.md); and
+    # FMCSC's evaluation of the aggregated model (Sec. 5 follows FMCSC's protocol).
     "lineage": {"reconstruction": "mse", "embedding": "normalized", "pretrain_loss": "reconstruction",
-                "eq6_sign": 1, "eq6_distance": "rms", "contrastive_pairs": "nontrivial"},
+                "eq6_sign": 1, "eq6_distance": "rms", "contrastive_pairs": "nontrivial",
+                "evaluated_model": "aggregated"},
 }
 
 
@@ -157,8 +160,8 @@ class AFMCCConfig(BaseModel):
     embedding: Literal["fused", "normalized"]
     pretrain_loss: Literal["full", "reconstruction"]
     anchor: float = Field(0.0, ge=0, description="weight of the one-modality clients' anchor term (grid table2_anchor)")
-    evaluated_model: Literal["uploaded", "aggregated"] = Field(
-        "uploaded", description="what a client clusters with: its last upload, or Eq. 6 applied to everyone's latest uploads")
+    # what a client clusters with: its last upload, or Eq. 6 applied to everyone's latest uploads
+    evaluated_model: Literal["uploaded", "aggregated"]
 
     @model_validator(mode="before")
     @classmethod
