@@ -154,11 +154,11 @@ def test_an_unreachable_budget_is_one_line_exit_2_before_ray(no_ray, capsys):
             "--set",
             "privacy.enabled=true",
             "--set",
-            "privacy.epsilon=1",
+            "privacy.epsilon=0.01",
             "--set",
             "stop.rule=sim_time",
             "--set",
-            "stop.sim_time_budget=1e14",
+            "stop.sim_time_budget=1e12",
         ]
     )
     err = capsys.readouterr().err
