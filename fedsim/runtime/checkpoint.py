@@ -25,7 +25,8 @@ import numpy as np
 FORMAT = 1
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary file and a rename: a crash leaves the old file or the new one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -53,10 +54,10 @@ class ServerCheckpoint:
 
     # -- writing --------------------------------------------------------------------------------
     def save_array(self, name: str, array: np.ndarray) -> None:
-        _atomic_write(self.arrays / name, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+        atomic_write(self.arrays / name, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
 
     def save_object(self, name: str, value: Any) -> None:
-        _atomic_write(self.arrays / name, lambda f: pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(self.arrays / name, lambda f: pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL))
 
     def append_record(self, record: dict[str, Any], offset: int) -> int:
         """Append one upload record at byte ``offset`` (the committed length: anything after it
@@ -72,7 +73,7 @@ class ServerCheckpoint:
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         """Make ``meta`` the checkpoint (atomically), then remove the array files it no longer names."""
-        _atomic_write(self.meta_path, lambda f: pickle.dump({"format": FORMAT, **meta}, f))
+        atomic_write(self.meta_path, lambda f: pickle.dump({"format": FORMAT, **meta}, f))
         named = {name for name in meta["files"] if name}
         for path in self.arrays.iterdir():
             if path.name not in named and not path.name.startswith("."):

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsim.runtime.callbacks import EvaluationRecord
+from fedsim.runtime.checkpoint import atomic_write
 
 DRIVER_FILE = "driver.pkl"
 CONFIG_FILE = "config.json"
@@ -52,17 +52,7 @@ class DriverState:
 
 
 def save_driver_state(folder: str | os.PathLike[str], state: DriverState) -> None:
-    path = Path(folder) / DRIVER_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{DRIVER_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(folder) / DRIVER_FILE, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_driver_state(folder: str | os.PathLike[str]) -> DriverState | None:
