@@ -481,6 +481,8 @@ def test_inspect_a_good_folder_and_a_bad_file(tmp_path: Path) -> None:
     assert "set n_clusters" in proc.stdout and "set n_clusters" in proc.stderr
     proc = _fedsim("datasets", "inspect", str(folder), "--n-clusters", "3", cwd=tmp_path)
     assert proc.returncode == 0 and "fedsim accepts this data" in proc.stdout and "n_clusters: 3" in proc.stdout
+    # pandas' default header (0,1,...) is a header, not a row of data
+    assert f"samples: {len(labels)}" in proc.stdout
     (tmp_path / "junk.mat").write_bytes(b"junk" * 100)
     proc = _fedsim("datasets", "inspect", str(tmp_path / "junk.mat"), cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()

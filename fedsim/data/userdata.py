@@ -343,9 +343,15 @@ def _natural(text: str) -> list[Any]:
 
 
 def _csv_has_header(path: Path) -> bool:
+    """A first line with a non-numeric field is a header, and so is ``0,1,...,m-1``: the column
+    names pandas writes for an unnamed frame (``to_csv(index=False)``), which would otherwise
+    become a row of data."""
     with path.open("r", newline="") as handle:
         first = handle.readline()
-    for field_text in first.strip().split(","):
+    fields = [text.strip() for text in first.strip().split(",")]
+    if fields == [str(i) for i in range(len(fields))]:
+        return True
+    for field_text in fields:
         try:
             float(field_text)
         except ValueError:
@@ -542,6 +548,8 @@ def scan(path: Path) -> Scan:
         else:
             raise DataError(f"{shorten_path(path)}: not an HDF5 file (no HDF5 signature); give {SUPPORTED}")
     views, label_entry, layout, notes = _pick_layout(path, entries)
+    if path.is_dir():
+        layout = f"view files {views[0].name}..{views[-1].name}" if len(views) > 1 else f"view file {views[0].name}"
     labels = None
     if label_entry is not None:
         labels = _read_labels(path, label_entry)
