@@ -48,6 +48,11 @@ def shorten_path(path: object, limit: int = 60) -> str:
     return "..." + (tail[cut:] if 0 <= cut < len(tail) // 2 else tail)
 
 
+class TrainingDiverged(FedsimError):
+    """A client's model gave NaN or inf (a learning rate too large for the data's scale): raised on
+    the actor, re-raised as itself by the driver, so the run ends FAILED with one line."""
+
+
 class RayStartError(FedsimError):
     """Ray could not be started or reached (the machine, not the input: memory, /tmp, a
     cluster address); the message says what to do."""

@@ -89,3 +89,24 @@ def test_a_failed_run_keeps_its_upload_log(ray_session, small_config, tmp_path):
     assert run.info.status == "FAILED" and "injected failure" in run.data.tags["fedsim.error"]
     log = pd.read_parquet(client.download_artifacts(run.info.run_id, "upload_log.parquet", str(tmp_path)))
     assert list(log["phase"]) == ["pretrain", "train", "train", "train"]  # the third was committed
+
+
+@pytest.mark.timeout(600)
+def test_a_diverged_model_ends_the_run_failed_with_one_line(ray_session, small_config, tmp_path):
+    """A learning rate far too large overflows the weights: the evaluation refuses the NaN
+    embeddings with a TrainingDiverged naming the client and the fix (not k-means' traceback),
+    and the MLflow run ends FAILED."""
+    import mlflow
+
+    from fedsim.errors import TrainingDiverged
+    from fedsim.runner import run_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = small_config(f"tracking.tracking_uri={uri}", "tracking.enabled=true", "tracking.experiment=diverges",
+                       "afmcc.lr=1e30")
+    with pytest.raises(TrainingDiverged, match=r"training diverged: client \d+'s embeddings hold NaN or inf") as info:
+        run_experiment(cfg)
+    assert "afmcc.lr" in str(info.value) and "\n" not in str(info.value)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("diverges").experiment_id])
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["fedsim.error"]

@@ -25,6 +25,7 @@ import ray
 import torch
 
 from fedsim.config import ExperimentConfig
+from fedsim.errors import TrainingDiverged
 from fedsim.evaluation import kmeans_from_centres, reference_kmeans
 from fedsim.methods import get_method
 from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
@@ -225,12 +226,22 @@ class ClientActor:
             load_flat_parameters(model, aggregated)
         return client, model
 
+    def _finite(self, client_id: int, values: np.ndarray, what: str) -> np.ndarray:
+        """Refuse a diverged model's output here, where the client is known, rather than as
+        k-means' "Input contains NaN" traceback."""
+        if not np.isfinite(values).all():
+            raise TrainingDiverged(
+                f"training diverged: client {client_id}'s {what} hold NaN or inf; lower the learning rate "
+                f"(--set {self.cfg.method}.lr=...) or scale the data (--set preprocessing=minmax)"
+            )
+        return values
+
     def cluster(self, client_id: int, params: np.ndarray, centres: np.ndarray | None, n_clusters: int,
                 n_init: int, seed: int, snapshot: Snapshot | None = None, *peer_params: np.ndarray) -> dict[str, Any]:
         """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
         or k-means initialised with the reference centres on any other client."""
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
-        features = client.method.embed(model, client.data)
+        features = self._finite(client_id, client.method.embed(model, client.data), "embeddings")
         out: dict[str, Any] = {"labels_true": client.data.labels, "indices": client.data.indices}
         if centres is None:
             out["labels_pred"], out["centres"] = reference_kmeans(features, n_clusters, seed=seed, n_init=n_init)
@@ -241,7 +252,8 @@ class ClientActor:
     def embed(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
               *peer_params: np.ndarray) -> dict[str, Any]:
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
-        return {"features": client.method.embed(model, client.data), "labels_true": client.data.labels,
+        features = self._finite(client_id, client.method.embed(model, client.data), "embeddings")
+        return {"features": features, "labels_true": client.data.labels,
                 "indices": client.data.indices}
 
     def soft_assignments(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
@@ -250,6 +262,7 @@ class ClientActor:
         p = client.method.soft_assignments(model, client.data)
         if p is None:
             raise ValueError(f"method '{self.cfg.method}' has no soft assignments; use evaluation=fmcsc")
+        p = self._finite(client_id, p, "soft assignments")
         return {"probabilities": p, "labels_true": client.data.labels, "indices": client.data.indices}
 
     def classify(self, client_id: int, params: np.ndarray) -> dict[str, Any]:

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 # An actor that died (RayActorError) or is restarting / unreachable (ActorUnavailableError):
 # both mean "re-run this on the restarted actor".
 ACTOR_LOST = (RayActorError, ActorUnavailableError)
 
 from fedsim.config import ExperimentConfig
+from fedsim.errors import FedsimError
 from fedsim.evaluation import argmax_assignments, global_kmeans
 from fedsim.metrics import classification_metrics, cluster_accuracy, clustering_metrics
 from fedsim.runtime.callbacks import Callback, EvaluationRecord, Progress
@@ -74,6 +75,10 @@ def _get(refs: Any, timeout_s: float, what: str) -> Any:
     in Ray's C++ core, where not even a signal handler (pytest-timeout, Ctrl-C) runs."""
     try:
         return ray.get(refs, timeout=timeout_s)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, FedsimError):  # the actor refused (a diverged model): one line, no remote traceback
+            raise exc.cause from None
+        raise
     except GetTimeoutError as exc:
         raise TimeoutError(f"{what} did not answer in {timeout_s:g} s (runtime.round_timeout_s); are the actors "
                            "pending for lack of CPUs/GPUs? see `ray status`") from exc
