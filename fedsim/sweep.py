@@ -483,25 +483,28 @@ def expand_derived_rows(spec: GridSpec, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Table 3d: the simulated time each run needed to reach the reference (sync) run's final
-    ACC, per row of the table (seed 0's runs; the runs' ACC histories come from the trials)."""
+    """Table 3d: the simulated time each run needed to reach the final ACC of the reference (sync)
+    run of the same seed and row, averaged over seeds per row of the table (NaN where a run never
+    reached it; "not reached" where none did). ``target_acc``: the reference runs' mean ACC."""
     ref_key, ref_value = next(iter(spec.time_to_reach["reference"].items()))
     col = spec.columns
-    times = []
+    times, targets = [], []
     for _, row in table.iterrows():
         same = frame
         for k in spec.rows:
             same = same[same[k] == row[k]]
         ref = same[same[ref_key] == ref_value]
-        target = float(ref["acc"].mean()) if len(ref) else float("nan")
+        ref_acc = {seed: float(acc) for seed, acc in zip(ref["seed"], ref["acc"])} if "seed" in ref else {}
+        targets.append(100 * float(ref["acc"].mean()) if len(ref) else float("nan"))
         mine = same[same[col] == row[col]] if col else same
         reach = []
-        for hist in mine["history"]:
-            points = [h["sim_time"] for h in json.loads(hist) if h["acc"] >= target - 1e-12]
+        for seed, hist in zip(mine["seed"], mine["history"]):
+            if seed not in ref_acc:
+                continue
+            points = [h["sim_time"] for h in json.loads(hist) if h["acc"] >= ref_acc[seed] - 1e-12]
             reach.append(min(points) if points else float("nan"))
         times.append(float(np.nanmean(reach)) if reach and not all(np.isnan(reach)) else float("nan"))
-    table["target_acc"] = [100 * float(frame[(frame[ref_key] == ref_value) & np.logical_and.reduce(
-        [frame[k] == r[k] for k in spec.rows])]["acc"].mean()) if spec.rows else float("nan") for _, r in table.iterrows()]
+    table["target_acc"] = targets
     table["sim_time_to_target"] = times
     return table
 

@@ -181,3 +181,30 @@ def test_trial_reports_carry_method_extra_metrics():
     report = _final_report(summary, {"seed": 0})
     assert {"accuracy", "uar", "coherence", "coherence_real", "cross_mse"} <= set(report)
     assert "seed" not in report and "acc" not in report
+
+
+def test_time_to_reach_compares_each_run_with_its_own_seeds_reference():
+    """Table 3d: each asynchronous run is timed to its own seed's synchronous final ACC."""
+    import pandas as pd
+
+    from fedsim.sweep import _add_time_to_reach
+
+    spec = load_grid("afmcc", "table3d")
+
+    def hist(*points):
+        return json.dumps([{"sim_time": t, "acc": a} for t, a in points])
+
+    frame = pd.DataFrame(
+        [
+            # seed 0: sync ends at 0.90; async passes 0.90 at t=5
+            {"speed_profile": "eo:2:1", "mode": "sync", "seed": 0, "acc": 0.90, "history": hist((4, 0.8), (8, 0.9))},
+            {"speed_profile": "eo:2:1", "mode": "virtual", "seed": 0, "acc": 0.92, "history": hist((5, 0.91))},
+            # seed 1: sync ends at 0.80; async passes 0.80 at t=3 (it would never reach seed 0's 0.90)
+            {"speed_profile": "eo:2:1", "mode": "sync", "seed": 1, "acc": 0.80, "history": hist((7, 0.8))},
+            {"speed_profile": "eo:2:1", "mode": "virtual", "seed": 1, "acc": 0.85, "history": hist((3, 0.85))},
+        ]
+    )
+    table = pd.DataFrame([{"speed_profile": "eo:2:1", "mode": "sync"}, {"speed_profile": "eo:2:1", "mode": "virtual"}])
+    out = _add_time_to_reach(spec, frame, table)
+    assert list(out["sim_time_to_target"]) == [7.5, 4.0]  # sync: (8 + 7) / 2; async: (5 + 3) / 2
+    assert list(out["target_acc"]) == pytest.approx([85.0, 85.0])
