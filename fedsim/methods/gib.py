@@ -47,15 +47,13 @@ msdib.py); balls are built from the client's own samples only and never leave it
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, average_by_owners
+from fedsim.methods.base import LocalData
 from fedsim.methods.ddc import ddc_loss
 from fedsim.methods.granular_balls import (
     GranularBalls,
@@ -65,19 +63,13 @@ from fedsim.methods.granular_balls import (
     pseudo_labels,
 )
 from fedsim.methods.ib_common import (
-    BestCheckpoint,
+    IBMethod,
     IBNetwork,
     all_balanced_ce,
     batch_statistics,
-    ddc1_score,
-    draw_noise,
-    drop_last_batches,
     joint_mi,
     mean_pairwise,
     sample_compression,
-    set_learning_rate,
-    shard_output,
-    step_lr,
 )
 
 FUSED = "fused"  # key of the fused space beside the view indices
@@ -108,37 +100,23 @@ class GIBConfig(BaseModel):
     use_samples: bool = True  # False: Table 2 rows (1) and (2)
     ddc_relative_sigma: float = Field(0.15, gt=0)
 
+    def setting(self, name: str) -> Any:
+        """GIB has one reading: every setting is the field itself (``IBMethod`` asks MSDIB's way)."""
+        return getattr(self, name)
 
-class GIB:
-    """GIB on the fedsim method protocol (see ``fedsim.methods.base.Method``)."""
+
+class GIB(IBMethod):
+    """GIB on the fedsim method protocol (see ``fedsim.methods.base.Method``); the network, the
+    epoch loop and the evaluation are ``IBMethod``'s (MSDIB's machinery), the granular balls and
+    the objective are GIB's."""
 
     name: ClassVar[str] = "gib"
     Config: ClassVar[type[BaseModel]] = GIBConfig
 
     def __init__(self, config: GIBConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
-        self.cfg = config
-        self.view_dims = tuple(view_dims)
-        self.n_clusters = n_clusters
-        self.num_clients = num_clients
-        self.best = BestCheckpoint()
-        self.timing: dict[str, float] = {}  # the last round's seconds: balls and round
+        super().__init__(config, view_dims, n_clusters, num_clients)
         self._pseudo_centres: dict[Any, np.ndarray] = {}  # warm start of the next epoch
-
-    def build_model(self, seed: int) -> IBNetwork:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return IBNetwork(
-                self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters, self.cfg.head_hidden
-            )
-
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
-
-    @torch.no_grad()
-    def aggregate(
-        self, model: IBNetwork, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
-        return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
+        self._ball_ids: dict[Any, torch.Tensor] = {}  # this epoch's ball of every sample, per space
 
     # -- granular balls -----------------------------------------------------------------------------
     def build_balls(self, points: np.ndarray, seed: int, space: Any = None) -> GranularBalls:
@@ -208,56 +186,18 @@ class GIB:
             terms.update(jsd=samples["jsd"], i_samples=samples["i_samples"], balanced_ce=ce, mi_yy=mi_yy, mi_ys=mi_ys)
         return total, terms
 
-    def train_round(
-        self,
-        model: IBNetwork,
-        optimizer: torch.optim.Optimizer,
-        data: LocalData,
-        generator: torch.Generator,
-        context: RoundContext | None = None,
-    ) -> dict[str, float]:
-        """One epoch: balls rebuilt from the current outputs, then the seeded batches."""
-        context = context or RoundContext(1)
-        cfg = self.cfg
-        started = time.perf_counter()
-        set_learning_rate(optimizer, step_lr(cfg.lr, context.round, cfg.lr_step, cfg.lr_gamma))
+    def prepare_round(self, model: IBNetwork, data: LocalData, generator: torch.Generator) -> dict[str, float]:
+        """Each epoch starts from balls rebuilt on the current outputs."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        balls = self.balls_per_space(model, data, seed) if cfg.use_balls else {}
-        ball_seconds = time.perf_counter() - started
+        balls = self.balls_per_space(model, data, seed) if self.cfg.use_balls else {}
         device = next(iter(data.views.values())).device
-        ids = {key: torch.from_numpy(b.assignment).to(device) for key, b in balls.items()}
-        model.train()
-        losses = RoundLosses()
-        for idx in drop_last_batches(data.n_samples, cfg.batch_size, generator):
-            idx = idx.to(device)
-            x = {v: data.views[v][idx] for v in data.modalities}
-            noise = draw_noise([*data.modalities, FUSED], idx.numel(), cfg.mu_dim, generator, device)
-            total, terms = self.loss(model, x, {key: i[idx] for key, i in ids.items()}, noise)
-            losses.step(optimizer, total, terms, cfg.clip_norm)
-        out = losses.means()
-        out.update({f"balls_{key}": float(b.n_balls) for key, b in balls.items()})
-        if cfg.keep_best:
-            out.update(self.best.track(model, self.selection_loss(model, data), context.round, context.total_rounds))
-        self.timing = {"balls_s": ball_seconds, "round_s": time.perf_counter() - started}
-        return out
+        self._ball_ids = {key: torch.from_numpy(b.assignment).to(device) for key, b in balls.items()}
+        return {f"balls_{key}": float(b.n_balls) for key, b in balls.items()}
 
-    # -- evaluation ---------------------------------------------------------------------------------
-    def embed(self, model: IBNetwork, data: LocalData) -> np.ndarray:
-        return shard_output(model, data.views, "h_fused")
-
-    def soft_assignments(self, model: IBNetwork, data: LocalData) -> np.ndarray:
-        """Y_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
-        return shard_output(model, data.views, "y_fused")
-
-    def selection_loss(self, model: IBNetwork, data: LocalData) -> float:
-        """DDC1 of Y_F over batches of ``batch_size`` in a fixed (seed 0) order."""
-        batches = drop_last_batches(data.n_samples, self.cfg.batch_size, torch.Generator().manual_seed(0))
-        return ddc1_score(model, data.views, batches, self.cfg.ddc_relative_sigma)
-
-    @torch.no_grad()
-    def extra_metrics(self, model: IBNetwork, data: LocalData) -> dict[str, float]:
-        w = torch.softmax(model.fusion.weights.detach(), dim=0)
-        return {f"fusion_weight_{v}": float(x) for v, x in enumerate(w.cpu())}
+    def batch_loss(
+        self, model: IBNetwork, x: dict[int, torch.Tensor], idx: torch.Tensor, noise: dict[Any, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.loss(model, x, {key: ids[idx] for key, ids in self._ball_ids.items()}, noise)
 
     def round_cost(self, data: LocalData, num_peers: int) -> float:
         """Samples x forward-pass equivalents: one pass for the outputs the balls are built on, one

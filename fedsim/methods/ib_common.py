@@ -24,6 +24,11 @@ no public code and uses these same pieces (fedsim/methods/gib.py says where).
   parameters, never buffers).
 - ``step_lr`` (StepLR x0.1 at epoch 50, derived from the round) and ``BestCheckpoint`` (keep the
   epoch with the lowest DDC1, the code's ModelSaver with best_loss_term = "ddc_1").
+- ``IBMethod``: what the two methods share on the method protocol: the network, Adam, the
+  per-view-owner average, the epoch loop (StepLR, seeded drop-last batches, one noise draw per
+  batch, gradient clipping, best-DDC1 selection) and the evaluation on the fused outputs. A method
+  adds its objective (``batch_loss``) and, where it needs one, a per-epoch preparation
+  (``prepare_round``: GIB's granular balls).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import itertools
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -326,3 +331,100 @@ def ddc1_score(
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+# A batch's loss: (model, views of the batch, the batch's sample indices, noise) -> (total, terms).
+BatchLoss = Callable[[nn.Module, "dict[int, torch.Tensor]", torch.Tensor, "dict[Any, torch.Tensor]"], Any]
+
+
+class IBMethod:
+    """The method-protocol half MSDIB and GIB share (``fedsim.methods.base.Method``). A subclass
+    sets ``name`` and ``Config`` and implements ``batch_loss``; its config has ``setting(name)``
+    (a reading's value unless the config sets one) for ``lr_step``, ``clip_norm``, ``keep_best``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
+        self.cfg = config
+        self.view_dims = tuple(view_dims)
+        self.n_clusters = n_clusters
+        self.num_clients = num_clients
+        self.best = BestCheckpoint()
+
+    def build_model(self, seed: int) -> IBNetwork:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return IBNetwork(
+                self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters, self.cfg.head_hidden
+            )
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
+
+    @torch.no_grad()
+    def aggregate(self, model: IBNetwork, data: Any, peers: list[Any]) -> tuple[torch.Tensor, dict[int, float]]:
+        from fedsim.methods.base import average_by_owners
+
+        return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
+
+    # -- one round = one epoch --------------------------------------------------------------------
+    def batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
+        return drop_last_batches(n, self.cfg.batch_size, generator)
+
+    def batch_loss(
+        self, model: IBNetwork, x: dict[int, torch.Tensor], idx: torch.Tensor, noise: dict[Any, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def prepare_round(self, model: IBNetwork, data: Any, generator: torch.Generator) -> dict[str, float]:
+        """Before the epoch's batches (after the learning rate is set); returns metrics for the
+        round. Nothing by default."""
+        return {}
+
+    def train_round(
+        self,
+        model: IBNetwork,
+        optimizer: torch.optim.Optimizer,
+        data: Any,
+        generator: torch.Generator,
+        context: Any = None,
+    ) -> dict[str, float]:
+        from fedsim.methods.base import RoundContext, RoundLosses
+
+        context = context or RoundContext(1)
+        cfg = self.cfg
+        set_learning_rate(optimizer, step_lr(cfg.lr, context.round, cfg.setting("lr_step"), cfg.lr_gamma))
+        extras = self.prepare_round(model, data, generator)
+        model.train()
+        device = next(iter(data.views.values())).device
+        losses = RoundLosses()
+        for idx in self.batches(data.n_samples, generator):
+            idx = idx.to(device)
+            x = {v: data.views[v][idx] for v in data.modalities}
+            noise = draw_noise([*data.modalities, "fused"], idx.numel(), cfg.mu_dim, generator, device)
+            total, terms = self.batch_loss(model, x, idx, noise)
+            losses.step(optimizer, total, terms, cfg.setting("clip_norm"))
+        out = {**losses.means(), **extras}
+        if cfg.setting("keep_best"):
+            out.update(self.best.track(model, self.selection_loss(model, data), context.round, context.total_rounds))
+        return out
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def embed(self, model: IBNetwork, data: Any) -> np.ndarray:
+        """H_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
+        return shard_output(model, data.views, "h_fused")
+
+    def soft_assignments(self, model: IBNetwork, data: Any) -> np.ndarray:
+        """Y_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
+        return shard_output(model, data.views, "y_fused")
+
+    def selection_loss(self, model: IBNetwork, data: Any) -> float:
+        """DDC1 of Y_F over batches of ``batch_size`` in a fixed (seed 0) order."""
+        batches = self.batches(data.n_samples, torch.Generator().manual_seed(0))
+        return ddc1_score(model, data.views, batches, self.cfg.ddc_relative_sigma)
+
+    @torch.no_grad()
+    def extra_metrics(self, model: IBNetwork, data: Any) -> dict[str, float]:
+        w = torch.softmax(model.fusion.weights.detach(), dim=0)
+        return {f"fusion_weight_{v}": float(x) for v, x in enumerate(w.cpu())}

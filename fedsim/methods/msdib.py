@@ -50,27 +50,19 @@ from __future__ import annotations
 import itertools
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, average_by_owners
+from fedsim.methods.base import LocalData
 from fedsim.methods.ddc import ddc_loss
 from fedsim.methods.ib_common import (
-    BestCheckpoint,
+    IBMethod,
     IBNetwork,
     all_balanced_ce,
-    ddc1_score,
-    draw_noise,
-    drop_last_batches,
     joint_mi,
     mean_pairwise,
     sample_compression,
-    set_learning_rate,
-    shard_output,
     split_gaussian,
-    step_lr,
 )
 
 # Settings a reading fixes unless the config sets them.
@@ -108,34 +100,12 @@ class MSDIBConfig(BaseModel):
         return READINGS[self.reading][name] if value is None else value
 
 
-class MSDIB:
-    """MSDIB on the fedsim method protocol (see ``fedsim.methods.base.Method``)."""
+class MSDIB(IBMethod):
+    """MSDIB on the fedsim method protocol (see ``fedsim.methods.base.Method``); the network, the
+    epoch loop and the evaluation are ``IBMethod``'s."""
 
     name: ClassVar[str] = "msdib"
     Config: ClassVar[type[BaseModel]] = MSDIBConfig
-
-    def __init__(self, config: MSDIBConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
-        self.cfg = config
-        self.view_dims = tuple(view_dims)
-        self.n_clusters = n_clusters
-        self.num_clients = num_clients
-        self.best = BestCheckpoint()
-
-    def build_model(self, seed: int) -> IBNetwork:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return IBNetwork(
-                self.view_dims, list(self.cfg.widths), self.cfg.mu_dim, self.n_clusters, self.cfg.head_hidden
-            )
-
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
-
-    @torch.no_grad()
-    def aggregate(
-        self, model: IBNetwork, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
-        return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
 
     # -- the objective ----------------------------------------------------------------------------
     def loss(
@@ -173,52 +143,10 @@ class MSDIB:
             terms["compress"] = compress
         return total, terms
 
-    # -- one round = one epoch --------------------------------------------------------------------
-    def batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
-        return drop_last_batches(n, self.cfg.batch_size, generator)
-
-    def train_round(
-        self,
-        model: IBNetwork,
-        optimizer: torch.optim.Optimizer,
-        data: LocalData,
-        generator: torch.Generator,
-        context: RoundContext | None = None,
-    ) -> dict[str, float]:
-        context = context or RoundContext(1)
-        cfg = self.cfg
-        set_learning_rate(optimizer, step_lr(cfg.lr, context.round, cfg.setting("lr_step"), cfg.lr_gamma))
-        model.train()
-        device = next(iter(data.views.values())).device
-        losses = RoundLosses()
-        for idx in self.batches(data.n_samples, generator):
-            x = {v: data.views[v][idx.to(device)] for v in data.modalities}
-            noise = draw_noise([*data.modalities, "fused"], idx.numel(), cfg.mu_dim, generator, device)
-            total, terms = self.loss(model, x, noise)
-            losses.step(optimizer, total, terms, cfg.setting("clip_norm"))
-        out = losses.means()
-        if cfg.setting("keep_best"):
-            out.update(self.best.track(model, self.selection_loss(model, data), context.round, context.total_rounds))
-        return out
-
-    # -- evaluation -------------------------------------------------------------------------------
-    def embed(self, model: IBNetwork, data: LocalData) -> np.ndarray:
-        """H_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
-        return shard_output(model, data.views, "h_fused")
-
-    def soft_assignments(self, model: IBNetwork, data: LocalData) -> np.ndarray:
-        """Y_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
-        return shard_output(model, data.views, "y_fused")
-
-    def selection_loss(self, model: IBNetwork, data: LocalData) -> float:
-        """DDC1 of Y_F over batches of ``batch_size`` in a fixed (seed 0) order."""
-        batches = self.batches(data.n_samples, torch.Generator().manual_seed(0))
-        return ddc1_score(model, data.views, batches, self.cfg.ddc_relative_sigma)
-
-    @torch.no_grad()
-    def extra_metrics(self, model: IBNetwork, data: LocalData) -> dict[str, float]:
-        w = torch.softmax(model.fusion.weights.detach(), dim=0)
-        return {f"fusion_weight_{v}": float(x) for v, x in enumerate(w.cpu())}
+    def batch_loss(
+        self, model: IBNetwork, x: dict[int, torch.Tensor], idx: torch.Tensor, noise: dict[Any, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.loss(model, x, noise)
 
     def round_cost(self, data: LocalData, num_peers: int) -> float:
         """Per view: encoder + head forward and backward (3), the critic twice (forward and backward, 6)."""
