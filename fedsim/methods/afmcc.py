@@ -163,7 +163,6 @@ class AFMCCConfig(BaseModel):
     embedding: Literal["fused", "normalized"]
     pretrain_loss: Literal["full", "reconstruction"]
     anchor: float = Field(0.0, ge=0, description="weight of the one-modality clients' anchor term (grid table2_anchor)")
-    distill: float = Field(0.0, ge=0, description="weight of FMCSC's distillation of h_V into h_G on full clients (grid table2_distill)")
     # what a client clusters with: its last upload, or Eq. 6 applied to everyone's latest uploads
     evaluated_model: Literal["uploaded", "aggregated"]
 
@@ -357,13 +356,6 @@ class AFMCC:
         if self.cfg.use_constraint:
             terms["loss_c"] = constraint_loss(h, model.projection, self.cfg.lambda_)
             total = total + self.cfg.beta * terms["loss_c"]
-        if self.cfg.distill > 0 and len(subset) < len(x):
-            # FMCSC's code trains each missing-view pattern's model on its full clients to give
-            # the full-view h from the masked input (MSE to the full model's h): here the fusion
-            # subset G's h is pulled to the same model's h over all the client's views.
-            target = fuse(z, tuple(sorted(x))).detach()
-            terms["loss_kd"] = F.mse_loss(F.normalize(h, dim=1), F.normalize(target, dim=1))
-            total = total + self.cfg.distill * terms["loss_kd"]
         if anchor is not None:
             terms["loss_a"] = contrastive_loss(anchor, {v: z[v] for v in subset}, self.cfg.tau, self.cfg.contrastive_denominator)
             total = total + self.cfg.anchor * terms["loss_a"]
