@@ -94,25 +94,43 @@ def main() -> int:
     actors = s["federation"]["actors"]
     client_compute = total(train, "compute_s") + total(pre, "compute_s")
     numbers = {
-        "config": config, "overrides": overrides + args.overrides, "mode": cfg.mode,
-        "acc": s["acc"], "nmi": s["nmi"], "ari": s["ari"],
-        "wall_time_s": wall, "federation_wall_s": fed.wall_time, "setup_s": wall - fed.wall_time,
-        "peak_memory_gib": peak / 2**30, "actors": actors, "clients": cfg.num_clients,
+        "config": config,
+        "overrides": overrides + args.overrides,
+        "mode": cfg.mode,
+        "acc": s["acc"],
+        "nmi": s["nmi"],
+        "ari": s["ari"],
+        "wall_time_s": wall,
+        "federation_wall_s": fed.wall_time,
+        "setup_s": wall - fed.wall_time,
+        "peak_memory_gib": peak / 2**30,
+        "actors": actors,
+        "clients": cfg.num_clients,
         "pretrain_s": total(pre, "compute_s"),
-        "download_s": total(train, "download_s"), "aggregation_s": total(train, "aggregate_s"),
-        "local_training_s": total(train, "train_s"), "evaluation_s": evaluation,
+        "download_s": total(train, "download_s"),
+        "aggregation_s": total(train, "aggregate_s"),
+        "local_training_s": total(train, "train_s"),
+        "evaluation_s": evaluation,
         "client_compute_s": client_compute,
         "num_cpus_per_actor": s["federation"].get("num_cpus_per_actor"),
         "num_gpus_per_actor": s["federation"].get("num_gpus_per_actor"),
         "fingerprint": fingerprint(fed),
         # training rounds each client completed (async with a speed profile: fast clients do more)
-        "rounds_per_client": {int(c): int(n) for c, n in
-                              fed.upload_log[fed.upload_log["phase"] == "train"].groupby("client_id").size().items()},
+        "rounds_per_client": {
+            int(c): int(n)
+            for c, n in fed.upload_log[fed.upload_log["phase"] == "train"].groupby("client_id").size().items()
+        },
     }
-    print(f"\n{cfg.method} {cfg.dataset} {cfg.num_clients} clients, {cfg.mode}: ACC {s['acc']:.4f} NMI {s['nmi']:.4f} ARI {s['ari']:.4f}")
-    print(f"wall time {wall:.1f} s (setup: Ray, actors, data {numbers['setup_s']:.1f} s; federation {fed.wall_time:.1f} s)")
-    print(f"peak memory {numbers['peak_memory_gib']:.2f} GiB over the baseline, {actors} actors "
-          f"({numbers['num_cpus_per_actor']} CPUs, {numbers['num_gpus_per_actor']} GPUs each)")
+    print(
+        f"\n{cfg.method} {cfg.dataset} {cfg.num_clients} clients, {cfg.mode}: ACC {s['acc']:.4f} NMI {s['nmi']:.4f} ARI {s['ari']:.4f}"
+    )
+    print(
+        f"wall time {wall:.1f} s (setup: Ray, actors, data {numbers['setup_s']:.1f} s; federation {fed.wall_time:.1f} s)"
+    )
+    print(
+        f"peak memory {numbers['peak_memory_gib']:.2f} GiB over the baseline, {actors} actors "
+        f"({numbers['num_cpus_per_actor']} CPUs, {numbers['num_gpus_per_actor']} GPUs each)"
+    )
     print(f"fingerprint (upload log, losses, assignments) {numbers['fingerprint']}")
     print(f"training rounds per client {numbers['rounds_per_client']}")
     # Rounds share the actors' CPUs in threads, so their seconds add up to more than the wall

@@ -44,14 +44,24 @@ def _run_record(client: Any, experiment: str, run: Any, originals: dict[str, str
     metrics: dict[str, list[list[float]]] = {}
     for key in sorted(run.data.metrics):
         history = client.get_metric_history(run.info.run_id, key)
-        metrics[key] = [[int(m.step), int(m.timestamp), float(m.value)]
-                        for m in sorted(history, key=lambda m: (m.timestamp, m.step))]
+        metrics[key] = [
+            [int(m.step), int(m.timestamp), float(m.value)]
+            for m in sorted(history, key=lambda m: (m.timestamp, m.step))
+        ]
     tags = {k: v for k, v in sorted(run.data.tags.items()) if k != ARCHIVE_TAG}
     if "mlflow.parentRunId" in tags:  # a run imported from the archive points at its parent's new id
         tags["mlflow.parentRunId"] = originals.get(tags["mlflow.parentRunId"], tags["mlflow.parentRunId"])
-    record = {"experiment": experiment, "run_id": original_id(run), "run_name": run.info.run_name,
-              "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
-              "params": dict(sorted(run.data.params.items())), "tags": tags, "metrics": metrics}
+    record = {
+        "experiment": experiment,
+        "run_id": original_id(run),
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "params": dict(sorted(run.data.params.items())),
+        "tags": tags,
+        "metrics": metrics,
+    }
     if "mlflow.parentRunId" not in tags:  # a sweep's summary run: its grid.json names the overrides
         try:
             import mlflow
@@ -66,14 +76,16 @@ def read_archive(archive: str | Path) -> list[dict[str, Any]]:
     """Every archived run record of a folder (file by file in name order) or of one file."""
     archive = Path(archive)
     records: list[dict[str, Any]] = []
-    for path in ([archive] if archive.is_file() else sorted(archive.glob("*.jsonl"))):
+    for path in [archive] if archive.is_file() else sorted(archive.glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not a JSON run record ({err.msg}); "
-                                     "restore the file from git (git checkout -- reports/runs)") from err
+                    raise ValueError(
+                        f"{path}:{number}: not a JSON run record ({err.msg}); "
+                        "restore the file from git (git checkout -- reports/runs)"
+                    ) from err
     return records
 
 
@@ -105,8 +117,10 @@ def export_sweeps(tracking_uri: str, archive_dir: str | Path) -> int:
         path = _file_for(exp.name, out)
         kept = {r["run_id"]: r for r in (read_archive(path) if path.is_file() else [])}
         kept.update(fresh)
-        lines = [json.dumps(r, separators=(",", ":"))
-                 for r in sorted(kept.values(), key=lambda r: (r["start_time"], r["run_id"]))]
+        lines = [
+            json.dumps(r, separators=(",", ":"))
+            for r in sorted(kept.values(), key=lambda r: (r["start_time"], r["run_id"]))
+        ]
         path.write_text("\n".join(lines) + "\n")
         written += len(fresh)
     return written
@@ -114,7 +128,7 @@ def export_sweeps(tracking_uri: str, archive_dir: str | Path) -> int:
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_root: str | None = None) -> int:
@@ -144,8 +158,9 @@ def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_ro
             exp_id = client.create_experiment(name, artifact_location=location)
         if name not in scanned:
             scanned.add(name)
-            new_id.update({original_id(run): run.info.run_id
-                           for run in client.search_runs([exp_id], max_results=50000)})
+            new_id.update(
+                {original_id(run): run.info.run_id for run in client.search_runs([exp_id], max_results=50000)}
+            )
         if record["run_id"] in new_id:
             continue
         tags = dict(record["tags"])
@@ -155,8 +170,11 @@ def import_archive(records: list[dict[str, Any]], tracking_uri: str, artifact_ro
         tags[ARCHIVE_TAG] = record["run_id"]
         run = client.create_run(exp_id, start_time=record["start_time"], tags=tags, run_name=record["run_name"])
         run_id = run.info.run_id
-        metrics = [Metric(key, value, timestamp, step)
-                   for key, points in record["metrics"].items() for step, timestamp, value in points]
+        metrics = [
+            Metric(key, value, timestamp, step)
+            for key, points in record["metrics"].items()
+            for step, timestamp, value in points
+        ]
         params = [Param(k, v) for k, v in record["params"].items()]
         for chunk in _chunks(metrics, _BATCH):
             client.log_batch(run_id, metrics=chunk)

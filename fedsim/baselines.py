@@ -30,12 +30,16 @@ def concatenated_minmax(views: tuple[np.ndarray, ...]) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def kmeans_baseline(dataset: str, seeds: list[int], n_init: int = 10, data_dir: str | None = None) -> list[dict[str, float]]:
+def kmeans_baseline(
+    dataset: str, seeds: list[int], n_init: int = 10, data_dir: str | None = None
+) -> list[dict[str, float]]:
     """Clustering metrics of k-means on the concatenated MinMax-scaled views, one dict per seed."""
     data = load_dataset(dataset, data_dir)
     x = concatenated_minmax(data.views)
-    return [clustering_metrics(data.labels, KMeans(data.n_clusters, n_init=n_init, random_state=seed).fit_predict(x))
-            for seed in seeds]
+    return [
+        clustering_metrics(data.labels, KMeans(data.n_clusters, n_init=n_init, random_state=seed).fit_predict(x))
+        for seed in seeds
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = kmeans_baseline(name, args.seeds, args.n_init, args.data_dir)
         acc = np.array([r["acc"] for r in runs]) * 100
         nmi = np.array([r["nmi"] for r in runs]) * 100
-        print(f"{name}: k-means on concatenated MinMax views (n_init {args.n_init}, seeds {args.seeds}): "
-              f"ACC {acc.mean():.1f} ± {acc.std():.1f} ({' / '.join(f'{a:.1f}' for a in acc)}), NMI {nmi.mean():.1f}")
+        print(
+            f"{name}: k-means on concatenated MinMax views (n_init {args.n_init}, seeds {args.seeds}): "
+            f"ACC {acc.mean():.1f} ± {acc.std():.1f} ({' / '.join(f'{a:.1f}' for a in acc)}), NMI {nmi.mean():.1f}"
+        )
     return 0
 
 

@@ -22,33 +22,70 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one experiment from a YAML config")
     run.add_argument("config", help="YAML config, e.g. configs/afmcc/bdgp.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key (repeatable), e.g. --set mode=async --set afmcc.alpha=0.1")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set mode=async --set afmcc.alpha=0.1",
+    )
     run.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
     run.add_argument("--result-json", help="also write the result JSON to this file")
-    run.add_argument("--resume", metavar="RUN_ID",
-                     help="continue a run whose driver died from its checkpoint (the same config; virtual mode)")
-    datasets = sub.add_parser("datasets", help="list the dataset registry, where each file was found and the other "
-                                               "data files; `datasets inspect FILE` shows what a data file holds")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a run whose driver died from its checkpoint (the same config; virtual mode)",
+    )
+    datasets = sub.add_parser(
+        "datasets",
+        help="list the dataset registry, where each file was found and the other "
+        "data files; `datasets inspect FILE` shows what a data file holds",
+    )
     datasets.add_argument("--data-dir", help="folder searched first (its data files are listed too)")
     datasets_sub = datasets.add_subparsers(dest="datasets_action")
-    inspect = datasets_sub.add_parser("inspect", help="views (shape, dtype, range, sparsity, NaN/inf), labels "
-                                                      "(classes, counts), the preprocessing that would apply")
-    inspect.add_argument("file", help="a .mat/.npz/.h5/.hdf5 file, a folder of per-view .csv/.parquet files "
-                                      "(plus labels.csv), or a registry name")
+    inspect = datasets_sub.add_parser(
+        "inspect",
+        help="views (shape, dtype, range, sparsity, NaN/inf), labels "
+        "(classes, counts), the preprocessing that would apply",
+    )
+    inspect.add_argument(
+        "file",
+        help="a .mat/.npz/.h5/.hdf5 file, a folder of per-view .csv/.parquet files "
+        "(plus labels.csv), or a registry name",
+    )
     inspect.add_argument("--data-dir", default=argparse.SUPPRESS, help="folder searched first")
-    inspect.add_argument("--preprocessing", choices=["none", "minmax", "standard", "scale255"],
-                         help="as the config key preprocessing (default: the dataset's own)")
+    inspect.add_argument(
+        "--preprocessing",
+        choices=["none", "minmax", "standard", "scale255"],
+        help="as the config key preprocessing (default: the dataset's own)",
+    )
     inspect.add_argument("--n-clusters", type=int, help="as the config key n_clusters (needed without labels)")
     sweep = sub.add_parser("sweep", help="run a paper grid on Ray Tune (tune/grids/<method>/<grid>.yaml)")
     sweep.add_argument("--method", default="afmcc")
     sweep.add_argument("--dataset", required=True)
     sweep.add_argument("--grid", default=None, help="grid name (default: the method's main table, table2)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override applied to every trial")
-    sweep.add_argument("--only", action="append", default=[], metavar="AXIS=V1[,V2]",
-                       help="run only these values of a grid axis (repeatable), e.g. --only client_ratio=1:1")
-    sweep.add_argument("--trial-cpus", type=float, default=None, help="CPUs reserved per trial (default: runtime.torch_threads per client, at most all)")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override applied to every trial",
+    )
+    sweep.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="AXIS=V1[,V2]",
+        help="run only these values of a grid axis (repeatable), e.g. --only client_ratio=1:1",
+    )
+    sweep.add_argument(
+        "--trial-cpus",
+        type=float,
+        default=None,
+        help="CPUs reserved per trial (default: runtime.torch_threads per client, at most all)",
+    )
     sweep.add_argument("--trial-gpus", type=float, default=0.0, help="GPUs reserved per trial")
     sweep.add_argument("--max-failures", type=int, default=1, help="retries per failed trial")
     sweep.add_argument("--max-concurrent", type=int, default=None)
@@ -56,16 +93,23 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", default="results/sweeps", help="where Tune keeps the sweep's state")
     report = sub.add_parser("report", help="write reports/REPRODUCTION.md (papers' tables beside ours) from MLflow")
     report.add_argument("--out", default="reports", help="folder for REPRODUCTION.md and its plots")
-    report.add_argument("--tracking-uri", default=None,
-                        help="MLflow store whose sweeps are archived first (default: $MLFLOW_TRACKING_URI, else "
-                             "sqlite:///mlflow.db; skipped when that store does not exist)")
+    report.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store whose sweeps are archived first (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db; skipped when that store does not exist)",
+    )
     report.add_argument("--archive", default=None, help="the sweep archive (default: <out>/runs)")
     report.add_argument("--data-dir", help="folder holding dataset files (to tell runnable from unavailable datasets)")
     archive = sub.add_parser("archive", help="move sweep runs between an MLflow store and the archive (reports/runs)")
-    archive.add_argument("action", choices=["export", "import"],
-                         help="export: the store's sweeps into the archive; import: the archive into the store")
-    archive.add_argument("--tracking-uri", default=None,
-                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    archive.add_argument(
+        "action",
+        choices=["export", "import"],
+        help="export: the store's sweeps into the archive; import: the archive into the store",
+    )
+    archive.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
     archive.add_argument("--archive", default="reports/runs", help="the archive folder (default: reports/runs)")
     return parser
 
@@ -80,8 +124,9 @@ def _store_uri(given: str | None, must_exist: bool) -> str | None:
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.is_file():
             if must_exist:
-                raise FedsimError(f"no MLflow store at {db}; run a sweep first (make sweep DATASET=bdgp) "
-                                  "or pass --tracking-uri")
+                raise FedsimError(
+                    f"no MLflow store at {db}; run a sweep first (make sweep DATASET=bdgp) or pass --tracking-uri"
+                )
             return None
         uri = "sqlite:///" + str(db.resolve())
     return uri
@@ -100,9 +145,11 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a damaged archive line
         raise FedsimError(str(exc)) from None
     source = f"{exported} sweep runs exported from {uri}; " if uri else "no local MLflow store; "
-    print(f"fedsim: wrote {path} and {len(list(path.parent.glob('*.png')))} plots "
-          f"({source}{archived} runs in the archive); the report, its plots and tables (CSV) are MLflow run "
-          f"'reproduction-report' of experiment fedsim-report in {log_to}")
+    print(
+        f"fedsim: wrote {path} and {len(list(path.parent.glob('*.png')))} plots "
+        f"({source}{archived} runs in the archive); the report, its plots and tables (CSV) are MLflow run "
+        f"'reproduction-report' of experiment fedsim-report in {log_to}"
+    )
     return 0
 
 
@@ -130,10 +177,14 @@ def _check_writable(path: str, option: str) -> None:
     target = Path(path).expanduser()
     shown = shorten_path(path, 100)
     if target.is_dir():
-        raise FedsimError(f"{option} '{shown}' is a folder; name a file in it, such as {shorten_path(target / 'result.json', 80)}")
+        raise FedsimError(
+            f"{option} '{shown}' is a folder; name a file in it, such as {shorten_path(target / 'result.json', 80)}"
+        )
     folder = target.parent
     if not folder.exists():
-        raise FedsimError(f"{option}: folder '{shorten_path(folder, 100)}' does not exist; create it or pick another path")
+        raise FedsimError(
+            f"{option}: folder '{shorten_path(folder, 100)}' does not exist; create it or pick another path"
+        )
     if not folder.is_dir():
         raise FedsimError(f"{option}: '{shorten_path(folder, 100)}' is a file, not a folder; pick another path")
     try:
@@ -145,8 +196,9 @@ def _check_writable(path: str, option: str) -> None:
                 pass
             target.unlink()
     except OSError as exc:
-        raise FedsimError(f"{option} '{shown}' cannot be written ({shorten(exc.strerror or exc, 60)}); pick a "
-                          "writable path") from None
+        raise FedsimError(
+            f"{option} '{shown}' cannot be written ({shorten(exc.strerror or exc, 60)}); pick a writable path"
+        ) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,24 +222,37 @@ def _run(args: argparse.Namespace) -> int:
     elif "acc" in result and result["acc"] == result["acc"]:  # NaN without labels
         scores = f"  ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  Purity {result['purity']:.4f}\n"
     else:  # unlabelled data: only label-free scores
-        scores = "  " + "  ".join(f"{k} {result[k]:.4f}" for k in ("clusters_found", "largest_cluster_share", "cluster_balance")
-                                  if k in result) + "  (no labels: no ACC/NMI/ARI)\n"
+        scores = (
+            "  "
+            + "  ".join(
+                f"{k} {result[k]:.4f}"
+                for k in ("clusters_found", "largest_cluster_share", "cluster_balance")
+                if k in result
+            )
+            + "  (no labels: no ACC/NMI/ARI)\n"
+        )
     selection = result.get("model_selection")
     if selection:
-        scores += (f"  model selection: restart {selection['chosen']} of {selection['runs']} by "
-                   f"{'ACC (uses labels)' if selection['uses_labels'] else 'selection loss (label-free)'}\n")
+        scores += (
+            f"  model selection: restart {selection['chosen']} of {selection['runs']} by "
+            f"{'ACC (uses labels)' if selection['uses_labels'] else 'selection loss (label-free)'}\n"
+        )
     print(
         f"\nfedsim: {cfg.method} on {cfg.dataset} ({cfg.num_clients} clients, {cfg.client_ratio}, {cfg.mode}, seed {cfg.seed})\n"
-        + scores +
-        f"  uploads {result['uploads']}, simulated time {result['simulated_time']:.4g}, wall time {result['wall_time']:.1f} s"
+        + scores
+        + f"  uploads {result['uploads']}, simulated time {result['simulated_time']:.4g}, wall time {result['wall_time']:.1f} s"
     )
     if result["mlflow_run_id"]:
         uri = result["mlflow_tracking_uri"]
-        print(f"  MLflow run {result['mlflow_run_id']} in {uri}\n"
-              f"    browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (or: make mlflow-ui)")
+        print(
+            f"  MLflow run {result['mlflow_run_id']} in {uri}\n"
+            f"    browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (or: make mlflow-ui)"
+        )
     if result["dashboard_url"]:
-        print(f"  Ray dashboard (while the run's Ray is up; set RAY_ADDRESS to keep a cluster): {result['dashboard_url']}"
-              "  (bearer token: ~/.ray/auth_token)")
+        print(
+            f"  Ray dashboard (while the run's Ray is up; set RAY_ADDRESS to keep a cluster): {result['dashboard_url']}"
+            "  (bearer token: ~/.ray/auth_token)"
+        )
     if args.result_json:
         Path(args.result_json).write_text(json.dumps(result, indent=2, default=float))
         print(f"  result JSON: {args.result_json}")
@@ -200,15 +265,28 @@ def _sweep(args: argparse.Namespace) -> int:
     from fedsim.sweep import plan_sweep, run_sweep, to_markdown
 
     started = time.perf_counter()
-    plan = plan_sweep(args.method, args.dataset, args.grid or "table2", args.overrides,
-                      trial_cpus=args.trial_cpus, trial_gpus=args.trial_gpus, storage=args.storage, only=args.only)
-    print(f"fedsim sweep: {plan.spec.reproduces} on {plan.dataset}: {len(plan.spec.trials)} trials, "
-          f"{plan.actors_per_trial} actors x {plan.trial_cpus / plan.actors_per_trial:g} CPU per trial; "
-          f"state in {plan.storage}", flush=True)
+    plan = plan_sweep(
+        args.method,
+        args.dataset,
+        args.grid or "table2",
+        args.overrides,
+        trial_cpus=args.trial_cpus,
+        trial_gpus=args.trial_gpus,
+        storage=args.storage,
+        only=args.only,
+    )
+    print(
+        f"fedsim sweep: {plan.spec.reproduces} on {plan.dataset}: {len(plan.spec.trials)} trials, "
+        f"{plan.actors_per_trial} actors x {plan.trial_cpus / plan.actors_per_trial:g} CPU per trial; "
+        f"state in {plan.storage}",
+        flush=True,
+    )
     out = run_sweep(plan, max_failures=args.max_failures, fresh=args.fresh, max_concurrent=args.max_concurrent)
     print("\n" + (to_markdown(plan, out["table"]) if not out["table"].empty else "no trial finished"))
-    print(f"MLflow experiment '{out['experiment']}', summary run {out['parent_run_id']}"
-          f"{' (resumed)' if out['resumed'] else ''}; wall time {time.perf_counter() - started:.0f} s")
+    print(
+        f"MLflow experiment '{out['experiment']}', summary run {out['parent_run_id']}"
+        f"{' (resumed)' if out['resumed'] else ''}; wall time {time.perf_counter() - started:.0f} s"
+    )
     if out["errors"]:
         print(f"{len(out['errors'])} trial(s) failed after retries:", *out["errors"], sep="\n  ", file=sys.stderr)
         return 1
@@ -248,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except FedsimError as exc:
         message = " ".join(str(exc).split())  # one line, whatever a value held
         if len(message) > MAX_MESSAGE:
-            message = f"{message[: MAX_MESSAGE // 2]} ... {message[-MAX_MESSAGE // 2 + 5:]}"
+            message = f"{message[: MAX_MESSAGE // 2]} ... {message[-MAX_MESSAGE // 2 + 5 :]}"
         print(f"fedsim: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

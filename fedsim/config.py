@@ -208,7 +208,9 @@ class ExperimentConfig(Strict):
     dataset: str = "handwritten"
     data_dir: str | None = Field(None, min_length=1, max_length=4096)
     synthetic: dict[str, Any] | None = None  # generator params for synthetic datasets
-    data_seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds synthetic generators only; ``seed`` seeds split, models, training
+    data_seed: int = Field(
+        0, ge=0, le=MAX_SEED
+    )  # seeds synthetic generators only; ``seed`` seeds split, models, training
     # null: the dataset's own (registry entry's; ``none`` for a user file). See fedsim.data.datasets.
     preprocessing: Literal["none", "minmax", "standard", "scale255"] | None = None
     n_clusters: int | None = Field(None, ge=1)  # null: the number of classes; required for unlabelled data
@@ -249,9 +251,7 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
         if self.pretrain.enabled and self.pretrain.client >= self.num_clients:
-            raise ValueError(
-                f"pretrain.client={self.pretrain.client} but there are only {self.num_clients} clients"
-            )
+            raise ValueError(f"pretrain.client={self.pretrain.client} but there are only {self.num_clients} clients")
         if self.fault.kill_client is not None and self.fault.kill_client >= self.num_clients:
             raise ValueError(f"fault.kill_client={self.fault.kill_client} is not a client id")
         if self.stop.rule == "sim_time" and self.stop.sim_time_budget <= 0:
@@ -288,7 +288,9 @@ ConfigLoader.yaml_implicit_resolvers = {
 ConfigLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
 ConfigLoader.add_implicit_resolver(
     _FLOAT,
-    re.compile(r"^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    re.compile(
+        r"^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"
+    ),
     list("-+0123456789."),
 )
 
@@ -313,8 +315,9 @@ def yaml_load(text: str, source: str = "the YAML") -> Any:
         try:
             node = loader.get_single_node()
         except RecursionError:
-            raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels; a config is a few levels "
-                              "of mappings and lists") from None
+            raise ConfigError(
+                f"{source} nests deeper than {MAX_YAML_DEPTH} levels; a config is a few levels of mappings and lists"
+            ) from None
         if node is None:
             return None
         _check_nodes(node, source)
@@ -335,18 +338,25 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
         if key in expanded:  # an alias: the node is shared, its size already known
             return expanded[key]
         if key in open_nodes:
-            raise ConfigError(f"{source}: an alias refers to the mapping or list that contains it ({line(node)}); "
-                              "write the value out")
+            raise ConfigError(
+                f"{source}: an alias refers to the mapping or list that contains it ({line(node)}); write the value out"
+            )
         if depth > MAX_YAML_DEPTH:
-            raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels ({line(node)}); a config is a "
-                              "few levels of mappings and lists")
+            raise ConfigError(
+                f"{source} nests deeper than {MAX_YAML_DEPTH} levels ({line(node)}); a config is a "
+                "few levels of mappings and lists"
+            )
         tag = node.tag
         if tag.startswith(_YAML + "python/"):
-            raise ConfigError(f"{source}: python tags such as '!!{shorten(tag.removeprefix(_YAML), 40)}' are not "
-                              f"allowed ({line(node)}); write the value as plain YAML")
+            raise ConfigError(
+                f"{source}: python tags such as '!!{shorten(tag.removeprefix(_YAML), 40)}' are not "
+                f"allowed ({line(node)}); write the value as plain YAML"
+            )
         if tag not in _SAFE_TAGS:
-            raise ConfigError(f"{source}: unknown YAML tag '{shorten(tag, 40)}' ({line(node)}); remove it and "
-                              "write the value as plain YAML")
+            raise ConfigError(
+                f"{source}: unknown YAML tag '{shorten(tag, 40)}' ({line(node)}); remove it and "
+                "write the value as plain YAML"
+            )
         open_nodes.add(key)
         total = 1
         if isinstance(node, yaml.MappingNode):
@@ -354,16 +364,20 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
             for key_node, value_node in node.value:
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _YAML + "merge":
                     if (key_node.tag, key_node.value) in seen:
-                        raise ConfigError(f"{source}: key '{shorten(key_node.value, 40)}' appears twice in one "
-                                          f"mapping ({line(key_node)}); keep one")
+                        raise ConfigError(
+                            f"{source}: key '{shorten(key_node.value, 40)}' appears twice in one "
+                            f"mapping ({line(key_node)}); keep one"
+                        )
                     seen.add((key_node.tag, key_node.value))
                 total += size(key_node, depth + 1) + size(value_node, depth + 1)
         elif isinstance(node, yaml.SequenceNode):
             for item in node.value:
                 total += size(item, depth + 1)
         if total > MAX_YAML_NODES:
-            raise ConfigError(f"{source} stands for more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
-                              f"expanded ({line(node)}); a config needs far fewer: remove the aliases")
+            raise ConfigError(
+                f"{source} stands for more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                f"expanded ({line(node)}); a config needs far fewer: remove the aliases"
+            )
         open_nodes.discard(key)
         expanded[key] = total
         return total
@@ -386,11 +400,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"override '{shorten(text, 40)}' is {len(text):,} characters long; a value that big "
-                          "belongs in the config file")
+        raise ConfigError(
+            f"override '{shorten(text, 40)}' is {len(text):,} characters long; a value that big "
+            "belongs in the config file"
+        )
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise ConfigError(f"bad override '{shorten(text, 60)}': '{shorten(key, 40)}' is not a dotted key such as "
-                          "afmcc.alpha")
+        raise ConfigError(
+            f"bad override '{shorten(text, 60)}': '{shorten(key, 40)}' is not a dotted key such as afmcc.alpha"
+        )
     try:
         value = yaml_load(raw, f"--set {shorten(key, 40)}") if raw.strip() else None
     except yaml.YAMLError:
@@ -405,8 +422,9 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"bad override: '{shorten('.'.join(path), 60)}' goes inside '{part}', which is not a "
-                              "section")
+            raise ConfigError(
+                f"bad override: '{shorten('.'.join(path), 60)}' goes inside '{part}', which is not a section"
+            )
         node = child
     node[path[-1]] = value
 
@@ -423,8 +441,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         size = p.stat().st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{name} is {size:,} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES:,}): "
-                              f"{example}")
+            raise ConfigError(
+                f"{name} is {size:,} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES:,}): {example}"
+            )
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{name} cannot be read ({shorten(exc.strerror or exc, 60)}); {example}") from None
@@ -439,8 +458,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name} is not valid YAML{_yaml_problem(exc)}; fix the syntax") from None
     if data is None:
-        raise ConfigError(f"{name} is empty; write at least the method and dataset keys (see configs/), or "
-                          "'{}' for all defaults")
+        raise ConfigError(
+            f"{name} is empty; write at least the method and dataset keys (see configs/), or '{{}}' for all defaults"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{name} must hold a YAML mapping of keys to values, not a {type(data).__name__}")
     return data
@@ -573,7 +593,11 @@ def _first_error(exc: ValidationError, prefix: str | None = None, model: type[Ba
         return _unknown_key(loc, holder.model_fields if holder is not None else ())
     where = f"config key '{loc}': " if loc else "config: "
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {shorten(got if not isinstance(got, str) else repr(got))})"
+    shown = (
+        ""
+        if isinstance(got, dict) or got is None
+        else f" (got {shorten(got if not isinstance(got, str) else repr(got))})"
+    )
     return f"{where}{msg}{shown}"
 
 

@@ -43,7 +43,7 @@ def shorten_path(path: object, limit: int = 60) -> str:
     text = " ".join(str(path).split())
     if len(text) <= limit:
         return text
-    tail = text[-(limit - 3):]
+    tail = text[-(limit - 3) :]
     cut = tail.find("/")
     return "..." + (tail[cut:] if 0 <= cut < len(tail) // 2 else tail)
 

@@ -87,9 +87,7 @@ def kmeans_from_centres(features: np.ndarray, centres: np.ndarray, seed: int) ->
     features = _as_features(features)
     centres = _as_features(centres)
     if features.shape[1] != centres.shape[1]:
-        raise ValueError(
-            f"features have {features.shape[1]} dimensions but the centres have {centres.shape[1]}"
-        )
+        raise ValueError(f"features have {features.shape[1]} dimensions but the centres have {centres.shape[1]}")
     if features.shape[0] < centres.shape[0]:
         distances = ((features[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
         return distances.argmin(axis=1).astype(np.int64)
@@ -97,9 +95,7 @@ def kmeans_from_centres(features: np.ndarray, centres: np.ndarray, seed: int) ->
     return _fit_kmeans(features, model).labels_.astype(np.int64)
 
 
-def global_kmeans(
-    features: np.ndarray, n_clusters: int, seed: int, n_init: int = 10
-) -> np.ndarray:
+def global_kmeans(features: np.ndarray, n_clusters: int, seed: int, n_init: int = 10) -> np.ndarray:
     """Labels of one k-means++ run over all clients' embeddings concatenated at the evaluator.
 
     An alternative to the FMCSC protocol: it needs every client's features in one place, which a
@@ -112,9 +108,7 @@ def argmax_assignments(probabilities: np.ndarray) -> np.ndarray:
     """Cluster ids as the argmax of soft assignments p (samples x clusters), as CMMC predicts."""
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2 or probabilities.shape[1] == 0:
-        raise ValueError(
-            f"probabilities must be a (samples x clusters) array, got shape {probabilities.shape}"
-        )
+        raise ValueError(f"probabilities must be a (samples x clusters) array, got shape {probabilities.shape}")
     return probabilities.argmax(axis=1).astype(np.int64)
 
 
@@ -132,18 +126,13 @@ def evaluate_fmcsc(
     if not client_features:
         raise ValueError("no clients to evaluate")
     if len(client_features) != len(client_labels):
-        raise ValueError(
-            f"{len(client_features)} clients have features but {len(client_labels)} have labels"
-        )
+        raise ValueError(f"{len(client_features)} clients have features but {len(client_labels)} have labels")
     for client, (features, labels) in enumerate(zip(client_features, client_labels)):
         if len(features) != len(labels):
-            raise ValueError(
-                f"client {client} has {len(features)} embedded samples but {len(labels)} labels"
-            )
+            raise ValueError(f"client {client} has {len(features)} embedded samples but {len(labels)} labels")
     reference_labels, centres = reference_kmeans(client_features[0], n_clusters, seed)
     predictions = np.concatenate(
-        [reference_labels]
-        + [kmeans_from_centres(features, centres, seed) for features in client_features[1:]]
+        [reference_labels] + [kmeans_from_centres(features, centres, seed) for features in client_features[1:]]
     )
     scores = clustering_metrics(np.concatenate(client_labels), predictions)
     return FmcscResult(

@@ -63,13 +63,9 @@ def _contingency(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     true = np.asarray(y_true)
     pred = np.asarray(y_pred)
     if true.ndim != 1 or pred.ndim != 1:
-        raise ValueError(
-            f"labels must be 1-D, got shapes {true.shape} (true) and {pred.shape} (predicted)"
-        )
+        raise ValueError(f"labels must be 1-D, got shapes {true.shape} (true) and {pred.shape} (predicted)")
     if true.shape != pred.shape:
-        raise ValueError(
-            f"{true.size} true labels but {pred.size} predicted labels; they must match"
-        )
+        raise ValueError(f"{true.size} true labels but {pred.size} predicted labels; they must match")
     if true.size == 0:
         raise ValueError("cannot score an empty labelling")
     return contingency_matrix(true, pred)

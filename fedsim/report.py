@@ -38,8 +38,17 @@ import pandas as pd
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
 from fedsim.config import build_config
 from fedsim.errors import ConfigError
-from fedsim.sweep import (GRID_DIR, ROOT, GridSpec, _score_keys, grid_names, load_grid, summarise_grid,
-                          sweep_base, write_plots)
+from fedsim.sweep import (
+    GRID_DIR,
+    ROOT,
+    GridSpec,
+    _score_keys,
+    grid_names,
+    load_grid,
+    summarise_grid,
+    sweep_base,
+    write_plots,
+)
 from fedsim.tracking import config_params
 
 METHOD_ORDER = ("afmcc", "fmcsc", "cmmc", "msdib", "gib", "fedrecon")
@@ -86,9 +95,16 @@ def _command(spec: GridSpec, dataset: str, parent: Any, client: Any) -> str:
         return tag
     extra: list[str] = []
     try:  # older sweeps: the user's overrides are what grid.json holds beyond the grid's own
-        overrides = json.loads(Path(client.download_artifacts(parent.info.run_id, "grid.json")).read_text())["overrides"]
-        known = {f"dataset={dataset}", *[f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in
-                                         {**spec.fixed, **spec.datasets.get(dataset, {})}.items()]}
+        overrides = json.loads(Path(client.download_artifacts(parent.info.run_id, "grid.json")).read_text())[
+            "overrides"
+        ]
+        known = {
+            f"dataset={dataset}",
+            *[
+                f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                for k, v in {**spec.fixed, **spec.datasets.get(dataset, {})}.items()
+            ],
+        }
         extra = [o for o in overrides if o not in known]
     except Exception:  # noqa: BLE001 - no grid.json: assume no extra overrides
         pass
@@ -119,8 +135,9 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
     per grid point the latest FINISHED trial counts. Summary runs of another setting (other
     EXTRA overrides) are left out: the latest setting wins."""
     runs = client.search_runs([experiment.experiment_id], max_results=50000)
-    parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
-                     key=lambda r: r.info.start_time, reverse=True)
+    parents = sorted(
+        (r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time, reverse=True
+    )
     if not parents:
         return None
     children: dict[str, list[Any]] = {}
@@ -132,8 +149,9 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
     group = [p for p in parents if _setting(commands[p.info.run_id]) == _setting(commands[lead.info.run_id])]
     by_name = {"-".join(f"{k}={v}" for k, v in t.items()): t for t in spec.trials}
     needs_history = bool(spec.time_to_reach) or "mode" in spec.grid
-    members = sorted((c for p in group for c in children.get(p.info.run_id, [])),
-                     key=lambda r: r.info.start_time, reverse=True)
+    members = sorted(
+        (c for p in group for c in children.get(p.info.run_id, [])), key=lambda r: r.info.start_time, reverse=True
+    )
     rows, unmatched, seen = [], 0, set()
     for run in members:  # latest first: a rerun grid point replaces its earlier run
         point = _grid_point(run, spec, by_name)
@@ -143,9 +161,13 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
             continue
         seen.add(key)
         finals = {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")}
-        row = {**point, **{k: finals[k] for k in _score_keys(finals)},
-               "wall_time_s": finals.get("wall_time", float("nan")), "sim_time": finals.get("sim_time", float("nan")),
-               "mlflow_run_id": run.info.run_id}
+        row = {
+            **point,
+            **{k: finals[k] for k in _score_keys(finals)},
+            "wall_time_s": finals.get("wall_time", float("nan")),
+            "sim_time": finals.get("sim_time", float("nan")),
+            "mlflow_run_id": run.info.run_id,
+        }
         if needs_history:
             row["history"] = _history(client, run.info.run_id)
         rows.append(row)
@@ -153,19 +175,34 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
     used = [p for p in group if children.get(p.info.run_id)] or [lead]
     finished = all(p.info.status == "FINISHED" and p.info.end_time for p in used)
     wall = sum((p.info.end_time - p.info.start_time) / 1000 for p in used) if finished else None
-    commits = sorted({r.data.tags.get("fedsim.git_commit", "not recorded") for r in members
-                      if r.info.run_id in set(frame.get("mlflow_run_id", []))})
-    machines = list(dict.fromkeys(p.data.tags.get("fedsim.machine", "not recorded (sweep run before fedsim tagged "
-                                                               "the machine)") for p in used))
+    commits = sorted(
+        {
+            r.data.tags.get("fedsim.git_commit", "not recorded")
+            for r in members
+            if r.info.run_id in set(frame.get("mlflow_run_id", []))
+        }
+    )
+    machines = list(
+        dict.fromkeys(
+            p.data.tags.get("fedsim.machine", "not recorded (sweep run before fedsim tagged the machine)") for p in used
+        )
+    )
     return SweepRecord(
-        spec=spec, dataset=dataset, parent_ids=[original_id(p) for p in used],
+        spec=spec,
+        dataset=dataset,
+        parent_ids=[original_id(p) for p in used],
         status="FINISHED" if finished else next(p.info.status for p in used if p.info.status != "FINISHED"),
-        frame=frame, planned=len(spec.trials), unmatched=unmatched, wall_time_s=wall,
+        frame=frame,
+        planned=len(spec.trials),
+        unmatched=unmatched,
+        wall_time_s=wall,
         trial_wall_time_s=float(frame["wall_time_s"].sum()) if not frame.empty else 0.0,
-        machine="; ".join(machines), code=", ".join(c if c == "not recorded" else c[:10] + c[40:] for c in commits)
-        or "—", commands=list(dict.fromkeys(commands[p.info.run_id] for p in reversed(used))),
+        machine="; ".join(machines),
+        code=", ".join(c if c == "not recorded" else c[:10] + c[40:] for c in commits) or "—",
+        commands=list(dict.fromkeys(commands[p.info.run_id] for p in reversed(used))),
         started=datetime.fromtimestamp(min(p.info.start_time for p in used) / 1000, timezone.utc).strftime(
-            "%Y-%m-%d %H:%M UTC"),
+            "%Y-%m-%d %H:%M UTC"
+        ),
     )
 
 
@@ -180,8 +217,11 @@ def read_sweeps(tracking_uri: str) -> dict[tuple[str, str, str], SweepRecord]:
         if len(parts) != 4 or parts[0] != "sweep":
             continue
         _, method, dataset, grid = parts
-        if (method, grid) in SKIPPED_GRIDS or dataset.startswith("synthetic") \
-                or not (GRID_DIR / method / f"{grid}.yaml").is_file():
+        if (
+            (method, grid) in SKIPPED_GRIDS
+            or dataset.startswith("synthetic")
+            or not (GRID_DIR / method / f"{grid}.yaml").is_file()
+        ):
             continue
         record = read_sweep(client, exp, load_grid(method, grid), dataset)
         if record is not None:
@@ -203,8 +243,9 @@ def _extra_of(command: str) -> list[str]:
     return found.group(1).split() if found else []
 
 
-def config_differences(expected: dict[str, str], actual: dict[str, str],
-                       defaults: dict[str, str]) -> tuple[list[str], list[str]]:
+def config_differences(
+    expected: dict[str, str], actual: dict[str, str], defaults: dict[str, str]
+) -> tuple[list[str], list[str]]:
     """(keys whose values differ, keys the run predates) between the params a run of ``expected``
     would log and a logged run's ``actual`` params, placement keys aside. A key the run predates
     (fedsim added it later) counts as equal when ``expected`` holds its default: config switches
@@ -238,16 +279,21 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
     taken: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     rows: list[dict[str, Any]] = []
     for point in spec.trials:
-        source = next((g for axis, values in spec.borrow.items() for v, g in values.items()
-                       if str(point.get(axis)) == v), None)
+        source = next(
+            (g for axis, values in spec.borrow.items() for v, g in values.items() if str(point.get(axis)) == v), None
+        )
         if source is None or json.dumps(point, sort_keys=True) in have:
             continue
         label = " ".join(f"{k}={v}" for k, v in point.items())
         other = sweeps.get((spec.method, dataset, source))
-        wanted = {k: point[k] for k in other.spec.grid} if other is not None and set(other.spec.grid) <= set(point) \
-            else None
-        match = [] if other is None or other.frame.empty or wanted is None else [
-            r for r in other.frame.to_dict("records") if all(r.get(k) == v for k, v in wanted.items())]
+        wanted = (
+            {k: point[k] for k in other.spec.grid} if other is not None and set(other.spec.grid) <= set(point) else None
+        )
+        match = (
+            []
+            if other is None or other.frame.empty or wanted is None
+            else [r for r in other.frame.to_dict("records") if all(r.get(k) == v for k, v in wanted.items())]
+        )
         if not match:
             record.borrowed.append(f"{label}: no finished run of {spec.method}/{source} to take")
             continue
@@ -259,8 +305,9 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
             continue
         differ, predates = config_differences(expected, dict(run.data.params), defaults)
         if differ:
-            record.borrowed.append(f"{label}: not taken from {spec.method}/{source}, whose run differs on "
-                                   + "; ".join(differ))
+            record.borrowed.append(
+                f"{label}: not taken from {spec.method}/{source}, whose run differs on " + "; ".join(differ)
+            )
             continue
         row = {**point, **{k: v for k, v in match[0].items() if k not in point}, "borrowed_from": source}
         if "history" in record.frame and "history" not in row:
@@ -268,12 +315,15 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
         rows.append(row)
         commit = run.data.tags.get("fedsim.git_commit", "not recorded")
         taken.setdefault((source, tuple(predates)), []).append(
-            f"{label} (run `{original_id(run)}`, code {commit if commit == 'not recorded' else commit[:10] + commit[40:]})")
+            f"{label} (run `{original_id(run)}`, code {commit if commit == 'not recorded' else commit[:10] + commit[40:]})"
+        )
     if not rows:
         return
     for (source, predates), labels in taken.items():
-        record.borrowed.append(f"{', '.join(labels)}: taken from {spec.method}/{source}" + (
-            f"; the run(s) predate {', '.join(predates)}, at the default here" if predates else ""))
+        record.borrowed.append(
+            f"{', '.join(labels)}: taken from {spec.method}/{source}"
+            + (f"; the run(s) predate {', '.join(predates)}, at the default here" if predates else "")
+        )
     record.frame = pd.DataFrame(_in_grid_order(spec, record.frame.to_dict("records") + rows))
 
 
@@ -376,8 +426,9 @@ def paper_plot(spec: GridSpec, table: pd.DataFrame, path: Path) -> Path | None:
         ours = table[f"{m}_mean"].to_numpy(float)
         paper = pd.to_numeric(table[f"{m}_paper"], errors="coerce").to_numpy(float)
         ax.bar(x - 0.2, ours, 0.4, yerr=table[f"{m}_std"].to_numpy(float), capsize=3, label="fedsim")
-        ax.bar(x + 0.2, paper, 0.4, yerr=np.nan_to_num(table[f"{m}_paper_std"].to_numpy(float)), capsize=3,
-               label="paper")
+        ax.bar(
+            x + 0.2, paper, 0.4, yerr=np.nan_to_num(table[f"{m}_paper_std"].to_numpy(float)), capsize=3, label="paper"
+        )
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"{m.upper()} (%)")
         ax.set_ylim(0, 100)
@@ -404,8 +455,13 @@ def _datasets_for(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord
     return [d for d in dict.fromkeys(names) if not d.startswith("synthetic")]
 
 
-def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], out_dir: Path,
-             data_dir: str | None, tables_dir: Path | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+def _section(
+    spec: GridSpec,
+    sweeps: dict[tuple[str, str, str], SweepRecord],
+    out_dir: Path,
+    data_dir: str | None,
+    tables_dir: Path | None = None,
+) -> tuple[list[str], list[dict[str, Any]]]:
     from fedsim.data.datasets import dataset_availability
 
     lines = [f"### {spec.method}/{spec.name}: {spec.reproduces}", ""]
@@ -429,19 +485,33 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
         if tables_dir is not None:
             table.to_csv(tables_dir / f"{spec.method}_{dataset}_{spec.name}.csv", index=False)
         n = len(record.frame)
-        state = "complete" if n >= record.planned and record.status == "FINISHED" else (
-            f"partial: {n} of {record.planned} trials finished, summary run {record.status}")
+        state = (
+            "complete"
+            if n >= record.planned and record.status == "FINISHED"
+            else (f"partial: {n} of {record.planned} trials finished, summary run {record.status}")
+        )
         wall = f"{record.wall_time_s:.0f} s" if record.wall_time_s is not None else "— (sweep not finished)"
-        lines += [f"**{dataset}** ({state}). Regenerate: " + ", then ".join(f"`{c}`" for c in record.commands), "",
-                  f"Sweep started {record.started}; wall time {wall}; sum of trial wall times "
-                  f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; code: {record.code}; MLflow summary run(s) "
-                  + ", ".join(f"`{i}`" for i in record.parent_ids)
-                  + (f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
-                     if record.unmatched else "") + ".", ""]
+        lines += [
+            f"**{dataset}** ({state}). Regenerate: " + ", then ".join(f"`{c}`" for c in record.commands),
+            "",
+            f"Sweep started {record.started}; wall time {wall}; sum of trial wall times "
+            f"{record.trial_wall_time_s:.0f} s; machine: {record.machine}; code: {record.code}; MLflow summary run(s) "
+            + ", ".join(f"`{i}`" for i in record.parent_ids)
+            + (
+                f"; {record.unmatched} finished run(s) match no point of the current grid file and are left out"
+                if record.unmatched
+                else ""
+            )
+            + ".",
+            "",
+        ]
         if record.borrowed:
-            lines += ["Grid points that are another grid's trials (the grid file's `borrow`; taken only where the "
-                      "resolved configs agree key by key, placement and tracking keys aside, and not part of the wall "
-                      "times above): " + "; ".join(record.borrowed) + ".", ""]
+            lines += [
+                "Grid points that are another grid's trials (the grid file's `borrow`; taken only where the "
+                "resolved configs agree key by key, placement and tracking keys aside, and not part of the wall "
+                "times above): " + "; ".join(record.borrowed) + ".",
+                "",
+            ]
         lines += [table_markdown(spec, table)]
         ordering = ablation_ordering(spec, dataset, table)
         if ordering:
@@ -451,30 +521,49 @@ def _section(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord], ou
         if gaps:
             any_gap = True
             worst = min(gaps, key=lambda g: g[2])
-            lines += [f"⚠ {len(gaps)} of {cells} cells with a paper value fall short by more than the paper's std; "
-                      f"the largest gap: {worst[0]} {worst[1]} {worst[2]:+.1f} points.", ""]
+            lines += [
+                f"⚠ {len(gaps)} of {cells} cells with a paper value fall short by more than the paper's std; "
+                f"the largest gap: {worst[0]} {worst[1]} {worst[2]:+.1f} points.",
+                "",
+            ]
         prefix = f"{spec.method}_{dataset}_{spec.name}_"
         plots = [p for p in [paper_plot(spec, table, out_dir / f"{prefix}vs_paper.png")] if p is not None]
         plots += write_plots(spec, record.frame, out_dir, prefix=prefix)
         lines += [f"![{p.stem}]({p.name})" for p in plots]
         lines.append("")
-        status.append({"grid": f"{spec.method}/{spec.name}", "dataset": dataset, "state": state,
-                       "gaps": f"{len(gaps)} of {cells}" if cells else "no paper value",
-                       "trials": f"{n}/{record.planned}"})
+        status.append(
+            {
+                "grid": f"{spec.method}/{spec.name}",
+                "dataset": dataset,
+                "state": state,
+                "gaps": f"{len(gaps)} of {cells}" if cells else "no paper value",
+                "trials": f"{n}/{record.planned}",
+            }
+        )
     if unavailable or spec.not_held:
-        lines.append("Not available here, so not run: " + "; ".join(
-            unavailable + [f"`{k}`: {v}" for k, v in spec.not_held.items()]) + ".")
+        lines.append(
+            "Not available here, so not run: "
+            + "; ".join(unavailable + [f"`{k}`: {v}" for k, v in spec.not_held.items()])
+            + "."
+        )
         lines.append("")
     if findings.is_file():
         lines += ["**Findings** (reports/findings/" + findings.name + "):", "", findings.read_text().strip(), ""]
     elif any_gap:
-        lines += ["**Findings**: no investigation of these gaps is recorded yet "
-                  f"(reports/findings/{findings.name}).", ""]
+        lines += [
+            f"**Findings**: no investigation of these gaps is recorded yet (reports/findings/{findings.name}).",
+            "",
+        ]
     return lines, status
 
 
-def build_report(tracking_uri: str | None, out_dir: str | Path = "reports", data_dir: str | None = None,
-                 archive_dir: str | Path | None = None, log_to: str | None = None) -> tuple[Path, int, int]:
+def build_report(
+    tracking_uri: str | None,
+    out_dir: str | Path = "reports",
+    data_dir: str | None = None,
+    archive_dir: str | Path | None = None,
+    log_to: str | None = None,
+) -> tuple[Path, int, int]:
     """``make report``: export the store's sweeps into the archive (fedsim/archive.py), import the
     whole archive into a fresh temporary MLflow store and write the report from that store.
     ``tracking_uri`` None: no local store, the archive alone. ``log_to``: an MLflow store that
@@ -493,8 +582,10 @@ def build_report(tracking_uri: str | None, out_dir: str | Path = "reports", data
             shown = os.path.relpath(archive.resolve(), ROOT)
         except ValueError:
             shown = str(archive)
-        source = (f"the sweep archive `{shown}/` ({len(records)} MLflow runs, exported from the stores the sweeps "
-                  "ran in and imported into a fresh MLflow store for this report)")
+        source = (
+            f"the sweep archive `{shown}/` ({len(records)} MLflow runs, exported from the stores the sweeps "
+            "ran in and imported into a fresh MLflow store for this report)"
+        )
         tables = Path(tmp) / "tables"
         tables.mkdir()
         path = write_report(uri, out_dir, data_dir, source=source, tables_dir=tables)
@@ -515,8 +606,11 @@ def log_report_run(tracking_uri: str, report: Path, tables: Path, n_runs: int) -
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(REPORT_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(REPORT_EXPERIMENT)
-    run = client.create_run(experiment_id, run_name="reproduction-report",
-                            tags={"fedsim.kind": "report", "fedsim.code_version": code_version()})
+    run = client.create_run(
+        experiment_id,
+        run_name="reproduction-report",
+        tags={"fedsim.kind": "report", "fedsim.code_version": code_version()},
+    )
     try:
         client.log_param(run.info.run_id, "archived_runs", n_runs)
         client.log_artifact(run.info.run_id, str(report))
@@ -531,8 +625,13 @@ def log_report_run(tracking_uri: str, report: Path, tables: Path, n_runs: int) -
     return run.info.run_id
 
 
-def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: str | None = None,
-                 source: str | None = None, tables_dir: str | Path | None = None) -> Path:
+def write_report(
+    tracking_uri: str,
+    out_dir: str | Path = "reports",
+    data_dir: str | None = None,
+    source: str | None = None,
+    tables_dir: str | Path | None = None,
+) -> Path:
     """Write ``out_dir``/REPRODUCTION.md and its plots from the MLflow store; returns the file.
     ``source`` says in the header where the store's runs came from (default: the store's URI);
     ``tables_dir``, if given, receives each section's table as CSV."""
@@ -555,25 +654,33 @@ def write_report(tracking_uri: str, out_dir: str | Path = "reports", data_dir: s
             body += lines
             status += st
     counts = pd.Series([s["state"].split(":")[0] for s in status]).value_counts().to_dict() if status else {}
-    shown_uri = tracking_uri if not tracking_uri.startswith("sqlite:///" + str(ROOT)) else \
-        "sqlite:///" + os.path.relpath(tracking_uri.removeprefix("sqlite:///"), ROOT)
+    shown_uri = (
+        tracking_uri
+        if not tracking_uri.startswith("sqlite:///" + str(ROOT))
+        else "sqlite:///" + os.path.relpath(tracking_uri.removeprefix("sqlite:///"), ROOT)
+    )
     source = source or f"the MLflow store `{shown_uri}`"
     head = [
-        "# fedsim reproduction report", "",
+        "# fedsim reproduction report",
+        "",
         f"Generated by `make report` (fedsim/report.py) from {source} on "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Every number in the tables comes from the "
         "trial runs' final metrics there; do not edit this file, rerun `make report`. The findings paragraphs "
-        "are hand-written, in reports/findings/.", "",
+        "are hand-written, in reports/findings/.",
+        "",
         "Columns: ours = mean ± std over the grid's seeds (population std), in percent; paper = the paper's value "
         "(± its std where printed); Δ = ours − paper in points, ⚠ where we fall short by more than the paper's std "
-        "(any shortfall where it prints none). n = finished trials per row.", "",
-        f"Grid × dataset cells: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}.", "",
+        "(any shortfall where it prints none). n = finished trials per row.",
+        "",
+        f"Grid × dataset cells: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}.",
+        "",
     ]
     ran = [x for x in status if "trials" in x]
     if ran:
         head += ["| grid | dataset | state | trials | cells short of the paper by > its std |", "|---|---|---|---|---|"]
-        head += [f"| {x['grid']} | {x['dataset']} | {x['state'].split(':')[0]} | {x['trials']} | {x['gaps']} |"
-                 for x in ran]
+        head += [
+            f"| {x['grid']} | {x['dataset']} | {x['state'].split(':')[0]} | {x['trials']} | {x['gaps']} |" for x in ran
+        ]
         head.append("")
     protocol = out / FINDINGS_DIR / "protocol.md"
     if protocol.is_file():

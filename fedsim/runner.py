@@ -57,13 +57,21 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
 
         privacy = plan_privacy(cfg, *_round_costs(cfg, dataset, specs), speeds)
     if cfg.task == "clustering" and cfg.evaluation == "fmcsc" and specs[0].indices.size < dataset.n_clusters:
-        raise ConfigError(f"client 0 holds {specs[0].indices.size} samples, fewer than the {dataset.n_clusters} "
-                          "clusters k-means needs for the FMCSC evaluation; use fewer clients or evaluation=global_kmeans")
+        raise ConfigError(
+            f"client 0 holds {specs[0].indices.size} samples, fewer than the {dataset.n_clusters} "
+            "clusters k-means needs for the FMCSC evaluation; use fewer clients or evaluation=global_kmeans"
+        )
     return {
-        "dataset": dataset, "specs": specs, "speeds": speeds, "view_dims": dataset.view_dims,
-        "n_clusters": dataset.n_clusters, "n_samples": dataset.n_samples,
+        "dataset": dataset,
+        "specs": specs,
+        "speeds": speeds,
+        "view_dims": dataset.view_dims,
+        "n_clusters": dataset.n_clusters,
+        "n_samples": dataset.n_samples,
         "client_kinds": "".join(s.kind for s in specs),
-        "client_modalities": [list(s.views) for s in specs], "param_bytes": param_bytes, "privacy": privacy,
+        "client_modalities": [list(s.views) for s in specs],
+        "param_bytes": param_bytes,
+        "privacy": privacy,
     }
 
 
@@ -91,11 +99,15 @@ def _check_paths(cfg: ExperimentConfig) -> None:
         path = Path(cfg.data_dir).expanduser()
         shown = shorten_path(cfg.data_dir, 100)
         if not path.exists():
-            raise ConfigError(f"data_dir '{shown}' does not exist; pass the folder that holds the dataset files "
-                              "(--data-dir or data_dir)")
+            raise ConfigError(
+                f"data_dir '{shown}' does not exist; pass the folder that holds the dataset files "
+                "(--data-dir or data_dir)"
+            )
         if not path.is_dir():
-            raise ConfigError(f"data_dir '{shown}' is a file, not a folder; pass the folder that holds the dataset "
-                              "files (--data-dir or data_dir)")
+            raise ConfigError(
+                f"data_dir '{shown}' is a file, not a folder; pass the folder that holds the dataset "
+                "files (--data-dir or data_dir)"
+            )
     env_address = os.environ.get("RAY_ADDRESS")
     if cfg.runtime.ray_address is None and env_address:
         problem = ray_address_problem(env_address)
@@ -114,15 +126,19 @@ def _check_checkpoint_dir(given: str) -> None:
     existing = next((p for p in [path, *path.parents] if p.exists()), None)
     if existing is None or not existing.is_dir():
         what = "is a file" if existing == path else f"lies under the file '{shorten_path(existing, 80)}'"
-        raise ConfigError(f"runtime.checkpoint_dir '{shown}' {what}; name a folder (or null: no checkpoint, no "
-                          "--resume)")
+        raise ConfigError(
+            f"runtime.checkpoint_dir '{shown}' {what}; name a folder (or null: no checkpoint, no --resume)"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"runtime.checkpoint_dir '{shown}': '{shorten_path(existing, 80)}' is not writable; pick "
-                          "another folder (or null: no checkpoint, no --resume)")
+        raise ConfigError(
+            f"runtime.checkpoint_dir '{shown}': '{shorten_path(existing, 80)}' is not writable; pick "
+            "another folder (or null: no checkpoint, no --resume)"
+        )
 
 
-def _rehearse_method(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int,
-                     client_modalities: list[tuple[int, ...]]) -> int:
+def _rehearse_method(
+    cfg: ExperimentConfig, view_dims: tuple[int, ...], n_clusters: int, client_modalities: list[tuple[int, ...]]
+) -> int:
     """Build the method and its model in the driver, as every actor will: whatever the config
     cannot build fails here, as a ConfigError, not in an actor after Ray and MLflow started.
     Returns the model's parameter bytes (for the placement)."""
@@ -136,12 +152,16 @@ def _rehearse_method(cfg: ExperimentConfig, view_dims: tuple[int, ...], n_cluste
     except FedsimError:
         raise
     except (ValueError, TypeError, RuntimeError, MemoryError) as exc:
-        raise ConfigError(f"{cfg.method} cannot build its model for views {list(view_dims)} from this config "
-                          f"({type(exc).__name__}: {shorten(str(exc), 80)}); check the {cfg.method}.* widths") from None
+        raise ConfigError(
+            f"{cfg.method} cannot build its model for views {list(view_dims)} from this config "
+            f"({type(exc).__name__}: {shorten(str(exc), 80)}); check the {cfg.method}.* widths"
+        ) from None
     empty = [name for name, p in model.named_parameters() if p.numel() == 0]
     if empty:
-        raise ConfigError(f"{cfg.method}'s model has a layer of width 0 ({shorten(empty[0], 40)}); every width in "
-                          f"{cfg.method}.* must be >= 1")
+        raise ConfigError(
+            f"{cfg.method}'s model has a layer of width 0 ({shorten(empty[0], 40)}); every width in "
+            f"{cfg.method}.* must be >= 1"
+        )
     # A method's rules on the whole run (``check_run``), and, for methods that map each
     # client's modalities to a model slot (FMCSC's view patterns), that every client has one.
     check_run = getattr(method, "check_run", None)
@@ -172,9 +192,11 @@ def _check_model_size(cfg: ExperimentConfig, method: Any) -> None:
         return
     need, total = 4 * 4 * count, psutil.virtual_memory().total
     if need > total:
-        raise ConfigError(f"{cfg.method}'s model has {count:,} parameters: a client needs {need / 2**30:,.1f} GiB for "
-                          f"it (weights, gradients, Adam), more than this machine's {total / 2**30:,.0f} GiB; lower "
-                          f"the {cfg.method}.* widths")
+        raise ConfigError(
+            f"{cfg.method}'s model has {count:,} parameters: a client needs {need / 2**30:,.1f} GiB for "
+            f"it (weights, gradients, Adam), more than this machine's {total / 2**30:,.0f} GiB; lower "
+            f"the {cfg.method}.* widths"
+        )
 
 
 def _check_method(cfg: ExperimentConfig) -> None:
@@ -184,14 +206,21 @@ def _check_method(cfg: ExperimentConfig) -> None:
     method_cls = get_method(cfg.method)
     supervised = bool(getattr(method_cls, "supervised", False))
     if cfg.task == "classification" and not supervised:
-        raise ConfigError(f"task=classification needs a supervised method; '{cfg.method}' is a clustering method "
-                          "(supervised methods: fedrecon, fedavg, fedprox, fedopt)")
+        raise ConfigError(
+            f"task=classification needs a supervised method; '{cfg.method}' is a clustering method "
+            "(supervised methods: fedrecon, fedavg, fedprox, fedopt)"
+        )
     if cfg.task == "clustering" and supervised:
         raise ConfigError(f"'{cfg.method}' is a supervised method; set task=classification")
-    if (cfg.model_selection.runs > 1 and cfg.model_selection.criterion == "loss"
-            and not hasattr(method_cls, "selection_loss")):
-        raise ConfigError(f"model_selection.criterion=loss needs a label-free selection_loss, which '{cfg.method}' "
-                          "does not define; use model_selection.criterion=acc (uses labels) or runs=1")
+    if (
+        cfg.model_selection.runs > 1
+        and cfg.model_selection.criterion == "loss"
+        and not hasattr(method_cls, "selection_loss")
+    ):
+        raise ConfigError(
+            f"model_selection.criterion=loss needs a label-free selection_loss, which '{cfg.method}' "
+            "does not define; use model_selection.criterion=acc (uses labels) or runs=1"
+        )
 
 
 @dataclass
@@ -200,8 +229,9 @@ class RunOutcome:
     federation: FederationResult  # histories, upload log, assignments
 
 
-def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = None,
-                   resume: str | None = None) -> RunOutcome:
+def run_experiment(
+    cfg: ExperimentConfig, callbacks: list[Callback] | None = None, resume: str | None = None
+) -> RunOutcome:
     """Run ``cfg`` end to end: the result JSON and the federation's full record.
 
     ``resume``: the id of a run of the same config whose driver died (its MLflow run id, or the
@@ -240,8 +270,9 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
             run_cfg = cfg if restart == 0 else cfg.model_copy(update={"restart": restart})
             if selection.runs > 1:
                 callback.on_restart(restart, selection.runs)
-            result, info = _federate(run_cfg, specs, speeds, facts, shard_bytes, run_tag, ray_info, callback,
-                                     resume is not None, privacy)
+            result, info = _federate(
+                run_cfg, specs, speeds, facts, shard_bytes, run_tag, ray_info, callback, resume is not None, privacy
+            )
             if len(result.upload_log):
                 releases += np.bincount(result.upload_log["client_id"], minlength=cfg.num_clients)
             capped.update(result.privacy_capped)
@@ -260,9 +291,13 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
         if privacy is not None:
             out["privacy"] = privacy.account(releases.tolist(), sorted(capped))
         if selection.runs > 1:
-            out["model_selection"] = {"runs": selection.runs, "criterion": selection.criterion,
-                                      "uses_labels": selection.criterion == "acc", "restarts": restarts,
-                                      "chosen": int(info["restart"])}
+            out["model_selection"] = {
+                "runs": selection.runs,
+                "criterion": selection.criterion,
+                "uses_labels": selection.criterion == "acc",
+                "restarts": restarts,
+                "chosen": int(info["restart"]),
+            }
         if tracker is not None:
             if "privacy" in out:
                 tracker.log_privacy(out["privacy"])
@@ -280,9 +315,18 @@ def run_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = Non
             ray.shutdown()
 
 
-def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts: dict[str, Any], shard_bytes: int,
-              run_tag: str, ray_info: dict[str, Any], callback: Callback, resume: bool = False,
-              privacy: PrivacyPlan | None = None) -> tuple[FederationResult, dict[str, Any]]:
+def _federate(
+    cfg: ExperimentConfig,
+    specs: list[Any],
+    speeds: np.ndarray,
+    facts: dict[str, Any],
+    shard_bytes: int,
+    run_tag: str,
+    ray_info: dict[str, Any],
+    callback: Callback,
+    resume: bool = False,
+    privacy: PrivacyPlan | None = None,
+) -> tuple[FederationResult, dict[str, Any]]:
     """One federation from fresh actors: a parameter server, the client actors, the run (from
     its checkpoint when ``resume``; one killed before its first driver checkpoint starts over)."""
     folder = _checkpoint_folder(cfg, run_tag)
@@ -297,9 +341,14 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
     try:
         # Everything Ray-side is created inside the try: an interruption half-way through
         # start-up must not leave actors holding CPUs, or the next run's actors pend forever.
-        server = make_server([s.views for s in specs], run_tag, [int(s.indices.size) for s in specs],
-                             restart=cfg.restart, checkpoint_dir=_checkpoint_folder(cfg, run_tag),
-                             max_restarts=cfg.runtime.max_actor_restarts)
+        server = make_server(
+            [s.views for s in specs],
+            run_tag,
+            [int(s.indices.size) for s in specs],
+            restart=cfg.restart,
+            checkpoint_dir=_checkpoint_folder(cfg, run_tag),
+            max_restarts=cfg.runtime.max_actor_restarts,
+        )
         placement = plan_placement(cfg, facts["param_bytes"], shard_bytes)
         actor_of = start_client_actors(cfg, placement, run_tag, created=actors)
         described: dict[int, dict[str, Any]] = {}
@@ -311,7 +360,8 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
                 f"the {len(actors)} client actors ({placement.num_cpus:g} CPUs, {placement.num_gpus:g} GPUs each) were "
                 f"not running after {cfg.runtime.start_timeout_s:g} s (runtime.start_timeout_s); Ray has "
                 f"{free or 'no CPU or GPU'} free of {_cpu_gpu(ray.cluster_resources())}: lower "
-                "runtime.num_cpus/num_gpus or free the cluster (`ray status`)") from None
+                "runtime.num_cpus/num_gpus or free the cluster (`ray status`)"
+            ) from None
         for part in parts:
             described.update(part)
         if privacy is not None:  # the release bounds were derived from these costs
@@ -319,19 +369,35 @@ def _federate(cfg: ExperimentConfig, specs: list[Any], speeds: np.ndarray, facts
             if costs != list(zip(privacy.bounds.round_costs, privacy.bounds.pretrain_costs)):
                 raise RuntimeError("the client actors report other round costs than the driver's privacy plan used")
         info = {
-            "n_samples": facts["n_samples"], "n_clusters": facts["n_clusters"], "view_dims": list(facts["view_dims"]),
-            "client_kinds": facts["client_kinds"], "client_modalities": facts["client_modalities"],
+            "n_samples": facts["n_samples"],
+            "n_clusters": facts["n_clusters"],
+            "view_dims": list(facts["view_dims"]),
+            "client_kinds": facts["client_kinds"],
+            "client_modalities": facts["client_modalities"],
             "speeds": [round(float(s), 4) for s in speeds],
-            "actors": len(actors), "clients_per_actor": max(len(g) for g in placement.groups),
-            "num_cpus_per_actor": round(placement.num_cpus, 4), "num_gpus_per_actor": round(placement.num_gpus, 4),
-            "num_parameters": described[0]["num_parameters"], "run_tag": run_tag,
-            "dashboard_url": ray_info.get("dashboard_url"), "restart": cfg.restart,
+            "actors": len(actors),
+            "clients_per_actor": max(len(g) for g in placement.groups),
+            "num_cpus_per_actor": round(placement.num_cpus, 4),
+            "num_gpus_per_actor": round(placement.num_gpus, 4),
+            "num_parameters": described[0]["num_parameters"],
+            "run_tag": run_tag,
+            "dashboard_url": ray_info.get("dashboard_url"),
+            "restart": cfg.restart,
         }
         if cfg.restart == 0:
             callback.on_run_start(info)
-        federation = Federation(cfg, server, actor_of, described, speeds, facts["n_clusters"], callback,
-                                checkpoint_folder=folder if cfg.mode == "virtual" else None, resume=state,
-                                privacy=privacy)
+        federation = Federation(
+            cfg,
+            server,
+            actor_of,
+            described,
+            speeds,
+            facts["n_clusters"],
+            callback,
+            checkpoint_folder=folder if cfg.mode == "virtual" else None,
+            resume=state,
+            privacy=privacy,
+        )
         return federation.run(), info
     finally:
         # Wait for the CPUs to be free again only where the next run plans from what is free: a
@@ -353,11 +419,14 @@ def _resume_key(cfg: ExperimentConfig) -> dict[str, Any]:
 def _check_resumable(cfg: ExperimentConfig, run: str) -> None:
     """Refuse, before Ray starts, a resumption that cannot continue the run it names."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", run):
-        raise ConfigError(f"--resume '{shorten(run, 40)}' is not a run id; give the MLflow run id (32 hex digits) or "
-                          "the run tag a run printed")
+        raise ConfigError(
+            f"--resume '{shorten(run, 40)}' is not a run id; give the MLflow run id (32 hex digits) or "
+            "the run tag a run printed"
+        )
     if cfg.mode != "virtual":
-        raise ConfigError(f"--resume continues virtual-mode runs; this config has mode={cfg.mode} (rerun it without "
-                          "--resume)")
+        raise ConfigError(
+            f"--resume continues virtual-mode runs; this config has mode={cfg.mode} (rerun it without --resume)"
+        )
     if cfg.model_selection.runs > 1:
         raise ConfigError("--resume continues runs with model_selection.runs=1; rerun this one without --resume")
     folder = _checkpoint_folder(cfg, run)
@@ -365,12 +434,16 @@ def _check_resumable(cfg: ExperimentConfig, run: str) -> None:
         raise ConfigError("--resume needs runtime.checkpoint_dir (the run's checkpoint); it is null here")
     saved = load_saved_config(folder)
     if saved is None:
-        raise ConfigError(f"no checkpoint of run '{shorten(run, 40)}' in {shorten_path(folder, 100)} (finished runs "
-                          "keep none); check the run id and runtime.checkpoint_dir")
+        raise ConfigError(
+            f"no checkpoint of run '{shorten(run, 40)}' in {shorten_path(folder, 100)} (finished runs "
+            "keep none); check the run id and runtime.checkpoint_dir"
+        )
     if saved != _resume_key(cfg):
         changed = sorted(k for k in set(saved) | set(_resume_key(cfg)) if saved.get(k) != _resume_key(cfg).get(k))
-        raise ConfigError(f"run '{shorten(run, 40)}' was started with another config (differs in: "
-                          f"{shorten(', '.join(changed), 120)}); resume it with the config it was started with")
+        raise ConfigError(
+            f"run '{shorten(run, 40)}' was started with another config (differs in: "
+            f"{shorten(', '.join(changed), 120)}); resume it with the config it was started with"
+        )
 
 
 def _checkpoint_folder(cfg: ExperimentConfig, run_tag: str) -> str | None:
@@ -408,21 +481,38 @@ def selected_by(restarts: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _result_json(cfg: ExperimentConfig, result: FederationResult, wall: float, run_id: str | None,
-                 ray_info: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+def _result_json(
+    cfg: ExperimentConfig,
+    result: FederationResult,
+    wall: float,
+    run_id: str | None,
+    ray_info: dict[str, Any],
+    info: dict[str, Any],
+) -> dict[str, Any]:
     log = result.upload_log
     train = log[log["phase"] == "train"] if len(log) else log
     return {
         **{k: float(v) for k, v in result.metrics.items()},
-        "method": cfg.method, "dataset": cfg.dataset, "mode": cfg.mode, "seed": cfg.seed,
-        "num_clients": cfg.num_clients, "client_ratio": cfg.client_ratio,
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "mode": cfg.mode,
+        "seed": cfg.seed,
+        "num_clients": cfg.num_clients,
+        "client_ratio": cfg.client_ratio,
         "rounds": {str(c): int(r) for c, r in enumerate(result.rounds_done)},
-        "simulated_time": float(result.sim_time), "wall_time": float(wall),
+        "simulated_time": float(result.sim_time),
+        "wall_time": float(wall),
         "federation_wall_time": float(result.wall_time),
-        "uploads": int(len(train)), "mean_staleness": float(np.mean(train["staleness"])) if len(train) else 0.0,
-        "actor_restarts": int(result.restarts), "server_restarts": int(result.server_restarts),
-        "history": [{"uploads": h.uploads, "sim_time": h.sim_time, "wall_time": h.wall_time, **h.metrics}
-                    for h in result.history],
-        "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri(cfg) if run_id else None,
-        "dashboard_url": ray_info.get("dashboard_url"), "federation": info,
+        "uploads": int(len(train)),
+        "mean_staleness": float(np.mean(train["staleness"])) if len(train) else 0.0,
+        "actor_restarts": int(result.restarts),
+        "server_restarts": int(result.server_restarts),
+        "history": [
+            {"uploads": h.uploads, "sim_time": h.sim_time, "wall_time": h.wall_time, **h.metrics}
+            for h in result.history
+        ],
+        "mlflow_run_id": run_id,
+        "mlflow_tracking_uri": tracking_uri(cfg) if run_id else None,
+        "dashboard_url": ray_info.get("dashboard_url"),
+        "federation": info,
     }

@@ -100,12 +100,20 @@ def load_grid(method: str, grid: str) -> GridSpec:
     table = raw.get("table", {})
     try:
         return GridSpec(
-            name=grid, method=method, reproduces=raw["reproduces"], config=raw.get("config", f"configs/{method}/{{dataset}}.yaml"),
-            grid={k: list(v) for k, v in raw["grid"].items()}, fixed=raw.get("set", {}) or {},
-            rows=list(table.get("rows", [])), columns=table.get("columns"),
-            metrics=list(table.get("metrics", ["acc", "nmi", "ari"])), paper=raw.get("paper", {}) or {},
-            time_to_reach=raw.get("time_to_reach"), datasets=raw.get("datasets", {}) or {},
-            variants=raw.get("variants", {}) or {}, plot=table.get("plot"),
+            name=grid,
+            method=method,
+            reproduces=raw["reproduces"],
+            config=raw.get("config", f"configs/{method}/{{dataset}}.yaml"),
+            grid={k: list(v) for k, v in raw["grid"].items()},
+            fixed=raw.get("set", {}) or {},
+            rows=list(table.get("rows", [])),
+            columns=table.get("columns"),
+            metrics=list(table.get("metrics", ["acc", "nmi", "ari"])),
+            paper=raw.get("paper", {}) or {},
+            time_to_reach=raw.get("time_to_reach"),
+            datasets=raw.get("datasets", {}) or {},
+            variants=raw.get("variants", {}) or {},
+            plot=table.get("plot"),
             report_datasets=list(raw.get("report", {}).get("datasets", [])),
             not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
             derived_rows={k: dict(v) for k, v in (raw.get("derived_rows", {}) or {}).items()},
@@ -149,31 +157,48 @@ def restrict_grid(spec: GridSpec, only: list[str]) -> GridSpec:
     for item in only:
         axis, sep, values = item.partition("=")
         if not sep or axis not in grid:
-            raise ConfigError(f"--only '{item}': expected axis=value[,value...] with an axis of grid "
-                              f"'{spec.name}' ({', '.join(grid)})")
+            raise ConfigError(
+                f"--only '{item}': expected axis=value[,value...] with an axis of grid "
+                f"'{spec.name}' ({', '.join(grid)})"
+            )
         wanted = values.split(",")
         kept = [v for v in grid[axis] if str(v) in wanted]
         if len(kept) != len(wanted):
-            raise ConfigError(f"--only '{item}': axis '{axis}' of grid '{spec.name}' has values "
-                              f"{[str(v) for v in spec.grid[axis]]}")
+            raise ConfigError(
+                f"--only '{item}': axis '{axis}' of grid '{spec.name}' has values {[str(v) for v in spec.grid[axis]]}"
+            )
         grid[axis] = kept
     return dataclasses.replace(spec, grid=grid)
 
 
-def sweep_base(spec: GridSpec, dataset: str, extra: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+def sweep_base(
+    spec: GridSpec, dataset: str, extra: list[str] | tuple[str, ...] = ()
+) -> tuple[dict[str, Any], list[str]]:
     """The config mapping and overrides every trial of ``spec`` on ``dataset`` starts from; a
     trial adds ``spec.trial_overrides(point)``."""
     base_path = spec.config.format(dataset=dataset.removeprefix("synthetic-"))
     if not (ROOT / base_path).is_file() and not Path(base_path).is_file():
         base_path = spec.config.format(dataset="bdgp")  # synthetic-only shapes borrow BDGP's defaults
     base = load_yaml(ROOT / base_path if (ROOT / base_path).is_file() else base_path)
-    overrides = [f"dataset={dataset}", *(_override_strings(spec.fixed)),
-                 *(_override_strings(spec.datasets.get(dataset, {}))), *extra]
+    overrides = [
+        f"dataset={dataset}",
+        *(_override_strings(spec.fixed)),
+        *(_override_strings(spec.datasets.get(dataset, {}))),
+        *extra,
+    ]
     return base, overrides
 
 
-def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpus: float | None = None,
-               trial_gpus: float = 0.0, storage: str | Path = "results/sweeps", only: list[str] = ()) -> SweepPlan:
+def plan_sweep(
+    method: str,
+    dataset: str,
+    grid: str,
+    extra: list[str],
+    trial_cpus: float | None = None,
+    trial_gpus: float = 0.0,
+    storage: str | Path = "results/sweeps",
+    only: list[str] = (),
+) -> SweepPlan:
     """Validate the whole grid before anything starts: every trial's config must build. ``only``
     runs part of the grid (``restrict_grid``); its trials count towards the same table."""
     spec = restrict_grid(load_grid(method, grid), list(only))
@@ -197,10 +222,20 @@ def plan_sweep(method: str, dataset: str, grid: str, extra: list[str], trial_cpu
     name = f"{method}_{dataset}_{grid}"
     if only:  # a part of the grid keeps its own Tune state (a resume must see the same trials)
         name += "__" + "_".join(o.replace("=", "-").replace(",", "+").replace(":", "-") for o in only)
-    return SweepPlan(spec, dataset, base, overrides, experiment=f"sweep/{method}/{dataset}/{grid}",
-                     storage=Path(storage).resolve() / name, trial_cpus=cpus, trial_gpus=trial_gpus,
-                     actors_per_trial=actors, clients_per_actor=math.ceil(u / actors), extra=list(extra),
-                     only=list(only))
+    return SweepPlan(
+        spec,
+        dataset,
+        base,
+        overrides,
+        experiment=f"sweep/{method}/{dataset}/{grid}",
+        storage=Path(storage).resolve() / name,
+        trial_cpus=cpus,
+        trial_gpus=trial_gpus,
+        actors_per_trial=actors,
+        clients_per_actor=math.ceil(u / actors),
+        extra=list(extra),
+        only=list(only),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,13 +266,21 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         return
     overrides = ctx["overrides"] + ctx["spec"].trial_overrides(params)
     cpus, gpus = trial_actor_resources(ctx, build_config(ctx["base"], overrides).num_clients)
-    cfg = build_config(ctx["base"], overrides + [
-        f"tracking.tags={json.dumps({'fedsim.trial': key, 'fedsim.grid_point': json.dumps(params)})}",
-        f"tracking.experiment={ctx['experiment']}", f"tracking.parent_run_id={ctx['parent_run_id']}",
-        f"tracking.run_name={'-'.join(f'{k}={v}' for k, v in params.items())}", "tracking.progress=false",
-        f"runtime.num_cpus={cpus}", f"runtime.num_gpus={gpus}",
-        f"runtime.clients_per_actor={ctx['clients_per_actor']}", "runtime.include_dashboard=false",
-    ])
+    cfg = build_config(
+        ctx["base"],
+        overrides
+        + [
+            f"tracking.tags={json.dumps({'fedsim.trial': key, 'fedsim.grid_point': json.dumps(params)})}",
+            f"tracking.experiment={ctx['experiment']}",
+            f"tracking.parent_run_id={ctx['parent_run_id']}",
+            f"tracking.run_name={'-'.join(f'{k}={v}' for k, v in params.items())}",
+            "tracking.progress=false",
+            f"runtime.num_cpus={cpus}",
+            f"runtime.num_gpus={gpus}",
+            f"runtime.clients_per_actor={ctx['clients_per_actor']}",
+            "runtime.include_dashboard=false",
+        ],
+    )
     outcome = run_experiment(cfg, callbacks=[TuneReporter()])
     tune.report(_final_report(outcome.summary, params))
 
@@ -263,8 +306,13 @@ EXTRA_SCORE_PREFIXES = ("coherence", "recon_mse", "cross_mse", "fusion_weight_",
 
 
 def _score_keys(s: dict[str, Any]) -> list[str]:
-    return [k for k in s if (k in SCORE_KEYS or k.startswith(EXTRA_SCORE_PREFIXES))
-            and isinstance(s[k], (int, float)) and not isinstance(s[k], bool)]
+    return [
+        k
+        for k in s
+        if (k in SCORE_KEYS or k.startswith(EXTRA_SCORE_PREFIXES))
+        and isinstance(s[k], (int, float))
+        and not isinstance(s[k], bool)
+    ]
 
 
 def trial_key(params: dict[str, Any]) -> str:
@@ -274,9 +322,13 @@ def trial_key(params: dict[str, Any]) -> str:
 
 def _final_report(s: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return {
-        **{k: s[k] for k in _score_keys(s)}, "sim_time": s["simulated_time"],
-        "wall_time_s": s["wall_time"], "uploads": s["uploads"], "mlflow_run_id": s["mlflow_run_id"],
-        "history": json.dumps(s["history"]), "done_params": json.dumps(params),
+        **{k: s[k] for k in _score_keys(s)},
+        "sim_time": s["simulated_time"],
+        "wall_time_s": s["wall_time"],
+        "uploads": s["uploads"],
+        "mlflow_run_id": s["mlflow_run_id"],
+        "history": json.dumps(s["history"]),
+        "done_params": json.dumps(params),
     }
 
 
@@ -290,7 +342,8 @@ def _finished_trial_summary(parent_run_id: str, key: str) -> dict[str, Any] | No
     runs = client.search_runs(
         [parent.info.experiment_id],
         f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`fedsim.trial` = '{key}' and attributes.status = 'FINISHED'",
-        max_results=1)
+        max_results=1,
+    )
     if not runs:
         return None
     return mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/result.json")
@@ -300,8 +353,9 @@ def _finished_trial_summary(parent_run_id: str, key: str) -> dict[str, Any] | No
 # The sweep
 
 
-def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_concurrent: int | None = None,
-              verbose: int = 1) -> dict[str, Any]:
+def run_sweep(
+    plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_concurrent: int | None = None, verbose: int = 1
+) -> dict[str, Any]:
     import mlflow
     import ray
     from ray import tune
@@ -324,10 +378,17 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
     else:
         with mlflow.start_run(run_name=f"{plan.spec.name} summary") as parent:
             parent_id = parent.info.run_id
-            mlflow.set_tags({"fedsim.sweep": plan.spec.name, "fedsim.reproduces": plan.spec.reproduces,
-                             "fedsim.dataset": plan.dataset, "fedsim.method": plan.spec.method,
-                             "fedsim.extra": json.dumps(plan.extra), "fedsim.command": plan.command,
-                             "fedsim.git_commit": code_version()})
+            mlflow.set_tags(
+                {
+                    "fedsim.sweep": plan.spec.name,
+                    "fedsim.reproduces": plan.spec.reproduces,
+                    "fedsim.dataset": plan.dataset,
+                    "fedsim.method": plan.spec.method,
+                    "fedsim.extra": json.dumps(plan.extra),
+                    "fedsim.command": plan.command,
+                    "fedsim.git_commit": code_version(),
+                }
+            )
             mlflow.log_dict({"grid": plan.spec.grid, "overrides": plan.overrides}, "grid.json")
         mlflow.MlflowClient().update_run(parent_id, status="RUNNING")  # until the table is logged
         state_file.write_text(json.dumps({"parent_run_id": parent_id}))
@@ -358,26 +419,40 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
             per_actor["GPU"] = plan.trial_gpus / plan.actors_per_trial
         # bundle 0: the trainable (the federation's driver); bundle 1: the parameter server
         # (0 CPU, but every actor of a trial needs a bundle); then one bundle per client actor.
-        bundles = [{"CPU": HEAD_BUNDLE_CPUS}, {"CPU": HEAD_BUNDLE_CPUS}] + [dict(per_actor) for _ in range(plan.actors_per_trial)]
+        bundles = [{"CPU": HEAD_BUNDLE_CPUS}, {"CPU": HEAD_BUNDLE_CPUS}] + [
+            dict(per_actor) for _ in range(plan.actors_per_trial)
+        ]
         context = {
-            "spec": plan.spec, "base": plan.base, "overrides": plan.overrides, "experiment": plan.experiment,
-            "parent_run_id": parent_id, "actor_cpus": actor_cpus, "actor_gpus": plan.trial_gpus,
-            "clients_per_actor": plan.clients_per_actor, "actors_per_trial": plan.actors_per_trial,
+            "spec": plan.spec,
+            "base": plan.base,
+            "overrides": plan.overrides,
+            "experiment": plan.experiment,
+            "parent_run_id": parent_id,
+            "actor_cpus": actor_cpus,
+            "actor_gpus": plan.trial_gpus,
+            "clients_per_actor": plan.clients_per_actor,
+            "actors_per_trial": plan.actors_per_trial,
         }
-        trainable = tune.with_resources(tune.with_parameters(fedsim_trial, context=context),
-                                        PlacementGroupFactory(bundles, strategy="PACK"))
+        trainable = tune.with_resources(
+            tune.with_parameters(fedsim_trial, context=context), PlacementGroupFactory(bundles, strategy="PACK")
+        )
         # Each grid point's keys become the trial's config, e.g. {"client_ratio": "2:1", "seed": 0}.
         param_space = {k: tune.grid_search(v) for k, v in plan.spec.grid.items()}
         if resume:
-            tuner = tune.Tuner.restore(str(plan.storage), trainable=trainable, resume_errored=True,
-                                       param_space=param_space)
+            tuner = tune.Tuner.restore(
+                str(plan.storage), trainable=trainable, resume_errored=True, param_space=param_space
+            )
         else:
             tuner = tune.Tuner(
-                trainable, param_space=param_space,
+                trainable,
+                param_space=param_space,
                 tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-                run_config=tune.RunConfig(name=plan.storage.name, storage_path=str(plan.storage.parent),
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          verbose=verbose),
+                run_config=tune.RunConfig(
+                    name=plan.storage.name,
+                    storage_path=str(plan.storage.parent),
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    verbose=verbose,
+                ),
             )
         try:
             results = tuner.fit()
@@ -391,8 +466,14 @@ def run_sweep(plan: SweepPlan, max_failures: int = 1, fresh: bool = False, max_c
         summary = summarise(plan, frame)
         _log_summary(parent_id, plan, frame, summary)
         errors = [str(r.error) for r in results if r.error is not None]
-        return {"parent_run_id": parent_id, "table": summary, "trials": frame, "errors": errors,
-                "resumed": resume, "experiment": plan.experiment}
+        return {
+            "parent_run_id": parent_id,
+            "table": summary,
+            "trials": frame,
+            "errors": errors,
+            "resumed": resume,
+            "experiment": plan.experiment,
+        }
     finally:
         if owned:
             ray.shutdown()
@@ -406,8 +487,10 @@ def _machine_description() -> str:
     res = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     gpus = int(res.get("GPU", 0))
-    return (f"{nodes} node(s), {int(res.get('CPU', 0))} CPUs, {gpus} GPU(s)"
-            f"{'' if gpus else ' (CPU only)'}; driver {platform.system()} {platform.machine()}")
+    return (
+        f"{nodes} node(s), {int(res.get('CPU', 0))} CPUs, {gpus} GPU(s)"
+        f"{'' if gpus else ' (CPU only)'}; driver {platform.system()} {platform.machine()}"
+    )
 
 
 def _mark_stale_children(parent_id: str) -> None:
@@ -426,9 +509,13 @@ def _trial_frame(results: Any) -> pd.DataFrame:
         m = r.metrics or {}
         if r.error is not None or "done_params" not in m:
             continue
-        rows.append({**json.loads(m["done_params"]), **{k: m[k] for k in (*_score_keys(m), "sim_time", "wall_time_s",
-                                                                          "mlflow_run_id") if k in m},
-                     "history": m["history"]})
+        rows.append(
+            {
+                **json.loads(m["done_params"]),
+                **{k: m[k] for k in (*_score_keys(m), "sim_time", "wall_time_s", "mlflow_run_id") if k in m},
+                "history": m["history"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -515,13 +602,21 @@ def to_markdown(plan: SweepPlan, table: pd.DataFrame) -> str:
     header = [*keys, "n"] + [f"{m.upper()} ours" for m in spec.metrics] + [f"{m.upper()} paper" for m in spec.metrics]
     extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
     header += extra
-    lines = [f"**{spec.reproduces}** — dataset `{plan.dataset}`; mean ± std over seeds, percent", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"**{spec.reproduces}** — dataset `{plan.dataset}`; mean ± std over seeds, percent",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for _, r in table.iterrows():
         cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
         cells += [f"{r[f'{m}_mean']:.1f} ± {r[f'{m}_std']:.1f}" for m in spec.metrics]
-        cells += ["—" if r[f"{m}_paper"] is None or (isinstance(r[f"{m}_paper"], float) and math.isnan(r[f"{m}_paper"]))
-                  else f"{r[f'{m}_paper']}" for m in spec.metrics]
+        cells += [
+            "—"
+            if r[f"{m}_paper"] is None or (isinstance(r[f"{m}_paper"], float) and math.isnan(r[f"{m}_paper"]))
+            else f"{r[f'{m}_paper']}"
+            for m in spec.metrics
+        ]
         cells += [f"{r[c]:.4g}" for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -537,11 +632,17 @@ def _line_plot(plt: Any, spec: GridSpec, frame: pd.DataFrame, d: Path) -> None:
         fig, axes = plt.subplots(1, len(panel_values), figsize=(4.5 * len(panel_values), 3.6), squeeze=False)
         for ax, pv in zip(axes[0], panel_values):
             sub = frame[frame[panels] == pv] if panels else frame
-            for lv in (list(dict.fromkeys(sub[lines])) if lines else [None]):
+            for lv in list(dict.fromkeys(sub[lines])) if lines else [None]:
                 part = sub[sub[lines] == lv] if lines else sub
                 stats = part.groupby(x)[metric].agg(["mean", "std"]).sort_index()
-                ax.errorbar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o",
-                            capsize=3, label=str(lv) if lines else metric)
+                ax.errorbar(
+                    stats.index,
+                    100 * stats["mean"],
+                    yerr=100 * stats["std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    label=str(lv) if lines else metric,
+                )
             ax.set_xlabel(x)
             ax.set_ylabel(f"{metric} (%)")
             if panels:
@@ -610,7 +711,9 @@ def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd
         for path in d.iterdir():
             client.log_artifact(parent_id, str(path))
     for _, r in table.iterrows():
-        label = "_".join(str(r[k]).replace(":", "-") for k in plan.spec.rows + ([plan.spec.columns] if plan.spec.columns else []))
+        label = "_".join(
+            str(r[k]).replace(":", "-") for k in plan.spec.rows + ([plan.spec.columns] if plan.spec.columns else [])
+        )
         for m in plan.spec.metrics:
             client.log_metric(parent_id, f"{m}_mean_{label}"[:250], float(r[f"{m}_mean"]))
     client.set_terminated(parent_id, "FINISHED")

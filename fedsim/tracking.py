@@ -37,9 +37,11 @@ def code_version() -> str:
     floating-point summation order changes a run's numbers, so a result names its code."""
     root = Path(__file__).resolve().parents[1]
     try:
+
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
 
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
@@ -65,16 +67,20 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
     from urllib.parse import urlparse
 
     uri = tracking_uri(cfg)
-    named = "tracking.tracking_uri" if cfg.tracking.tracking_uri else (
-        "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default tracking_uri")
+    named = (
+        "tracking.tracking_uri"
+        if cfg.tracking.tracking_uri
+        else ("$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default tracking_uri")
+    )
     shown = shorten_path(uri, 80)
     fix = "create the folder or set tracking.tracking_uri (or $MLFLOW_TRACKING_URI)"
     if uri.startswith("sqlite:"):
         if uri == "sqlite://":  # in memory
             return
         if not uri.startswith("sqlite:///"):
-            raise ConfigError(f"{named} '{shown}' is not an sqlite URI; write sqlite:///relative.db or "
-                              "sqlite:////absolute/path.db")
+            raise ConfigError(
+                f"{named} '{shown}' is not an sqlite URI; write sqlite:///relative.db or sqlite:////absolute/path.db"
+            )
         path = uri.removeprefix("sqlite:///")
         if path in ("", ":memory:"):
             return
@@ -89,17 +95,32 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
         store, is_file = Path(parsed.path if parsed.scheme == "file" else uri).expanduser(), False
     if store.exists() and store.is_dir() == is_file:
         kind = "a folder" if is_file else "a file"
-        raise ConfigError(f"{named} '{shown}' names {kind}; the MLflow store must be "
-                          f"{'an sqlite file' if is_file else 'a folder'}: set another tracking.tracking_uri")
+        raise ConfigError(
+            f"{named} '{shown}' names {kind}; the MLflow store must be "
+            f"{'an sqlite file' if is_file else 'a folder'}: set another tracking.tracking_uri"
+        )
     parent = store.parent if str(store.parent) else Path(".")
     if not store.exists() and not parent.is_dir():
-        raise ConfigError(f"{named}: folder '{shorten_path(parent, 100)}' does not exist (MLflow would create it); {fix}")
+        raise ConfigError(
+            f"{named}: folder '{shorten_path(parent, 100)}' does not exist (MLflow would create it); {fix}"
+        )
 
 
 # MLflow's tracking stores by URI scheme (mlflow.tracking._tracking_service.utils registers these;
 # plug-ins add theirs under the entry-point group mlflow.tracking_store). Database URIs may name a
 # driver: postgresql+psycopg2://...
-MLFLOW_SCHEMES = ("file", "databricks", "databricks-uc", "uc", "http", "https", "postgresql", "mysql", "sqlite", "mssql")
+MLFLOW_SCHEMES = (
+    "file",
+    "databricks",
+    "databricks-uc",
+    "uc",
+    "http",
+    "https",
+    "postgresql",
+    "mysql",
+    "sqlite",
+    "mssql",
+)
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -113,10 +134,13 @@ def _check_remote_store(uri: str, parsed: Any, named: str) -> None:
     scheme = parsed.scheme.lower().split("+", 1)[0]
     known = set(MLFLOW_SCHEMES) | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
     if scheme not in known:
-        raise ConfigError(f"{named} '{shown}': MLflow has no store for scheme '{shorten(parsed.scheme, 20)}'; use "
-                          "sqlite:///mlflow.db, a folder, or http(s)://HOST:PORT of an MLflow server")
-    if scheme not in ("http", "https") or any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                                                                         "https_proxy")):
+        raise ConfigError(
+            f"{named} '{shown}': MLflow has no store for scheme '{shorten(parsed.scheme, 20)}'; use "
+            "sqlite:///mlflow.db, a folder, or http(s)://HOST:PORT of an MLflow server"
+        )
+    if scheme not in ("http", "https") or any(
+        os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+    ):
         return  # behind a proxy, a direct connection says nothing
     try:
         host, port = parsed.hostname, parsed.port or (443 if scheme == "https" else 80)
@@ -127,9 +151,11 @@ def _check_remote_store(uri: str, parsed: Any, named: str) -> None:
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
-        raise ConfigError(f"{named} '{shown}': no MLflow server answers at {shorten(host, 40)}:{port} "
-                          f"({type(exc).__name__}); start it (mlflow server --host 127.0.0.1 --port {port}) or set "
-                          "another tracking.tracking_uri") from None
+        raise ConfigError(
+            f"{named} '{shown}': no MLflow server answers at {shorten(host, 40)}:{port} "
+            f"({type(exc).__name__}); start it (mlflow server --host 127.0.0.1 --port {port}) or set "
+            "another tracking.tracking_uri"
+        ) from None
 
 
 # MLflow 3's UI sorts experiments into GenAI apps and model training by this tag (its web app's
@@ -162,15 +188,24 @@ class MLflowTracker(Callback):
         experiment = mlflow.set_experiment(self.experiment)
         if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # a kind set by hand is kept
             mlflow.MlflowClient(tracking_uri=self.uri).set_experiment_tag(
-                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        run = mlflow.start_run(run_name=self.cfg.tracking.run_name or f"{self.cfg.method}-{self.cfg.mode}-seed{self.cfg.seed}")
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
+        run = mlflow.start_run(
+            run_name=self.cfg.tracking.run_name or f"{self.cfg.method}-{self.cfg.mode}-seed{self.cfg.seed}"
+        )
         self.run_id = run.info.run_id
         mlflow.log_params(config_params(self.cfg))
-        tags = {"fedsim.method": self.cfg.method, "fedsim.dataset": self.cfg.dataset, "fedsim.mode": self.cfg.mode,
-                "fedsim.git_commit": code_version(), **self.cfg.tracking.tags}
+        tags = {
+            "fedsim.method": self.cfg.method,
+            "fedsim.dataset": self.cfg.dataset,
+            "fedsim.mode": self.cfg.mode,
+            "fedsim.git_commit": code_version(),
+            **self.cfg.tracking.tags,
+        }
         if self.cfg.model_selection.runs > 1:
-            tags["fedsim.selection"] = ("acc (uses labels)" if self.cfg.model_selection.criterion == "acc"
-                                        else "loss (label-free)")
+            tags["fedsim.selection"] = (
+                "acc (uses labels)" if self.cfg.model_selection.criterion == "acc" else "loss (label-free)"
+            )
         if self.cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = self.cfg.tracking.parent_run_id
         tags.update(driver_tags())
@@ -187,11 +222,14 @@ class MLflowTracker(Callback):
         try:
             client.get_run(run_id)
         except Exception:  # noqa: BLE001 - MlflowException: no such run in this store
-            raise ConfigError(f"--resume: no MLflow run '{run_id[:40]}' in {self.uri}; check the run id and "
-                              "tracking.tracking_uri") from None
+            raise ConfigError(
+                f"--resume: no MLflow run '{run_id[:40]}' in {self.uri}; check the run id and tracking.tracking_uri"
+            ) from None
         mlflow.start_run(run_id=run_id)
         self.run_id, self._resumed = run_id, True
-        mlflow.set_tags({**driver_tags(), "fedsim.resumed": f"by pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"})
+        mlflow.set_tags(
+            {**driver_tags(), "fedsim.resumed": f"by pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"}
+        )
         return run_id
 
     def on_run_start(self, info: dict[str, Any]) -> None:
@@ -208,11 +246,17 @@ class MLflowTracker(Callback):
 
     def on_evaluation(self, record: EvaluationRecord, progress: Progress) -> None:
         ts = int(time.time() * 1000)
-        metrics = {**record.metrics, "sim_time": record.sim_time, "wall_time": record.wall_time,
-                   "uploads": float(record.uploads)}
+        metrics = {
+            **record.metrics,
+            "sim_time": record.sim_time,
+            "wall_time": record.wall_time,
+            "uploads": float(record.uploads),
+        }
         p = self._prefix
         self.mlflow.log_metrics({p + k: v for k, v in metrics.items()}, step=int(round(record.sim_time)), timestamp=ts)
-        self.mlflow.log_metrics({f"{p}{k}_by_eval": v for k, v in record.metrics.items()}, step=record.step, timestamp=ts)
+        self.mlflow.log_metrics(
+            {f"{p}{k}_by_eval": v for k, v in record.metrics.items()}, step=record.step, timestamp=ts
+        )
 
     def on_run_end(self, result: Any) -> None:
         mlflow = self.mlflow
@@ -221,8 +265,9 @@ class MLflowTracker(Callback):
             result.assignments.to_parquet(Path(tmp) / "assignments.parquet")
             mlflow.log_artifacts(tmp)
         summary = {f"final_{k}": v for k, v in result.metrics.items()}
-        summary.update(final_sim_time=result.sim_time, final_wall_time=result.wall_time,
-                       actor_restarts=float(result.restarts))
+        summary.update(
+            final_sim_time=result.sim_time, final_wall_time=result.wall_time, actor_restarts=float(result.restarts)
+        )
         mlflow.log_metrics(summary)
         mlflow.end_run("FINISHED")
 
@@ -230,10 +275,13 @@ class MLflowTracker(Callback):
         """The DP accounting (``fedsim.privacy``): per client ``privacy_epsilon/client_<c>`` and
         ``privacy_releases/client_<c>``, the maxima ``privacy_epsilon_max`` and
         ``privacy_releases_max``, and the whole table as ``privacy_accounting.json``."""
-        metrics = {"privacy_epsilon_max": report["epsilon_max"], "privacy_releases_max": float(report["releases_max"]),
-                   "privacy_releases_total": float(report["releases_total"]),
-                   "privacy_epsilon_target": report["epsilon_target"],
-                   "privacy_capped_clients": float(len(report["capped_clients"]))}
+        metrics = {
+            "privacy_epsilon_max": report["epsilon_max"],
+            "privacy_releases_max": float(report["releases_max"]),
+            "privacy_releases_total": float(report["releases_total"]),
+            "privacy_epsilon_target": report["epsilon_target"],
+            "privacy_capped_clients": float(len(report["capped_clients"])),
+        }
         for row in report["clients"]:
             metrics[f"privacy_epsilon/client_{row['client']}"] = row["epsilon"]
             metrics[f"privacy_releases/client_{row['client']}"] = float(row["releases"])
@@ -309,7 +357,9 @@ def close_dead_runs(uri: str, checkpoint_dir: str | None = None) -> list[str]:
     closed = []
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]
-        running = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000) if experiments else []
+        running = (
+            client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000) if experiments else []
+        )
     except Exception:  # noqa: BLE001 - a store we cannot search: nothing to clean up here
         return closed
     for run in running:
@@ -317,9 +367,12 @@ def close_dead_runs(uri: str, checkpoint_dir: str | None = None) -> list[str]:
         if tags.get(HOST_TAG) != host or PID_TAG not in tags or _driver_alive(tags):
             continue
         run_id = run.info.run_id
-        client.set_tag(run_id, "fedsim.ended_by",
-                       f"driver process {tags[PID_TAG]} on {host} was gone (killed or crashed); closed as KILLED by a "
-                       f"later fedsim command (pid {os.getpid()}) at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        client.set_tag(
+            run_id,
+            "fedsim.ended_by",
+            f"driver process {tags[PID_TAG]} on {host} was gone (killed or crashed); closed as KILLED by a "
+            f"later fedsim command (pid {os.getpid()}) at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+        )
         if checkpoint_dir is not None:
             _log_checkpointed_uploads(client, run_id, Path(checkpoint_dir).expanduser() / run_id)
         client.set_terminated(run_id, "KILLED")
@@ -386,24 +439,36 @@ class ProgressPrinter(Callback):
             self._base = (p.wall_time, p.uploads)
         if not p.expected_uploads:
             return ""
-        seconds = eta_seconds(p.uploads - self._base[1], p.expected_uploads - self._base[1], p.wall_time - self._base[0])
+        seconds = eta_seconds(
+            p.uploads - self._base[1], p.expected_uploads - self._base[1], p.wall_time - self._base[0]
+        )
         return "" if seconds is None else f" | ETA {format_duration(seconds)}"
 
     def on_run_start(self, info: dict[str, Any]) -> None:
-        where = f"; Ray dashboard {info['dashboard_url']} (bearer token: ~/.ray/auth_token)" if info.get("dashboard_url") else ""
-        self.stream.write(f"fedsim: {len(info['client_kinds'])} clients ({info['client_kinds']}) on {info['actors']} actors, "
-                          f"{info['num_parameters']:,} parameters per model{where}\n")
+        where = (
+            f"; Ray dashboard {info['dashboard_url']} (bearer token: ~/.ray/auth_token)"
+            if info.get("dashboard_url")
+            else ""
+        )
+        self.stream.write(
+            f"fedsim: {len(info['client_kinds'])} clients ({info['client_kinds']}) on {info['actors']} actors, "
+            f"{info['num_parameters']:,} parameters per model{where}\n"
+        )
         self.stream.flush()
 
     def _line(self, p: Progress) -> str:
         if p.phase == "pretrain":
             done, planned = p.pretrain_rounds
-            return f"[{p.mode}{self._restart}] pretraining (Alg. 1): round {done + 1}/{planned} | wall {p.wall_time:.1f}s"
+            return (
+                f"[{p.mode}{self._restart}] pretraining (Alg. 1): round {done + 1}/{planned} | wall {p.wall_time:.1f}s"
+            )
         total = f"/{p.expected_uploads}" if p.expected_uploads else ""
         m = p.latest_metrics
         acc = f" | ACC {m['acc']:.3f}" if "acc" in m else f" | accuracy {m['accuracy']:.3f}" if "accuracy" in m else ""
-        return (f"[{p.mode}{self._restart}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"
-                f" | sim {p.sim_time:.4g} | wall {p.wall_time:.1f}s{acc}{self._eta(p)}")
+        return (
+            f"[{p.mode}{self._restart}] uploads {p.uploads}{total} | rounds/client {min(p.rounds_done)}..{max(p.rounds_done)}"
+            f" | sim {p.sim_time:.4g} | wall {p.wall_time:.1f}s{acc}{self._eta(p)}"
+        )
 
     def _emit(self, p: Progress, force: bool = False) -> None:
         now = time.monotonic()

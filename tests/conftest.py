@@ -101,8 +101,11 @@ def _ray_cpus_handed_back(request):
             return
         time.sleep(0.2)
     held = total - ray.available_resources().get("CPU", 0.0)
-    warnings.warn(f"{request.node.nodeid} left {held:g} of {total:g} CPUs held on the shared Ray 30 s after it "
-                  "ended; restarting Ray for the tests after it", stacklevel=1)
+    warnings.warn(
+        f"{request.node.nodeid} left {held:g} of {total:g} CPUs held on the shared Ray 30 s after it "
+        "ended; restarting Ray for the tests after it",
+        stacklevel=1,
+    )
     ray.shutdown()
     _start_ray()
 

@@ -67,7 +67,9 @@ def test_class_correlation_and_target_by_hand():  # Eq. 4 and Q_tgt
             q_hand[a, b] = k / n * sum(float(p[i, a] * p[i, b]) for i in range(n))
     assert np.allclose(class_correlation(p).numpy(), q_hand)
     lam = 0.3
-    assert np.allclose(target_correlation(2, lam).numpy(), [[lam + (1 - lam) / 2, (1 - lam) / 2], [(1 - lam) / 2, lam + (1 - lam) / 2]])
+    assert np.allclose(
+        target_correlation(2, lam).numpy(), [[lam + (1 - lam) / 2, (1 - lam) / 2], [(1 - lam) / 2, lam + (1 - lam) / 2]]
+    )
 
 
 def test_constraint_loss_by_hand():  # Eq. 5 with p = softmax(W h)
@@ -145,15 +147,26 @@ def test_aggregate_eq6_matches_feature_distances():
 def test_lineage_reading_weighs_peers_on_rms_distances():
     """The default reading: Eq. 6 with its printed sign on the distance ||Z_u^v - H||_F / sqrt(N)."""
     method, data = _tiny_method(reading="lineage")
-    assert (method.cfg.eq6_sign, method.cfg.eq6_distance, method.cfg.reconstruction, method.cfg.embedding,
-            method.cfg.pretrain_loss) == (1, "rms", "mse", "normalized", "reconstruction")
+    assert (
+        method.cfg.eq6_sign,
+        method.cfg.eq6_distance,
+        method.cfg.reconstruction,
+        method.cfg.embedding,
+        method.cfg.pretrain_loss,
+    ) == (1, "rms", "mse", "normalized", "reconstruction")
     models = [method.build_model(seed=s) for s in range(3)]
     peers = [PeerModel(i, 1, (0, 1), flat_parameters(m)) for i, m in enumerate(models)]
     _, weights = method.aggregate(models[0], data, peers)
     with torch.no_grad():
         h = fuse(models[0](data.views), (0, 1))
-        eps = np.array([sum(math.exp(torch.linalg.norm(m(data.views)[v] - h).item() / math.sqrt(data.n_samples))
-                            for v in (0, 1)) for m in models])
+        eps = np.array(
+            [
+                sum(
+                    math.exp(torch.linalg.norm(m(data.views)[v] - h).item() / math.sqrt(data.n_samples)) for v in (0, 1)
+                )
+                for m in models
+            ]
+        )
     assert np.allclose([weights[i] for i in range(3)], eps / eps.sum(), atol=1e-5)
 
 
@@ -170,14 +183,21 @@ def test_nontrivial_pairs_drop_the_constant_eq3_pair():
     assert "loss_d" not in terms and "loss_c" in terms
     _, both = method.loss(model, data.views, (0, 1))  # the full set keeps every pair
     with torch.no_grad():
-        assert both["loss_d"].item() == pytest.approx(contrastive_loss(fuse(z, (0, 1)), z, method.cfg.tau).item(), rel=1e-6)
+        assert both["loss_d"].item() == pytest.approx(
+            contrastive_loss(fuse(z, (0, 1)), z, method.cfg.tau).item(), rel=1e-6
+        )
 
 
 def test_reading_fills_only_the_keys_not_set():
     assert AFMCCConfig().reading == "lineage" and AFMCCConfig().eq6_distance == "rms"
     printed = AFMCCConfig(reading="printed")
-    assert (printed.eq6_sign, printed.eq6_distance, printed.reconstruction, printed.embedding,
-            printed.pretrain_loss) == (1, "frobenius", "printed", "fused", "full")
+    assert (
+        printed.eq6_sign,
+        printed.eq6_distance,
+        printed.reconstruction,
+        printed.embedding,
+        printed.pretrain_loss,
+    ) == (1, "frobenius", "printed", "fused", "full")
     assert AFMCCConfig(reading="printed", eq6_sign=-1).eq6_sign == -1  # an explicit key wins
     with pytest.raises(ValueError):
         AFMCCConfig(reading="literal")
@@ -213,23 +233,30 @@ def test_anchor_pulls_only_one_modality_clients_towards_the_round_start_model():
     single = LocalData(0, {1: data.views[1]}, data.labels, data.indices)
     model = method.build_model(seed=0)
     start = method.build_model(seed=0)
-    losses = method.train_round(model, method.make_optimizer(model), single, torch.Generator().manual_seed(0), RoundContext(1))
+    losses = method.train_round(
+        model, method.make_optimizer(model), single, torch.Generator().manual_seed(0), RoundContext(1)
+    )
     assert "loss_a" in losses and losses["loss_a"] > 0
     # the anchor is the round-start model's embedding: the first step's loss_a is Eq. 3 of z against itself
     with torch.no_grad():
         z = start({1: single.views[1]})[1]
     assert contrastive_loss(z, {1: z}, method.cfg.tau).item() == pytest.approx(
-        method.loss(start, single.views, (1,), anchor=z)[1]["loss_a"].item())
-    full = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1))
+        method.loss(start, single.views, (1,), anchor=z)[1]["loss_a"].item()
+    )
+    full = method.train_round(
+        model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1)
+    )
     assert "loss_a" not in full
-    pre = method.train_round(model, method.make_optimizer(model), single, torch.Generator().manual_seed(0),
-                             RoundContext(0, "pretrain", 1))
+    pre = method.train_round(
+        model, method.make_optimizer(model), single, torch.Generator().manual_seed(0), RoundContext(0, "pretrain", 1)
+    )
     assert "loss_a" not in pre
     assert AFMCCConfig(reading="lineage").anchor == 0.0 and AFMCCConfig(reading="printed").anchor == 0.0
     off, _ = _tiny_method(reading="lineage")
     plain = off.build_model(seed=0)
-    assert "loss_a" not in off.train_round(plain, off.make_optimizer(plain), single, torch.Generator().manual_seed(0),
-                                           RoundContext(1))
+    assert "loss_a" not in off.train_round(
+        plain, off.make_optimizer(plain), single, torch.Generator().manual_seed(0), RoundContext(1)
+    )
 
 
 def test_ablation_switches_drop_terms():
@@ -245,12 +272,14 @@ def test_reconstruction_pretraining_trains_on_eq2_alone():
     method, data = _tiny_method(pretrain_loss="reconstruction")
     model = method.build_model(seed=0)
     w_before = model.projection.weight.detach().clone()
-    losses = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0),
-                                RoundContext(0, "pretrain", 1))
+    losses = method.train_round(
+        model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(0, "pretrain", 1)
+    )
     assert set(losses) == {"loss", "loss_r"} and losses["loss"] == pytest.approx(losses["loss_r"])
     assert torch.equal(model.projection.weight, w_before)
-    losses = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0),
-                                RoundContext(1, "train", 1))
+    losses = method.train_round(
+        model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1, "train", 1)
+    )
     assert set(losses) == {"loss", "loss_r", "loss_d", "loss_c"}
     assert not torch.equal(model.projection.weight, w_before)
 
@@ -297,14 +326,22 @@ def test_modality_aware_average_only_averages_owners_of_a_modality():
     from fedsim.methods.base import modality_aware_average, parameter_segments
 
     torch.manual_seed(0)
-    model = torch.nn.ModuleDict({"enc0": torch.nn.Linear(2, 2), "enc1": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)})
+    model = torch.nn.ModuleDict(
+        {"enc0": torch.nn.Linear(2, 2), "enc1": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)}
+    )
     size = flat_parameters(model).numel()
-    peers = [PeerModel(0, 1, (0, 1), torch.full((size,), 1.0), n_samples=10),
-             PeerModel(1, 1, (0,), torch.full((size,), 4.0), n_samples=30),
-             PeerModel(2, 1, (1,), torch.full((size,), 7.0), n_samples=20)]
-    out, weights = modality_aware_average(model, peers, lambda n: 0 if n.startswith("enc0") else 1 if n.startswith("enc1") else None)
+    peers = [
+        PeerModel(0, 1, (0, 1), torch.full((size,), 1.0), n_samples=10),
+        PeerModel(1, 1, (0,), torch.full((size,), 4.0), n_samples=30),
+        PeerModel(2, 1, (1,), torch.full((size,), 7.0), n_samples=20),
+    ]
+    out, weights = modality_aware_average(
+        model, peers, lambda n: 0 if n.startswith("enc0") else 1 if n.startswith("enc1") else None
+    )
     for name, a, b in parameter_segments(model):
-        expected = {"enc0": (10 * 1 + 30 * 4) / 40, "enc1": (10 * 1 + 20 * 7) / 30, "head": (10 + 120 + 140) / 60}[name.split(".")[0]]
+        expected = {"enc0": (10 * 1 + 30 * 4) / 40, "enc1": (10 * 1 + 20 * 7) / 30, "head": (10 + 120 + 140) / 60}[
+            name.split(".")[0]
+        ]
         assert torch.allclose(out[a:b], torch.full((b - a,), expected)), name
     assert weights == pytest.approx({0: 10 / 60, 1: 30 / 60, 2: 20 / 60})
 
@@ -326,14 +363,23 @@ def test_aggregated_evaluation_clusters_what_eq6_makes_of_everyone_s_uploads():
     rng = np.random.default_rng(0)
     init = actor.initial_parameters(0)
     uploads = [init + rng.normal(0, 0.05, init.shape).astype(np.float32) for _ in range(u)]
-    snapshot = Snapshot(tuple(StoreEntry(c, 1, tuple(actor.clients[c].data.modalities), None,
-                                         actor.clients[c].data.n_samples) for c in range(u)), u)
+    snapshot = Snapshot(
+        tuple(
+            StoreEntry(c, 1, tuple(actor.clients[c].data.modalities), None, actor.clients[c].data.n_samples)
+            for c in range(u)
+        ),
+        u,
+    )
     got = actor.embed(0, uploads[0], snapshot, *uploads)["features"]
     client = actor.clients[0]
     model = client.method.build_model(seed=0)
     load_flat_parameters(model, torch.from_numpy(uploads[0]))
-    peers = [PeerModel(c, 1, tuple(actor.clients[c].data.modalities), torch.from_numpy(uploads[c]),
-                       actor.clients[c].data.n_samples) for c in range(u)]
+    peers = [
+        PeerModel(
+            c, 1, tuple(actor.clients[c].data.modalities), torch.from_numpy(uploads[c]), actor.clients[c].data.n_samples
+        )
+        for c in range(u)
+    ]
     aggregated, weights = client.method.aggregate(model, client.data, peers)
     load_flat_parameters(model, aggregated)
     np.testing.assert_allclose(got, client.method.embed(model, client.data), atol=1e-6)

@@ -47,8 +47,10 @@ class RayStarted(BaseException):
 
 
 def _base(tp: Path) -> dict:
-    return {**SMALL_SYNTHETIC, "tracking": {"enabled": True, "progress": False,
-                                            "tracking_uri": f"sqlite:///{tp}/mlflow.db"}}
+    return {
+        **SMALL_SYNTHETIC,
+        "tracking": {"enabled": True, "progress": False, "tracking_uri": f"sqlite:///{tp}/mlflow.db"},
+    }
 
 
 def _cfg(tp: Path, text: str | bytes | None = None, name: str = "cfg.yaml", **changes) -> str:
@@ -194,7 +196,8 @@ def _bad_uci_csv(tp: Path) -> str:
 
 
 ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{x}: &{x} [{', '.join(['*' + p] * 9)}]\n" for p, x in zip("abcdefgh", "bcdefghi"))
+    f"{x}: &{x} [{', '.join(['*' + p] * 9)}]\n" for p, x in zip("abcdefgh", "bcdefghi")
+)
 
 
 # -- a researcher's own files (``dataset: PATH``, issue 27): written here, never committed
@@ -228,6 +231,7 @@ def _npz(tp: Path, mutate=None, **arrays) -> Path:
 def _set_item(key, index, value):
     def mutate(arrays):
         arrays[key][index] = value
+
     return mutate
 
 
@@ -324,20 +328,27 @@ CASES = {
     "top-level scalar": lambda tp: (["run", _cfg(tp, "afmcc\n")], "YAML mapping"),
     "integer top-level key": lambda tp: (["run", _cfg(tp, "1: 2\n")], "config key '1'"),
     "duplicate key (method: cmmc, rounds=1)": lambda tp: (
-        ["run", _cfg(tp, "method: afmcc\nrounds: 1\nmethod: cmmc\n")], "key 'method' appears twice"),
+        ["run", _cfg(tp, "method: afmcc\nrounds: 1\nmethod: cmmc\n")],
+        "key 'method' appears twice",
+    ),
     "duplicate nested key": lambda tp: (
-        ["run", _cfg(tp, "runtime:\n  num_cpus: 1\n  num_cpus: 2\n")], "key 'num_cpus' appears twice"),
+        ["run", _cfg(tp, "runtime:\n  num_cpus: 1\n  num_cpus: 2\n")],
+        "key 'num_cpus' appears twice",
+    ),
     "alias bomb": lambda tp: (["run", _cfg(tp, ALIAS_BOMB)], "remove the aliases"),
     "recursive alias": lambda tp: (["run", _cfg(tp, "synthetic: &a {x: *a}\n")], "refers to the mapping"),
     "!!python/object tag": lambda tp: (
-        ["run", _cfg(tp, "seed: !!python/object/apply:os.system [echo hi]\n")], "python tags"),
-    "!!python/name tag in --set": lambda tp: (["run", _cfg(tp), *_set("seed=!!python/name:os.system")],
-                                               "python tags"),
+        ["run", _cfg(tp, "seed: !!python/object/apply:os.system [echo hi]\n")],
+        "python tags",
+    ),
+    "!!python/name tag in --set": lambda tp: (["run", _cfg(tp), *_set("seed=!!python/name:os.system")], "python tags"),
     "unknown YAML tag": lambda tp: (["run", _cfg(tp, "seed: !env SEED\n")], "unknown YAML tag '!env'"),
     "nesting 200 deep": lambda tp: (["run", _cfg(tp, "synthetic: " + "[" * 200 + "]" * 200 + "\n")], "nests deeper"),
     "2 MB config file": lambda tp: (["run", _cfg(tp, "seed: [" + "0," * 10**6 + "0]\n")], "a config is a few KB"),
     "30k-element value (message truncated)": lambda tp: (
-        ["run", _cfg(tp, "seed: [" + "0, " * 30_000 + "0]\n")], "(30,001 items)"),
+        ["run", _cfg(tp, "seed: [" + "0, " * 30_000 + "0]\n")],
+        "(30,001 items)",
+    ),
     # -- --set overrides
     "override without =": lambda tp: (["run", _cfg(tp), *_set("rounds")], "bad override 'rounds'"),
     "override key not dotted": lambda tp: (["run", _cfg(tp), *_set("1abc=3")], "not a dotted key"),
@@ -355,43 +366,58 @@ CASES = {
     "rounds=0": lambda tp: (["run", _cfg(tp), *_set("rounds=0")], "config key 'rounds'"),
     "num_clients=0": lambda tp: (["run", _cfg(tp), *_set("num_clients=0")], "config key 'num_clients'"),
     "client_ratio=fast": lambda tp: (["run", _cfg(tp), *_set("client_ratio=fast")], "not a ratio"),
-    "impossible client ratio": lambda tp: (["run", _cfg(tp), *_set("client_ratio=1:1:1", "num_clients=2")],
-                                           "client_ratio"),
+    "impossible client ratio": lambda tp: (
+        ["run", _cfg(tp), *_set("client_ratio=1:1:1", "num_clients=2")],
+        "client_ratio",
+    ),
     "afmcc.lr=.inf": lambda tp: (["run", _cfg(tp), *_set("afmcc.lr=.inf")], "'afmcc.lr': must be a finite number"),
     "afmcc.lr=inf (a string)": lambda tp: (["run", _cfg(tp), *_set("afmcc.lr=inf")], "must be a finite number"),
     "afmcc.lr=.nan": lambda tp: (["run", _cfg(tp), *_set("afmcc.lr=.nan")], "config key 'afmcc.lr'"),
     "afmcc.alpha=.inf": lambda tp: (["run", _cfg(tp), *_set("afmcc.alpha=.inf")], "must be a finite number"),
     "round_timeout_s=.inf": lambda tp: (["run", _cfg(tp), *_set("runtime.round_timeout_s=.inf")], "finite number"),
-    "round_timeout_s=1e300": lambda tp: (["run", _cfg(tp), *_set("runtime.round_timeout_s=1e300")],
-                                         "runtime.round_timeout_s"),
+    "round_timeout_s=1e300": lambda tp: (
+        ["run", _cfg(tp), *_set("runtime.round_timeout_s=1e300")],
+        "runtime.round_timeout_s",
+    ),
     "start_timeout_s=.nan": lambda tp: (["run", _cfg(tp), *_set("runtime.start_timeout_s=.nan")], "finite number"),
-    "privacy.epsilon=.inf": lambda tp: (["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.epsilon=.inf")],
-                                        "finite number"),
+    "privacy.epsilon=.inf": lambda tp: (
+        ["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.epsilon=.inf")],
+        "finite number",
+    ),
     "dirichlet_alpha=.inf": lambda tp: (["run", _cfg(tp), *_set("dirichlet_alpha=.inf")], "finite number"),
-    "sim_time_budget=.inf": lambda tp: (["run", _cfg(tp), *_set("stop.rule=sim_time", "stop.sim_time_budget=.inf")],
-                                        "finite number"),
-    "synthetic.noise=.inf": lambda tp: (["run", _cfg(tp), *_set("synthetic.noise=.inf")],
-                                        "'synthetic.noise': must be a finite number"),
+    "sim_time_budget=.inf": lambda tp: (
+        ["run", _cfg(tp), *_set("stop.rule=sim_time", "stop.sim_time_budget=.inf")],
+        "finite number",
+    ),
+    "synthetic.noise=.inf": lambda tp: (
+        ["run", _cfg(tp), *_set("synthetic.noise=.inf")],
+        "'synthetic.noise': must be a finite number",
+    ),
     "synthetic.view_dims=[0]": lambda tp: (["run", _cfg(tp), *_set("synthetic.view_dims=[0, 5]")], "view_dims"),
     "dashboard_port=70000": lambda tp: (["run", _cfg(tp), *_set("runtime.dashboard_port=70000")], "65535"),
     "dashboard_port=0": lambda tp: (["run", _cfg(tp), *_set("runtime.dashboard_port=0")], "runtime.dashboard_port"),
     "afmcc.hidden=[0]": lambda tp: (["run", _cfg(tp), *_set("afmcc.hidden=[0]")], "layer widths must be >= 1"),
     "afmcc.hidden=[32, -5]": lambda tp: (["run", _cfg(tp), *_set("afmcc.hidden=[32, -5]")], "layer widths"),
     "cmmc with rounds=1 (stage check)": lambda tp: (
-        ["run", _cfg(tp, None, method="cmmc", rounds=1, afmcc=..., client_ratio="1:1")], "set rounds=240"),
-    "fmcsc with M clients": lambda tp: (["run", _cfg(tp, None, method="fmcsc", afmcc=...)],
-                                        "fmcsc supports clients with all 3 views or one view"),
+        ["run", _cfg(tp, None, method="cmmc", rounds=1, afmcc=..., client_ratio="1:1")],
+        "set rounds=240",
+    ),
+    "fmcsc with M clients": lambda tp: (
+        ["run", _cfg(tp, None, method="fmcsc", afmcc=...)],
+        "fmcsc supports clients with all 3 views or one view",
+    ),
     "pretrain.client=99": lambda tp: (["run", _cfg(tp), *_set("pretrain.client=99")], "pretrain.client=99"),
     "fault.kill_client=99": lambda tp: (["run", _cfg(tp), *_set("fault.kill_client=99")], "fault.kill_client"),
     "sim_time rule without budget": lambda tp: (["run", _cfg(tp), *_set("stop.rule=sim_time")], "sim_time_budget"),
     "classification with afmcc": lambda tp: (["run", _cfg(tp), *_set("task=classification")], "supervised"),
-    "selection loss afmcc lacks": lambda tp: (["run", _cfg(tp), *_set("model_selection.runs=2")],
-                                              "model_selection.criterion"),
+    "selection loss afmcc lacks": lambda tp: (
+        ["run", _cfg(tp), *_set("model_selection.runs=2")],
+        "model_selection.criterion",
+    ),
     "samples_per_client=1": lambda tp: (["run", _cfg(tp), *_set("samples_per_client=1")], "samples_per_client"),
     "missing_rate=1": lambda tp: (["run", _cfg(tp), *_set("missing_rate=1")], "missing_rate"),
     "privacy.delta=1": lambda tp: (["run", _cfg(tp), *_set("privacy.delta=1")], "privacy.delta"),
-    "more clients than samples": lambda tp: (["run", _cfg(tp), *_set("num_clients=500", "client_ratio=1:1")],
-                                             "client"),
+    "more clients than samples": lambda tp: (["run", _cfg(tp), *_set("num_clients=500", "client_ratio=1:1")], "client"),
     # -- speed profiles
     "speed lognormal:1000": lambda tp: (["run", _cfg(tp), *_set("speed_profile=lognormal:1000")], "SIGMA <= 3"),
     "speed lognormal:nan": lambda tp: (["run", _cfg(tp), *_set("speed_profile=lognormal:nan")], "finite"),
@@ -400,153 +426,255 @@ CASES = {
     "speed eo:1e-300:1": lambda tp: (["run", _cfg(tp), *_set("speed_profile=eo:1e-300:1")], "between 1e-06 and"),
     "speed list with a 0": lambda tp: (["run", _cfg(tp), *_set("speed_profile=list:1,0,1,1")], "between"),
     "speed list too short": lambda tp: (["run", _cfg(tp), *_set("speed_profile=list:1,2")], "one per client"),
-    "speed uniform_random:2:1": lambda tp: (["run", _cfg(tp), *_set("speed_profile=uniform_random:2:1")],
-                                            "LO <= HI"),
+    "speed uniform_random:2:1": lambda tp: (["run", _cfg(tp), *_set("speed_profile=uniform_random:2:1")], "LO <= HI"),
     "speed fast": lambda tp: (["run", _cfg(tp), *_set("speed_profile=fast")], "unknown speed_profile"),
-    "speed 2000-character list": lambda tp: (["run", _cfg(tp), *_set("speed_profile=list:" + "1," * 1000)],
-                                             "one per client"),
+    "speed 2000-character list": lambda tp: (
+        ["run", _cfg(tp), *_set("speed_profile=list:" + "1," * 1000)],
+        "one per client",
+    ),
     # -- tracking
-    "100k-character run_name": lambda tp: (["run", _cfg(tp), *_set("tracking.run_name=" + "x" * 100_000)],
-                                           "tracking.run_name"),
-    "1000-character experiment": lambda tp: (["run", _cfg(tp), *_set("tracking.experiment=" + "e" * 1000)],
-                                             "tracking.experiment"),
+    "100k-character run_name": lambda tp: (
+        ["run", _cfg(tp), *_set("tracking.run_name=" + "x" * 100_000)],
+        "tracking.run_name",
+    ),
+    "1000-character experiment": lambda tp: (
+        ["run", _cfg(tp), *_set("tracking.experiment=" + "e" * 1000)],
+        "tracking.experiment",
+    ),
     "6000-character tag": lambda tp: (["run", _cfg(tp), *_set("tracking.tags.note=" + "t" * 6000)], "tracking.tags"),
     "tracking_uri folder missing": lambda tp: (
-        ["run", _cfg(tp), *_set(f"tracking.tracking_uri=sqlite:///{tp}/no/such/folder/mlflow.db")], "does not exist"),
+        ["run", _cfg(tp), *_set(f"tracking.tracking_uri=sqlite:///{tp}/no/such/folder/mlflow.db")],
+        "does not exist",
+    ),
     "tracking_uri at the filesystem root": lambda tp: (
         ["run", _cfg(tp), *_set("tracking.tracking_uri=sqlite:////fedsim-issue26-nowhere/mlflow.db")],
-        "does not exist"),
-    "tracking_uri names a folder": lambda tp: (["run", _cfg(tp), *_set(f"tracking.tracking_uri=sqlite:///{tp}")],
-                                               "names a folder"),
-    "file store is a file": lambda tp: (["run", _cfg(tp), *_set(f"tracking.tracking_uri=file://{_cfg(tp)}")],
-                                        "names a file"),
+        "does not exist",
+    ),
+    "tracking_uri names a folder": lambda tp: (
+        ["run", _cfg(tp), *_set(f"tracking.tracking_uri=sqlite:///{tp}")],
+        "names a folder",
+    ),
+    "file store is a file": lambda tp: (
+        ["run", _cfg(tp), *_set(f"tracking.tracking_uri=file://{_cfg(tp)}")],
+        "names a file",
+    ),
     "$MLFLOW_TRACKING_URI folder missing": lambda tp: (
-        ["run", _cfg(tp), *_set("tracking.tracking_uri=null")], "$MLFLOW_TRACKING_URI"),
+        ["run", _cfg(tp), *_set("tracking.tracking_uri=null")],
+        "$MLFLOW_TRACKING_URI",
+    ),
     # -- paths
     "data_dir is a file": lambda tp: (["run", _cfg(tp), "--data-dir", _cfg(tp)], "is a file, not a folder"),
     "data_dir missing": lambda tp: (["run", _cfg(tp), "--data-dir", str(tp / "nodir")], "does not exist"),
     "--result-json is a folder": lambda tp: (["run", _cfg(tp), "--result-json", str(tp)], "is a folder"),
-    "--result-json folder missing": lambda tp: (["run", _cfg(tp), "--result-json", str(tp / "no" / "r.json")],
-                                                "does not exist"),
-    "--result-json inside a file": lambda tp: (["run", _cfg(tp), "--result-json", _cfg(tp) + "/r.json"],
-                                               "not a folder"),
-    "--result-json unwritable": lambda tp: (["run", _cfg(tp), "--result-json", "/proc/fedsim-result.json"],
-                                            "cannot be written"),
+    "--result-json folder missing": lambda tp: (
+        ["run", _cfg(tp), "--result-json", str(tp / "no" / "r.json")],
+        "does not exist",
+    ),
+    "--result-json inside a file": lambda tp: (
+        ["run", _cfg(tp), "--result-json", _cfg(tp) + "/r.json"],
+        "not a folder",
+    ),
+    "--result-json unwritable": lambda tp: (
+        ["run", _cfg(tp), "--result-json", "/proc/fedsim-result.json"],
+        "cannot be written",
+    ),
     # -- datasets and data files
     "unknown dataset": lambda tp: (["run", _cfg(tp), *_set("dataset=imagenet")], "unknown dataset"),
     "synthetic parameters on a real dataset": lambda tp: (["run", _cfg(tp), *_set("dataset=bdgp")], "not synthetic"),
     "missing data file": lambda tp: (["run", _real(tp, "nuswide"), "--data-dir", str(_data(tp))], "file not found"),
     "data file of garbage": lambda tp: (
         ["run", _real(tp, "bdgp"), "--data-dir", _bytes_file(tp, "bdgp.mat", b"not a MATLAB file" * 20)],
-        "not a readable MATLAB file"),
-    "empty data file": lambda tp: (["run", _real(tp, "bdgp"), "--data-dir", _bytes_file(tp, "bdgp.mat", b"")],
-                                   "cannot use"),
+        "not a readable MATLAB file",
+    ),
+    "empty data file": lambda tp: (
+        ["run", _real(tp, "bdgp"), "--data-dir", _bytes_file(tp, "bdgp.mat", b"")],
+        "cannot use",
+    ),
     "truncated .mat": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _truncated_scene15(tp)], "scene15"),
     ".mat without the expected keys": lambda tp: (
-        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, keys=("A", "B"))], "found keys"),
-    ".mat with wrong shapes (bdgp)": lambda tp: (["run", _real(tp, "bdgp"), "--data-dir", _bdgp_wrong_shapes(tp)],
-                                                 "views of shapes"),
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, keys=("A", "B"))],
+        "found keys",
+    ),
+    ".mat with wrong shapes (bdgp)": lambda tp: (
+        ["run", _real(tp, "bdgp"), "--data-dir", _bdgp_wrong_shapes(tp)],
+        "views of shapes",
+    ),
     ".mat view of the wrong width": lambda tp: (
-        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _wrong_width)], "views of shapes"),
-    ".mat with 2 of 3 views": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _two_views)],
-                                          "2 views"),
-    ".mat with too few labels": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _few_labels)],
-                                            "labels"),
-    ".mat with NaN in a view": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _nan_in_view)],
-                                           "NaN or inf"),
-    ".mat with -inf in a view": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _inf_in_view)],
-                                            "NaN or inf"),
-    ".mat with a NaN label": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _nan_label)],
-                                         "not all integers"),
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _wrong_width)],
+        "views of shapes",
+    ),
+    ".mat with 2 of 3 views": lambda tp: (
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _two_views)],
+        "2 views",
+    ),
+    ".mat with too few labels": lambda tp: (
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _few_labels)],
+        "labels",
+    ),
+    ".mat with NaN in a view": lambda tp: (
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _nan_in_view)],
+        "NaN or inf",
+    ),
+    ".mat with -inf in a view": lambda tp: (
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _inf_in_view)],
+        "NaN or inf",
+    ),
+    ".mat with a NaN label": lambda tp: (
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _nan_label)],
+        "not all integers",
+    ),
     ".mat with a fractional label": lambda tp: (
-        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _fractional_label)], "not all integers"),
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _fractional_label)],
+        "not all integers",
+    ),
     ".mat with 14 of 15 classes": lambda tp: (
-        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _fourteen_classes)], "14 classes"),
-    ".mat with a text view": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _text_view)],
-                                         "not a numeric array"),
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _fourteen_classes)],
+        "14 classes",
+    ),
+    ".mat with a text view": lambda tp: (
+        ["run", _real(tp, "scene15"), "--data-dir", _scene15(tp, _text_view)],
+        "not a numeric array",
+    ),
     "truncated HDF5 (v7.3) file": lambda tp: (
-        ["run", _real(tp, "bdgp3"), "--data-dir", _bdgp3_hdf5(tp, truncate=True)], "bdgp3"),
+        ["run", _real(tp, "bdgp3"), "--data-dir", _bdgp3_hdf5(tp, truncate=True)],
+        "bdgp3",
+    ),
     "HDF5 file without the expected keys": lambda tp: (
-        ["run", _real(tp, "bdgp3"), "--data-dir", _bdgp3_hdf5(tp, keys=("A", "B"))], "found keys"),
-    "HDF5 file with wrong shapes": lambda tp: (["run", _real(tp, "bdgp3"), "--data-dir", _bdgp3_hdf5(tp)],
-                                               "holds views of shapes [(40, 8), (40, 8), (40, 8)]"),
+        ["run", _real(tp, "bdgp3"), "--data-dir", _bdgp3_hdf5(tp, keys=("A", "B"))],
+        "found keys",
+    ),
+    "HDF5 file with wrong shapes": lambda tp: (
+        ["run", _real(tp, "bdgp3"), "--data-dir", _bdgp3_hdf5(tp)],
+        "holds views of shapes [(40, 8), (40, 8), (40, 8)]",
+    ),
     ".npz saved as .mat": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _npz_as_mat(tp)], "scene15"),
-    "folder named scene15.mat": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _folder_as_mat(tp)],
-                                            "scene15"),
+    "folder named scene15.mat": lambda tp: (["run", _real(tp, "scene15"), "--data-dir", _folder_as_mat(tp)], "scene15"),
     "malformed UCI CSV": lambda tp: (["run", _real(tp, "handwritten"), "--data-dir", _bad_uci_csv(tp)], "cannot"),
     # -- a user's own data file (dataset: PATH): malformed, truncated, NaN/inf-filled
-    "user .npz with a NaN in a view": lambda tp: (["run", _user(tp, _npz(tp, _set_item("X1", (3, 2), np.nan)))],
-                                                  "view X1 holds 1 NaN or inf"),
+    "user .npz with a NaN in a view": lambda tp: (
+        ["run", _user(tp, _npz(tp, _set_item("X1", (3, 2), np.nan)))],
+        "view X1 holds 1 NaN or inf",
+    ),
     "user .npz view filled with inf": lambda tp: (
-        ["run", _user(tp, _npz(tp, lambda a: a["X2"].fill(np.inf)))], "view X2 holds 420 NaN or inf"),
-    "user .npz with a NaN label": lambda tp: (["run", _user(tp, _npz(tp, _set_item("Y", 4, np.nan)))],
-                                              "labels are NaN or inf"),
-    "user .npz with an inf label": lambda tp: (["run", _user(tp, _npz(tp, _set_item("Y", 9, -np.inf)))],
-                                               "labels are NaN or inf"),
+        ["run", _user(tp, _npz(tp, lambda a: a["X2"].fill(np.inf)))],
+        "view X2 holds 420 NaN or inf",
+    ),
+    "user .npz with a NaN label": lambda tp: (
+        ["run", _user(tp, _npz(tp, _set_item("Y", 4, np.nan)))],
+        "labels are NaN or inf",
+    ),
+    "user .npz with an inf label": lambda tp: (
+        ["run", _user(tp, _npz(tp, _set_item("Y", 9, -np.inf)))],
+        "labels are NaN or inf",
+    ),
     "truncated user .npz": lambda tp: (["run", _user(tp, _cut(_npz(tp), 0.5))], "not a readable .npz file"),
     "user .npz member cut short": lambda tp: (
-        ["run", _user(tp, _npz_raw(tp, {"X1": _npy(_views()[0]), "X2": _npy(_views()[1], keep=0.5),
-                                        "Y": _npy(USER_LABELS)}))], "array 'X2' is truncated"),
+        [
+            "run",
+            _user(
+                tp, _npz_raw(tp, {"X1": _npy(_views()[0]), "X2": _npy(_views()[1], keep=0.5), "Y": _npy(USER_LABELS)})
+            ),
+        ],
+        "array 'X2' is truncated",
+    ),
     "user .npz header promising 10^12 rows": lambda tp: (
-        ["run", _user(tp, _npz_raw(tp, {"X1": _npy(shape=(10**12, 5)), "X2": _npy(shape=(10**12, 5))}),
-                      n_clusters=3)], "is truncated"),
+        ["run", _user(tp, _npz_raw(tp, {"X1": _npy(shape=(10**12, 5)), "X2": _npy(shape=(10**12, 5))}), n_clusters=3)],
+        "is truncated",
+    ),
     "user .npz of pickled objects": lambda tp: (
         ["run", _user(tp, _npz(tp, X=np.array([np.zeros(3), "a"], dtype=object), Y=USER_LABELS))],
-        "holds Python objects"),
+        "holds Python objects",
+    ),
     "user .npz views of different lengths": lambda tp: (
-        ["run", _user(tp, _npz(tp, X1=_views()[0], X2=_views()[1][:50], Y=USER_LABELS))], "no axis matches"),
+        ["run", _user(tp, _npz(tp, X1=_views()[0], X2=_views()[1][:50], Y=USER_LABELS))],
+        "no axis matches",
+    ),
     "user .npz with no arrays": lambda tp: (["run", _user(tp, _npz(tp, **{"_": np.zeros(0)}))], "no views found"),
-    "empty user .npz file": lambda tp: (["run", _user(tp, _bytes_file(tp, "mine.npz", b"") + "/mine.npz")],
-                                        "empty or not a regular file"),
-    "user .npz of garbage": lambda tp: (["run", _user(tp, _bytes_file(tp, "mine.npz", b"PK garbage" * 50) +
-                                                      "/mine.npz")], "not a readable .npz file"),
+    "empty user .npz file": lambda tp: (
+        ["run", _user(tp, _bytes_file(tp, "mine.npz", b"") + "/mine.npz")],
+        "empty or not a regular file",
+    ),
+    "user .npz of garbage": lambda tp: (
+        ["run", _user(tp, _bytes_file(tp, "mine.npz", b"PK garbage" * 50) + "/mine.npz")],
+        "not a readable .npz file",
+    ),
     "truncated user .mat (v5)": lambda tp: (["run", _user(tp, _cut(_user_mat(tp), 0.6))], "truncated"),
-    "user .mat cut inside its header": lambda tp: (["run", _user(tp, _cut(_user_mat(tp), 300), n_clusters=3)],
-                                                   "truncated"),
+    "user .mat cut inside its header": lambda tp: (
+        ["run", _user(tp, _cut(_user_mat(tp), 300), n_clusters=3)],
+        "truncated",
+    ),
     "user .mat with a NaN": lambda tp: (["run", _user(tp, _user_mat(tp, nan=True))], "view X1 holds 1 NaN or inf"),
     "truncated user .h5": lambda tp: (["run", _user(tp, _cut(_user_h5(tp), 0.5))], "not a readable HDF5 file"),
     "user .h5 view filled with inf": lambda tp: (["run", _user(tp, _user_h5(tp, inf=True))], "NaN or inf"),
     "user CSV folder with a NaN cell": lambda tp: (["run", _user(tp, _user_csv(tp))], "view1.csv holds 1 NaN"),
-    "user file of unknown type": lambda tp: (["run", _user(tp, _bytes_file(tp, "mine.txt", b"1 2\n") + "/mine.txt")],
-                                             "unknown file type .txt"),
+    "user file of unknown type": lambda tp: (
+        ["run", _user(tp, _bytes_file(tp, "mine.txt", b"1 2\n") + "/mine.txt")],
+        "unknown file type .txt",
+    ),
     "user file not found": lambda tp: (["run", _user(tp, tp / "nowhere.npz")], "no such file or folder"),
     "unlabelled user file without n_clusters": lambda tp: (
-        ["run", _user(tp, _npz(tp, X1=_views()[0], X2=_views()[1]))], "set n_clusters"),
-    "n_clusters above the sample count": lambda tp: (["run", _user(tp, _npz(tp), n_clusters=1000)],
-                                                     "1000 clusters asked of 60 samples"),
+        ["run", _user(tp, _npz(tp, X1=_views()[0], X2=_views()[1]))],
+        "set n_clusters",
+    ),
+    "n_clusters above the sample count": lambda tp: (
+        ["run", _user(tp, _npz(tp), n_clusters=1000)],
+        "1000 clusters asked of 60 samples",
+    ),
     # -- sizes, counts and what the run would reach
     "10^6-element value by aliases": lambda tp: (["run", _cfg(tp, ALIAS_MILLION)], "remove the aliases"),
-    "300k-entry speed list": lambda tp: (["run", _cfg(tp), *_set("speed_profile=list:" + "1," * 300_000)],
-                                         "at most 10000 characters"),
+    "300k-entry speed list": lambda tp: (
+        ["run", _cfg(tp), *_set("speed_profile=list:" + "1," * 300_000)],
+        "at most 10000 characters",
+    ),
     "rounds=10^23": lambda tp: (["run", _cfg(tp), *_set(f"rounds={10**23}")], "config key 'rounds'"),
     "kmeans_n_init=10^9": lambda tp: (["run", _cfg(tp), *_set("kmeans_n_init=1000000000")], "kmeans_n_init"),
-    "runtime.torch_threads=100000": lambda tp: (["run", _cfg(tp), *_set("runtime.torch_threads=100000")],
-                                                "runtime.torch_threads"),
+    "runtime.torch_threads=100000": lambda tp: (
+        ["run", _cfg(tp), *_set("runtime.torch_threads=100000")],
+        "runtime.torch_threads",
+    ),
     "model_selection.runs=10^6": lambda tp: (
         ["run", _cfg(tp), *_set("model_selection.runs=1000000", "model_selection.criterion=acc")],
-        "model_selection.runs"),
-    "privacy.clip_norm=1e308": lambda tp: (["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.clip_norm=1e308")],
-                                           "privacy.clip_norm"),
+        "model_selection.runs",
+    ),
+    "privacy.clip_norm=1e308": lambda tp: (
+        ["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.clip_norm=1e308")],
+        "privacy.clip_norm",
+    ),
     "privacy.epsilon=1e-300 (Opacus warns)": lambda tp: (
-        ["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.epsilon=1e-300")], "out of reach"),
-    "afmcc.hidden=[10^8] (beyond memory)": lambda tp: (["run", _cfg(tp), *_set("afmcc.hidden=[100000000]")],
-                                                       "lower the afmcc.* widths"),
+        ["run", _cfg(tp), *_set("privacy.enabled=true", "privacy.epsilon=1e-300")],
+        "out of reach",
+    ),
+    "afmcc.hidden=[10^8] (beyond memory)": lambda tp: (
+        ["run", _cfg(tp), *_set("afmcc.hidden=[100000000]")],
+        "lower the afmcc.* widths",
+    ),
     "synthetic.n_samples=10^9": lambda tp: (["run", _cfg(tp), *_set("synthetic.n_samples=1000000000")], "GiB"),
     "synthetic.noise=1e308": lambda tp: (["run", _cfg(tp), *_set("synthetic.noise=1e308")], "at most 1e6"),
     # -- where the run would connect
-    "runtime.ray_address garbage": lambda tp: (["run", _cfg(tp), *_set("runtime.ray_address=not an address")],
-                                               "not a Ray address"),
-    "runtime.ray_address port 99999": lambda tp: (["run", _cfg(tp), *_set("runtime.ray_address=10.0.0.1:99999")],
-                                                  "port 99999"),
-    "runtime.ray_address without port": lambda tp: (["run", _cfg(tp), *_set("runtime.ray_address=10.0.0.1")],
-                                                    "no port"),
-    "tracking_uri of an unknown scheme": lambda tp: (["run", _cfg(tp), *_set("tracking.tracking_uri=foo://bar")],
-                                                     "no store for scheme 'foo'"),
+    "runtime.ray_address garbage": lambda tp: (
+        ["run", _cfg(tp), *_set("runtime.ray_address=not an address")],
+        "not a Ray address",
+    ),
+    "runtime.ray_address port 99999": lambda tp: (
+        ["run", _cfg(tp), *_set("runtime.ray_address=10.0.0.1:99999")],
+        "port 99999",
+    ),
+    "runtime.ray_address without port": lambda tp: (
+        ["run", _cfg(tp), *_set("runtime.ray_address=10.0.0.1")],
+        "no port",
+    ),
+    "tracking_uri of an unknown scheme": lambda tp: (
+        ["run", _cfg(tp), *_set("tracking.tracking_uri=foo://bar")],
+        "no store for scheme 'foo'",
+    ),
     "tracking_uri server refusing": lambda tp: (
         ["run", _cfg(tp), *_set(f"tracking.tracking_uri=http://127.0.0.1:{_refusing_port()}")],
-        "no MLflow server answers"),
-    "tracking_uri http without a host": lambda tp: (["run", _cfg(tp), *_set("tracking.tracking_uri=http://")],
-                                                    "names no server"),
+        "no MLflow server answers",
+    ),
+    "tracking_uri http without a host": lambda tp: (
+        ["run", _cfg(tp), *_set("tracking.tracking_uri=http://")],
+        "names no server",
+    ),
     "--resume with a 10k-character id": lambda tp: (["run", _cfg(tp), "--resume", "x" * 10_000], "not a run id"),
     "--resume with a path": lambda tp: (["run", _cfg(tp), "--resume", "../../etc"], "not a run id"),
 }
@@ -623,11 +751,16 @@ def test_good_input_reaches_ray(no_ray, capsys, dataset, folder):
 def test_bad_input_from_the_shell(tmp_path, case, needle):
     """As a user sees it: exit status 2, one line on stderr, no traceback, quickly."""
     argv, _ = CASES[case](tmp_path)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "FEDSIM_DATA_DIR": str(tmp_path / "nodata"), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "FEDSIM_DATA_DIR": str(tmp_path / "nodata"),
+        "PYTHONPATH": str(ROOT),
+    }
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedsim", *argv], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()

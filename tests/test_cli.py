@@ -18,10 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fedsim(args, tmp_path, timeout=300, env_extra=None):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "FEDSIM_DATA_DIR": str(tmp_path / "nodata")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "FEDSIM_DATA_DIR": str(tmp_path / "nodata"),
+    }
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "fedsim", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _no_running_mlflow_runs(tmp_path):
@@ -48,8 +53,21 @@ BAD_INPUTS = {
     "unknown key": (["run", "CFG", "--set", "afmcc.alpah=0.1"], "unknown config key 'afmcc.alpah'"),
     "bad value": (["run", "CFG", "--set", "mode=turbo"], "config key 'mode'"),
     "impossible ratio": (["run", "CFG", "--set", "client_ratio=1:1:1", "--set", "num_clients=2"], "client_ratio"),
-    "M clients need 3 views": (["run", "CFG", "--set", "dataset=bdgp", "--set", "client_ratio=1:1:1",
-                                "--set", "synthetic=null", "--data-dir", str(ROOT.parent / "shared" / "data")], "M"),
+    "M clients need 3 views": (
+        [
+            "run",
+            "CFG",
+            "--set",
+            "dataset=bdgp",
+            "--set",
+            "client_ratio=1:1:1",
+            "--set",
+            "synthetic=null",
+            "--data-dir",
+            str(ROOT.parent / "shared" / "data"),
+        ],
+        "M",
+    ),
     "missing data file": (["run", "CFG", "--set", "dataset=nuswide", "--set", "synthetic=null"], "nuswide"),
     "bad speed profile": (["run", "CFG", "--set", "speed_profile=fast"], "speed_profile"),
 }
@@ -80,13 +98,31 @@ def test_malformed_data_file(tmp_path):
 
 
 def test_cli_run_writes_result_json(tmp_path):
-    cfg = _write(tmp_path, "cfg.yaml", {**SMALL_SYNTHETIC, "tracking": {"enabled": True, "progress": True},
-                                        "runtime": {"include_dashboard": False, "num_cpus": 2}})
+    cfg = _write(
+        tmp_path,
+        "cfg.yaml",
+        {
+            **SMALL_SYNTHETIC,
+            "tracking": {"enabled": True, "progress": True},
+            "runtime": {"include_dashboard": False, "num_cpus": 2},
+        },
+    )
     out = tmp_path / "result.json"
     proc = _fedsim(["run", cfg, "--result-json", str(out)], tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    for key in ("acc", "nmi", "ari", "purity", "mode", "seed", "rounds", "simulated_time", "wall_time", "mlflow_run_id"):
+    for key in (
+        "acc",
+        "nmi",
+        "ari",
+        "purity",
+        "mode",
+        "seed",
+        "rounds",
+        "simulated_time",
+        "wall_time",
+        "mlflow_run_id",
+    ):
         assert key in result
     assert result["rounds"] == {"0": 3, "1": 3, "2": 3, "3": 3}
     assert "ACC" in proc.stdout and "mlflow ui" in proc.stdout

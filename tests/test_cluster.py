@@ -17,17 +17,20 @@ from fedsim.runtime.cluster import plan_placement
 
 def test_placement_never_asks_for_more_cpus_than_given(small_config):
     cfg = small_config("num_clients=48", "client_ratio=2:1")
-    p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=2, available_gpus=0,
-                       available_memory=24 * 2**30)
+    p = plan_placement(
+        cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=2, available_gpus=0, available_memory=24 * 2**30
+    )
     assert len(p.groups) == 2 and p.num_cpus * len(p.groups) <= 2 and p.num_gpus == 0
     assert sorted(c for g in p.groups for c in g) == list(range(48))
     # memory bounds the actor count: ~350 MB each, 60% of 1 GiB holds one
-    p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=16, available_gpus=0,
-                       available_memory=2**30)
+    p = plan_placement(
+        cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=16, available_gpus=0, available_memory=2**30
+    )
     assert len(p.groups) == 1
     # GPUs: at most clients_per_gpu clients share one GPU, no actor asks for more than one
-    p = plan_placement(cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=16, available_gpus=4,
-                       available_memory=64 * 2**30)
+    p = plan_placement(
+        cfg, param_bytes=10_000, shard_bytes=10_000, available_cpus=16, available_gpus=4, available_memory=64 * 2**30
+    )
     assert len(p.groups) == 16 and p.device == "cuda" and 0 < p.num_gpus <= 1
     assert p.num_gpus * len(p.groups) <= 4 + 1e-9 and p.num_cpus * len(p.groups) <= 16
 
@@ -67,6 +70,7 @@ def test_a_failed_run_leaves_no_actors_holding_cpus(ray_session, small_config, m
 
         monkeypatch.setattr(runner, "start_client_actors", start_then_fail)
     else:
+
         def fail(self):
             seen.extend(self.actor_of.values())
             raise RuntimeError("injected failure in the middle of a run")
@@ -102,7 +106,9 @@ def test_actors_that_cannot_start_fail_the_run_with_what_is_free(ray_session, sm
     from fedsim.errors import ConfigError
 
     # 4 actors asking 3 CPUs each on a 2-CPU cluster: infeasible, they would pend forever
-    with pytest.raises(ConfigError, match=r"not running after 5 s \(runtime.start_timeout_s\); Ray has \{'CPU': 2") as err:
+    with pytest.raises(
+        ConfigError, match=r"not running after 5 s \(runtime.start_timeout_s\); Ray has \{'CPU': 2"
+    ) as err:
         runner.run_experiment(small_config("runtime.num_cpus=12", "runtime.start_timeout_s=5"))
     assert "free of {'CPU': 2" in str(err.value)
     assert _cpus_back(ray.cluster_resources()["CPU"], within_s=10), ray.available_resources()

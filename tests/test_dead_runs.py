@@ -102,8 +102,9 @@ def test_a_diverged_model_ends_the_run_failed_with_one_line(ray_session, small_c
     from fedsim.runner import run_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = small_config(f"tracking.tracking_uri={uri}", "tracking.enabled=true", "tracking.experiment=diverges",
-                       "afmcc.lr=1e30")
+    cfg = small_config(
+        f"tracking.tracking_uri={uri}", "tracking.enabled=true", "tracking.experiment=diverges", "afmcc.lr=1e30"
+    )
     with pytest.raises(TrainingDiverged, match=r"training diverged: client \d+'s embeddings hold NaN or inf") as info:
         run_experiment(cfg)
     assert "afmcc.lr" in str(info.value) and "\n" not in str(info.value)

@@ -58,7 +58,7 @@ def _np_mapping(net: torch.nn.Sequential, z: np.ndarray) -> np.ndarray:
 
 
 def _kl_std(mu, logvar):
-    return np.mean(-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1))
+    return np.mean(-0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1))
 
 
 def _kl(mu_p, lv_p, mu_q, lv_q):
@@ -75,7 +75,9 @@ def test_kl_terms_by_hand():
     assert gaussian_kl_standard(torch.tensor(mu), torch.tensor(lv)).item() == pytest.approx(_kl_std(mu, lv))
     mu_q = np.array([[1.0, 0.0], [-0.5, 1.0]])
     lv_q = np.array([[0.2, 0.2], [-1.0, 0.0]])
-    assert gaussian_kl(*(torch.tensor(a) for a in (mu, lv, mu_q, lv_q))).item() == pytest.approx(_kl(mu, lv, mu_q, lv_q))
+    assert gaussian_kl(*(torch.tensor(a) for a in (mu, lv, mu_q, lv_q))).item() == pytest.approx(
+        _kl(mu, lv, mu_q, lv_q)
+    )
     # KL(p || N(0, I)) is the special case mu_q = 0, logvar_q = 0
     zeros = torch.zeros(2, 2, dtype=torch.float64)
     assert gaussian_kl(torch.tensor(mu), torch.tensor(lv), zeros, zeros).item() == pytest.approx(_kl_std(mu, lv))
@@ -119,8 +121,17 @@ def test_mapping_loss_by_hand(alpha, mode):  # Eq. 5 (with Eq. 4's cross term as
     net = mapping_network(2, [6]).double()
     x_m = np.array([[0.1, 0.9, 0.4], [1.0, 0.0, 0.3]])
     x_n = np.array([[0.2, 0.1, 0.0, 1.0, 0.5], [0.7, 0.3, 0.9, 0.0, 0.1]])
-    got = mapping_loss(source, target, net, torch.tensor(x_m), torch.tensor(x_n), "gaussian", alpha, mode,
-                       torch.Generator().manual_seed(3))
+    got = mapping_loss(
+        source,
+        target,
+        net,
+        torch.tensor(x_m),
+        torch.tensor(x_n),
+        "gaussian",
+        alpha,
+        mode,
+        torch.Generator().manual_seed(3),
+    )
     mu_m, lv_m = _np_encode(source, x_m)
     if mode == "sample":
         eps = torch.randn((2, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64).numpy()
@@ -154,14 +165,27 @@ def test_generate_decodes_the_mapped_posterior_mean():
 
 
 def _tiny(modalities=(0, 1), n=24, **overrides) -> tuple[FedRecon, LocalData]:
-    cfg = FedReconConfig(**{"hidden": [8], "feature_dim": 4, "attention_dim": 3, "head_hidden": 6, "batch_size": 8,
-                            "latent_dim": 2, "vae_hidden": [6], "mapping_hidden": [5, 5], "likelihood": "bernoulli",
-                            **overrides})
+    cfg = FedReconConfig(
+        **{
+            "hidden": [8],
+            "feature_dim": 4,
+            "attention_dim": 3,
+            "head_hidden": 6,
+            "batch_size": 8,
+            "latent_dim": 2,
+            "vae_hidden": [6],
+            "mapping_hidden": [5, 5],
+            "likelihood": "bernoulli",
+            **overrides,
+        }
+    )
     method = FedRecon(cfg, (5, 3), 3, 4)
     g = torch.Generator().manual_seed(0)
     labels = np.arange(n) % 3
-    views = {m: torch.rand(n, (5, 3)[m], generator=g) * 0.5 + torch.tensor(labels, dtype=torch.float32)[:, None] / 4
-             for m in modalities}
+    views = {
+        m: torch.rand(n, (5, 3)[m], generator=g) * 0.5 + torch.tensor(labels, dtype=torch.float32)[:, None] / 4
+        for m in modalities
+    }
     test = LocalData(0, {m: v[:6] for m, v in views.items()}, labels[:6], np.arange(6))
     return method, LocalData(0, views, labels, np.arange(n), test=test)
 
@@ -174,7 +198,9 @@ def test_stage_2_trains_only_the_mappings_with_the_vaes_frozen():  # Alg. 1 line
     method, data = _tiny(mapping_epochs=2, kl_alpha=1)
     model = method.build_model(seed=0)
     opt = method.make_optimizer(model)
-    vaes, maps, task, frozen = (_params(m) for m in (model.generator.vaes, model.generator.mappings, model.task, model.frozen))
+    vaes, maps, task, frozen = (
+        _params(m) for m in (model.generator.vaes, model.generator.mappings, model.task, model.frozen)
+    )
     seen_grad = []
     original_step = opt.step
 
@@ -196,8 +222,15 @@ def test_stage_1_trains_the_held_vaes_only_and_stage_3_the_task_model_only():
     method, data = _tiny(modalities=(1,))
     model = method.build_model(seed=0)
     opt = method.make_optimizer(model)
-    before = {k: _params(m) for k, m in (("vae0", model.generator.vaes[0]), ("vae1", model.generator.vaes[1]),
-                                         ("maps", model.generator.mappings), ("task", model.task))}
+    before = {
+        k: _params(m)
+        for k, m in (
+            ("vae0", model.generator.vaes[0]),
+            ("vae1", model.generator.vaes[1]),
+            ("maps", model.generator.mappings),
+            ("task", model.task),
+        )
+    }
     losses = method._stage_vae(model, opt, data, torch.Generator().manual_seed(0))
     assert set(losses) == {"loss_vae", "loss_vae_recon", "loss_vae_kl"}
     assert torch.equal(_params(model.generator.vaes[0]), before["vae0"])  # modality 0 is missing here
@@ -239,8 +272,11 @@ def test_aggregate_averages_by_owners_and_refreshes_the_frozen_copy():  # Alg. 1
     method, data = _tiny()
     model = method.build_model(seed=0)
     size = flat_parameters(model).numel()
-    peers = [PeerModel(0, 1, (0, 1), torch.full((size,), 1.0), 5), PeerModel(1, 1, (0,), torch.full((size,), 2.0), 50),
-             PeerModel(2, 1, (1,), torch.full((size,), 4.0), 500)]
+    peers = [
+        PeerModel(0, 1, (0, 1), torch.full((size,), 1.0), 5),
+        PeerModel(1, 1, (0,), torch.full((size,), 2.0), 50),
+        PeerModel(2, 1, (1,), torch.full((size,), 4.0), 500),
+    ]
     flat, weights = method.aggregate(model, data, peers)
     load_flat_parameters(model, flat)
     assert weights == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 1 / 3})  # Alg. 1: 1/K
@@ -257,7 +293,9 @@ def test_train_round_is_seeded_and_reports_every_stage():
     runs = []
     for _ in range(2):
         model = method.build_model(seed=3)
-        losses = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(1), RoundContext(1))
+        losses = method.train_round(
+            model, method.make_optimizer(model), data, torch.Generator().manual_seed(1), RoundContext(1)
+        )
         runs.append(flat_parameters(model))
     assert torch.equal(runs[0], runs[1])
     assert {"loss", "loss_task", "loss_vae", "loss_vae_recon", "loss_vae_kl", "loss_map", "loss_map_kl"} <= set(losses)
@@ -265,7 +303,9 @@ def test_train_round_is_seeded_and_reports_every_stage():
     ablated, _ = _tiny(use_mapping=False)
     model = ablated.build_model(seed=3)
     maps = _params(model.generator.mappings)
-    losses = ablated.train_round(model, ablated.make_optimizer(model), data, torch.Generator().manual_seed(1), RoundContext(1))
+    losses = ablated.train_round(
+        model, ablated.make_optimizer(model), data, torch.Generator().manual_seed(1), RoundContext(1)
+    )
     assert "loss_map" not in losses and torch.equal(_params(model.generator.mappings), maps)
 
 
@@ -278,7 +318,14 @@ def test_predict_and_extra_metrics():
     assert p.shape == (6, 3) and np.allclose(p.sum(1), 1.0, atol=1e-6)
     extra = method.extra_metrics(model, data)
     keys = {f"coherence_{a}_{b}" for a in ("map", "direct") for b in ("local", "frozen", "both")}
-    assert keys | {"coherence", "coherence_real", "recon_mse", "cross_mse", "coherence_0from1", "coherence_1from0"} == set(extra)
+    assert keys | {
+        "coherence",
+        "coherence_real",
+        "recon_mse",
+        "cross_mse",
+        "coherence_0from1",
+        "coherence_1from0",
+    } == set(extra)
     assert extra["coherence"] == extra["coherence_map_both"]
     assert all(0.0 <= extra[k] <= 1.0 for k in keys | {"coherence", "coherence_real"})
     # coherence by hand for one pair: the classifier trained on real modality 0, applied to the
@@ -286,8 +333,10 @@ def test_predict_and_extra_metrics():
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(max_iter=300).fit(data.views[0].numpy(), data.labels)
-    x_hat = (generate(model.generator, 0, {1: data.test.views[1]}, "bernoulli", True)
-             + generate(model.frozen, 0, {1: data.test.views[1]}, "bernoulli", True)) / 2
+    x_hat = (
+        generate(model.generator, 0, {1: data.test.views[1]}, "bernoulli", True)
+        + generate(model.frozen, 0, {1: data.test.views[1]}, "bernoulli", True)
+    ) / 2
     assert extra["coherence_0from1"] == pytest.approx(float((clf.predict(x_hat.numpy()) == data.test.labels).mean()))
     # a one-modality client reports only the reconstruction error
     one, single = _tiny(modalities=(1,))
@@ -299,13 +348,31 @@ def test_fedrecon_runs_through_the_runtime_with_missing_modalities(ray_session):
     from fedsim.runner import run_experiment
 
     raw = {
-        "method": "fedrecon", "task": "classification", "dataset": "synthetic",
+        "method": "fedrecon",
+        "task": "classification",
+        "dataset": "synthetic",
         "synthetic": {"view_dims": [12, 16], "n_clusters": 3, "n_samples": 240, "noise": 0.2},
-        "num_clients": 4, "client_ratio": "1:0", "partition": "dirichlet", "dirichlet_alpha": 5.0,
-        "missing_rate": 0.3, "mode": "sync", "rounds": 3, "eval_every": 0, "seed": 2,
-        "pretrain": {"enabled": False}, "tracking": {"enabled": False, "progress": False},
-        "fedrecon": {"lr": 0.01, "hidden": [16], "feature_dim": 8, "attention_dim": 8, "head_hidden": 8, "latent_dim": 4,
-                     "vae_hidden": [16], "mapping_hidden": [16, 16]},
+        "num_clients": 4,
+        "client_ratio": "1:0",
+        "partition": "dirichlet",
+        "dirichlet_alpha": 5.0,
+        "missing_rate": 0.3,
+        "mode": "sync",
+        "rounds": 3,
+        "eval_every": 0,
+        "seed": 2,
+        "pretrain": {"enabled": False},
+        "tracking": {"enabled": False, "progress": False},
+        "fedrecon": {
+            "lr": 0.01,
+            "hidden": [16],
+            "feature_dim": 8,
+            "attention_dim": 8,
+            "head_hidden": 8,
+            "latent_dim": 4,
+            "vae_hidden": [16],
+            "mapping_hidden": [16, 16],
+        },
     }
     cfg = build_config(raw)
     out = run_experiment(cfg).summary

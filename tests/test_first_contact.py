@@ -14,12 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs" / "afmcc" / "bdgp.yaml")
 
 
-@pytest.mark.parametrize("override,message", [
-    ("mod=async", "unknown config key 'mod'; did you mean 'mode'?"),
-    ("afmcc.alpah=0.1", "unknown config key 'afmcc.alpah'; did you mean 'alpha'?"),
-    ("runtime.torch_thread=2", "unknown config key 'runtime.torch_thread'; did you mean 'torch_threads'?"),
-    ("stop.rul=rounds", "unknown config key 'stop.rul'; did you mean 'rule'?"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("mod=async", "unknown config key 'mod'; did you mean 'mode'?"),
+        ("afmcc.alpah=0.1", "unknown config key 'afmcc.alpah'; did you mean 'alpha'?"),
+        ("runtime.torch_thread=2", "unknown config key 'runtime.torch_thread'; did you mean 'torch_threads'?"),
+        ("stop.rul=rounds", "unknown config key 'stop.rul'; did you mean 'rule'?"),
+    ],
+)
 def test_unknown_key_suggests_the_close_name(override, message, capsys):
     try:
         code = main(["run", CFG, "--set", override])
@@ -40,12 +43,15 @@ def test_far_off_key_gets_no_suggestion(capsys):
     assert "did you mean" not in line and "unknown config key 'zzzz'" in line
 
 
-@pytest.mark.parametrize("override,message", [
-    ("mod=async", "did you mean 'mode'?"),
-    ("afmcc.lrr=1", "unknown config key 'afmcc.lrr'; did you mean 'lr'?"),
-    ("seed=-1", "config key 'seed': Input should be greater than or equal to 0"),
-    ("runtime.dashboard_port=70000", "config key 'runtime.dashboard_port'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("mod=async", "did you mean 'mode'?"),
+        ("afmcc.lrr=1", "unknown config key 'afmcc.lrr'; did you mean 'lr'?"),
+        ("seed=-1", "config key 'seed': Input should be greater than or equal to 0"),
+        ("runtime.dashboard_port=70000", "config key 'runtime.dashboard_port'"),
+    ],
+)
 def test_misspelt_method_key_and_bad_values_are_refused_before_torch(override, message):
     """Issue 27: a method section's keys are read from the method's source, and every top-level
     value is checked, before the method's module (torch, seconds) is imported."""

@@ -14,14 +14,22 @@ import torch.nn.functional as F
 from fedsim.config import build_config, load_config
 from fedsim.errors import ConfigError
 from fedsim.methods import get_method
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters, parameter_segments
+from fedsim.methods.base import (
+    LocalData,
+    PeerModel,
+    RoundContext,
+    flat_parameters,
+    load_flat_parameters,
+    parameter_segments,
+)
 from fedsim.methods.fmcsc import FMCSC, FMCSCConfig, histogram_mutual_information, moon_loss, nt_xent
 from fedsim.sweep import load_grid, sweep_base
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (6, 4)
-TINY = dict(feature_dim=4, head_dim=4, hidden=[8, 8], head_width=8, main_epochs=2, distill_epochs=3,
-            pretrain_epochs_per_round=2)
+TINY = dict(
+    feature_dim=4, head_dim=4, hidden=[8, 8], head_width=8, main_epochs=2, distill_epochs=3, pretrain_epochs_per_round=2
+)
 
 
 def _method(view_dims=DIMS, **overrides) -> FMCSC:
@@ -75,6 +83,7 @@ def test_histogram_mi_against_a_direct_computation():
     ex = np.linspace(x.min(), x.max(), bins + 1)
     ey = np.linspace(y.min(), y.max(), bins + 1)
     counts = np.zeros((bins, bins))
+
     def bin_of(edges, value):  # the last bin includes its right edge, as numpy's does
         return min(int(np.searchsorted(edges, value, side="right")) - 1, bins - 1)
 
@@ -98,7 +107,7 @@ def test_aggregate_is_the_weighted_average_per_pattern():
     method = _method()
     model = method.build_model(seed=0)
     n_flat = flat_parameters(model).numel()
-    (ws, we), = [(s, e) for name, s, e in parameter_segments(model) if name == "pattern_weights"]
+    ((ws, we),) = [(s, e) for name, s, e in parameter_segments(model) if name == "pattern_weights"]
     g = torch.Generator().manual_seed(4)
     weights = [[2.0, 0.0, 1.0], [1.0, 3.0, 0.0], [0.0, 1.0, 0.0]]
     peers = []
@@ -123,7 +132,7 @@ def test_aggregate_is_the_weighted_average_per_pattern():
 def test_aggregate_guard_when_the_weights_sum_to_zero():
     method = _method()
     model = method.build_model(seed=0)
-    (ws, we), = [(s, e) for name, s, e in parameter_segments(model) if name == "pattern_weights"]
+    ((ws, we),) = [(s, e) for name, s, e in parameter_segments(model) if name == "pattern_weights"]
     g = torch.Generator().manual_seed(5)
     peers = []
     for cid, w in enumerate([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]):
@@ -148,8 +157,13 @@ def test_pretrain_round_trains_and_leaves_every_slot_equal():
     method = _method()
     model = method.build_model(seed=0)
     before = flat_parameters(model.local)
-    losses = method.train_round(model, method.make_optimizer(model), _data((1,)), torch.Generator().manual_seed(0),
-                                RoundContext(0, "pretrain", 3))
+    losses = method.train_round(
+        model,
+        method.make_optimizer(model),
+        _data((1,)),
+        torch.Generator().manual_seed(0),
+        RoundContext(0, "pretrain", 3),
+    )
     assert math.isfinite(losses["loss_r"])
     assert not torch.equal(before, flat_parameters(model.local))
     assert all(_nets_equal(net, model.local) for net in model.patterns)
@@ -159,7 +173,9 @@ def test_pretrain_round_trains_and_leaves_every_slot_equal():
 def test_full_client_round():
     method = _method(distill_epochs=1)  # one epoch: the MI weights come from the round-start globals
     model = method.build_model(seed=0)
-    method.train_round(model, method.make_optimizer(model), _data((0, 1)), torch.Generator(), RoundContext(0, "pretrain", 1))
+    method.train_round(
+        model, method.make_optimizer(model), _data((0, 1)), torch.Generator(), RoundContext(0, "pretrain", 1)
+    )
     start = method.build_model(seed=1)
     load_flat_parameters(start, flat_parameters(model).clone())
     data = _data((0, 1), seed=7)
@@ -281,16 +297,21 @@ def test_an_in_process_federation_follows_the_runtime_protocol():
     """The runtime's sequence without Ray: chained pretraining, rounds that load the client's own
     upload, aggregate everyone's and train, then evaluation on the aggregate (evaluates_aggregate)."""
     method = _method()
-    datas = [_data((0, 1), seed=10, cid=0), _data((0, 1), seed=11, cid=1), _data((0,), seed=12, cid=2),
-             _data((1,), seed=13, cid=3)]
+    datas = [
+        _data((0, 1), seed=10, cid=0),
+        _data((0, 1), seed=11, cid=1),
+        _data((0,), seed=12, cid=2),
+        _data((1,), seed=13, cid=3),
+    ]
     models = [method.build_model(seed=100 + c) for c in range(4)]
     optimizers = [method.make_optimizer(m) for m in models]
     flat = flat_parameters(models[0]).clone()
     for c in range(4):  # pretrain.schedule: chain, 2 rounds per client
         load_flat_parameters(models[c], flat.clone())
         for r in (1, 2):
-            method.train_round(models[c], optimizers[c], datas[c], torch.Generator().manual_seed(r),
-                               RoundContext(r, "pretrain", 2))
+            method.train_round(
+                models[c], optimizers[c], datas[c], torch.Generator().manual_seed(r), RoundContext(r, "pretrain", 2)
+            )
         flat = flat_parameters(models[c]).clone()
     store = [flat.clone() for _ in range(4)]
     for rnd in (1, 2):
@@ -302,8 +323,9 @@ def test_an_in_process_federation_follows_the_runtime_protocol():
             if rnd == 1:  # every entry is the pretrained model with weights 1: the identity
                 assert torch.allclose(aggregated, store[c], atol=1e-6)
             load_flat_parameters(models[c], aggregated)
-            losses = method.train_round(models[c], optimizers[c], datas[c], torch.Generator().manual_seed(rnd),
-                                        RoundContext(rnd, "train", 2))
+            losses = method.train_round(
+                models[c], optimizers[c], datas[c], torch.Generator().manual_seed(rnd), RoundContext(rnd, "train", 2)
+            )
             assert all(math.isfinite(v) for v in losses.values())
             uploads.append(flat_parameters(models[c]).clone())
         store = uploads

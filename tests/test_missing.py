@@ -15,8 +15,9 @@ from fedsim.runtime.federation_data import load_federation
 
 
 def _full_clients(n_clients: int, n_views: int) -> list[ClientSpec]:
-    return [ClientSpec(c, np.arange(3 * c, 3 * c + 3, dtype=np.int64), tuple(range(n_views)), "F")
-            for c in range(n_clients)]
+    return [
+        ClientSpec(c, np.arange(3 * c, 3 * c + 3, dtype=np.int64), tuple(range(n_views)), "F") for c in range(n_clients)
+    ]
 
 
 @pytest.mark.parametrize("n_views,rho", [(2, 0.3), (2, 0.7), (5, 0.5)])
@@ -25,9 +26,11 @@ def test_realised_rate_matches_bernoulli_with_one_kept(n_views, rho):
     P(a modality is missing) = rho - rho**V / V for a client holding V modalities."""
     specs = _full_clients(4000, n_views)
     out = apply_missing_modalities(specs, n_views, rho, seed=0)
-    expected = rho - rho ** n_views / n_views
+    expected = rho - rho**n_views / n_views
     pairs = 4000 * n_views
-    assert realised_missing_rate(specs, out) == pytest.approx(expected, abs=4 * np.sqrt(expected * (1 - expected) / pairs))
+    assert realised_missing_rate(specs, out) == pytest.approx(
+        expected, abs=4 * np.sqrt(expected * (1 - expected) / pairs)
+    )
     # every modality is hit at the same rate (no modality is favoured when one is put back)
     per_view = [np.mean([v not in s.views for s in out]) for v in range(n_views)]
     assert np.allclose(per_view, expected, atol=0.035)
@@ -66,8 +69,12 @@ def test_bad_rate_is_a_config_error():
         apply_missing_modalities(_full_clients(2, 2), 2, -0.1, seed=0)
 
 
-RAW = {"dataset": "synthetic", "synthetic": {"view_dims": [6, 7, 8], "n_clusters": 3, "n_samples": 300},
-       "num_clients": 12, "client_ratio": "1:1:1"}
+RAW = {
+    "dataset": "synthetic",
+    "synthetic": {"view_dims": [6, 7, 8], "n_clusters": 3, "n_samples": 300},
+    "num_clients": 12,
+    "client_ratio": "1:1:1",
+}
 
 
 def test_federation_draw_composes_with_fms_and_leaves_the_split_alone():
@@ -82,8 +89,7 @@ def test_federation_draw_composes_with_fms_and_leaves_the_split_alone():
 
 
 def test_classification_test_split_misses_the_same_modalities():
-    specs = load_federation(build_config(
-        RAW, ["missing_rate=0.6", "task=classification", "method=fedavg"]))[1]
+    specs = load_federation(build_config(RAW, ["missing_rate=0.6", "task=classification", "method=fedavg"]))[1]
     plain = load_federation(build_config(RAW, ["missing_rate=0.6"]))[1]
     for s, p in zip(specs, plain):
         assert s.views == p.views and s.test_indices is not None and s.test_indices.size >= 1
@@ -94,8 +100,15 @@ def test_afmcc_clustering_runs_with_missing_modalities(ray_session, small_config
     """Deliverable 3: the Bernoulli option also serves the clustering methods."""
     from fedsim.runner import run_experiment
 
-    cfg = small_config("missing_rate=0.5", "client_ratio=1:0", "mode=sync", "pretrain.enabled=false",
-                       "rounds=2", "eval_every=0", "evaluation=global_kmeans")
+    cfg = small_config(
+        "missing_rate=0.5",
+        "client_ratio=1:0",
+        "mode=sync",
+        "pretrain.enabled=false",
+        "rounds=2",
+        "eval_every=0",
+        "evaluation=global_kmeans",
+    )
     expected = [s.views for s in load_federation(cfg)[1]]
     assert any(len(v) < 3 for v in expected)  # the draw really removed modalities
     out = run_experiment(cfg)

@@ -113,8 +113,7 @@ def test_dirichlet_gives_up_with_a_data_error(monkeypatch: pytest.MonkeyPatch) -
         (7, "1:0", 2, (7, 0, 0)),
     ],
 )
-def test_client_kind_counts(num_clients: int, ratio: str, n_views: int,
-                            expected: tuple[int, int, int]) -> None:
+def test_client_kind_counts(num_clients: int, ratio: str, n_views: int, expected: tuple[int, int, int]) -> None:
     assert client_kind_counts(num_clients, ratio, n_views) == expected
 
 

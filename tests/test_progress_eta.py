@@ -23,8 +23,9 @@ def test_eta_seconds():
 
 
 def _progress(uploads, wall, expected=240):
-    return Progress(mode="async", rounds_done=[1, 2], uploads=uploads, expected_uploads=expected, sim_time=1.0,
-                    wall_time=wall)
+    return Progress(
+        mode="async", rounds_done=[1, 2], uploads=uploads, expected_uploads=expected, sim_time=1.0, wall_time=wall
+    )
 
 
 def test_line_has_eta_from_the_federations_rate():

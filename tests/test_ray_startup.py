@@ -77,8 +77,10 @@ def test_taken_dashboard_port_falls_back_to_a_free_one(monkeypatch, capsys, take
 
 def test_port_taken_while_ray_starts_is_retried_on_another(monkeypatch, capsys):
     """Ray 2.60's own check raises this ValueError when the port went between our probe and it."""
-    clash = ValueError("Failed to bind to 127.0.0.1:8265 because it's already occupied. You can use `ray start "
-                       "--dashboard-port ...` or `ray.init(dashboard_port=...)` to select a different port.")
+    clash = ValueError(
+        "Failed to bind to 127.0.0.1:8265 because it's already occupied. You can use `ray start "
+        "--dashboard-port ...` or `ray.init(dashboard_port=...)` to select a different port."
+    )
     fake = FakeRay(monkeypatch, [clash])
     info = cluster.ensure_ray(_cfg("runtime.dashboard_port=65000"))
     first, second = fake.calls
@@ -100,17 +102,27 @@ def _run_cli(tmp_path, monkeypatch, capsys, *extra):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     cfg = tmp_path / "cfg.yaml"
     # no dashboard: its port may be taken here (a warning line), which is not what these test
-    cfg.write_text(yaml.safe_dump({**SMALL_SYNTHETIC, "tracking": {"enabled": True, "progress": False},
-                                   "runtime": {"include_dashboard": False}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                **SMALL_SYNTHETIC,
+                "tracking": {"enabled": True, "progress": False},
+                "runtime": {"include_dashboard": False},
+            }
+        )
+    )
     code = main(["run", str(cfg), *extra])
     out, err = capsys.readouterr()
     return code, err.splitlines()
 
 
-@pytest.mark.parametrize("failure", [
-    RuntimeError("Failed to start the GCS server.\n" + "\n".join(f"log line {i}" for i in range(20))),
-    OSError(28, "No space left on device"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("Failed to start the GCS server.\n" + "\n".join(f"log line {i}" for i in range(20))),
+        OSError(28, "No space left on device"),
+    ],
+)
 def test_ray_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys, failure):
     FakeRay(monkeypatch, [failure, failure])
     code, lines = _run_cli(tmp_path, monkeypatch, capsys)
@@ -147,7 +159,9 @@ def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, c
     assert time.monotonic() - started < 15
     assert code == 2
     (line,) = lines
-    assert line.startswith("fedsim: error: Ray did not start within 1.5 s (runtime.start_timeout_s") and len(line) <= 300
+    assert (
+        line.startswith("fedsim: error: Ray did not start within 1.5 s (runtime.start_timeout_s") and len(line) <= 300
+    )
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -226,8 +240,9 @@ def test_real_run_moves_its_dashboard_off_a_taken_port_and_listens_on_loopback_o
     that the driver, Ray's servers and the actors listen on is on 127.0.0.1 (issue 26, item 6)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     script = LISTENING.format(root=str(ROOT), port=taken_port)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400, env=env,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["dashboard_url"].startswith("http://127.0.0.1:")

@@ -49,23 +49,39 @@ def _populate(uri):
     client = mlflow.MlflowClient(tracking_uri=uri)
     # Table 2 on BDGP, 2 of its 15 trials (one named the old way, one tagged), still RUNNING; the
     # user passed an extra override, known only from grid.json.
-    _sweep(client, "sweep/afmcc/bdgp/table2", {"fedsim.sweep": "table2"}, [
-        ("client_ratio=2:1-seed=0", None, {"acc": 0.70, "nmi": 0.50, "ari": 0.40}),
-        ("whatever", {"client_ratio": "2:1", "seed": 1}, {"acc": 0.90, "nmi": 0.60, "ari": 0.50}),
-        ("client_ratio=9:9-seed=0", None, {"acc": 0.1, "nmi": 0.1, "ari": 0.1}),  # not in the grid file
-    ], grid_json={"grid": {}, "overrides": ["dataset=bdgp", "rounds=3"]})
+    _sweep(
+        client,
+        "sweep/afmcc/bdgp/table2",
+        {"fedsim.sweep": "table2"},
+        [
+            ("client_ratio=2:1-seed=0", None, {"acc": 0.70, "nmi": 0.50, "ari": 0.40}),
+            ("whatever", {"client_ratio": "2:1", "seed": 1}, {"acc": 0.90, "nmi": 0.60, "ari": 0.50}),
+            ("client_ratio=9:9-seed=0", None, {"acc": 0.1, "nmi": 0.1, "ari": 0.1}),  # not in the grid file
+        ],
+        grid_json={"grid": {}, "overrides": ["dataset=bdgp", "rounds=3"]},
+    )
     # A finished CMMC Table 1 sweep within the paper's numbers except NMI.
-    parent = _sweep(client, "sweep/cmmc/bdgp/table1",
-                    {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1", "fedsim.machine": "test box"},
-                    [(f"seed={s}", {"seed": s}, {"acc": 0.99, "nmi": 0.95, "purity": 0.99}) for s in (0, 1, 2)])
+    parent = _sweep(
+        client,
+        "sweep/cmmc/bdgp/table1",
+        {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1", "fedsim.machine": "test box"},
+        [(f"seed={s}", {"seed": s}, {"acc": 0.99, "nmi": 0.95, "purity": 0.99}) for s in (0, 1, 2)],
+    )
     client.set_terminated(parent.info.run_id, "FINISHED")
     # MNIST-USPS: Table 2's rows run separately (ONLY=...) fill one table; an older sweep with
     # other overrides (EXTRA) is a different setting and is left out.
     cmd = MNIST_USPS_SWEEP
-    for command, (ratio, acc) in [(cmd + ' EXTRA="rounds=1"', ("1:1", 0.1)), (cmd + ' ONLY="client_ratio=1:1"', ("1:1", 0.96)),
-                                  (cmd + ' ONLY="client_ratio=1:2"', ("1:2", 0.94))]:
-        parent = _sweep(client, "sweep/afmcc/mnist_usps/table2", {"fedsim.command": command},
-                        [(f"client_ratio={ratio}-seed=0", None, {"acc": acc, "nmi": acc, "ari": acc})])
+    for command, (ratio, acc) in [
+        (cmd + ' EXTRA="rounds=1"', ("1:1", 0.1)),
+        (cmd + ' ONLY="client_ratio=1:1"', ("1:1", 0.96)),
+        (cmd + ' ONLY="client_ratio=1:2"', ("1:2", 0.94)),
+    ]:
+        parent = _sweep(
+            client,
+            "sweep/afmcc/mnist_usps/table2",
+            {"fedsim.command": command},
+            [(f"client_ratio={ratio}-seed=0", None, {"acc": acc, "nmi": acc, "ari": acc})],
+        )
         client.set_terminated(parent.info.run_id, "FINISHED")
         time.sleep(0.01)  # distinct start times: "latest" is well defined
 
@@ -83,20 +99,20 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
 
     text = write_report(uri, out).read_text()
 
-    t2 = text[text.index("### afmcc/table2"):text.index("### afmcc/table3b")]
+    t2 = text[text.index("### afmcc/table2") : text.index("### afmcc/table3b")]
     assert "**bdgp** (partial: 2 of 15 trials finished, summary run RUNNING)" in t2
     assert 'make sweep DATASET=bdgp METHOD=afmcc GRID=table2 EXTRA="rounds=3"' in t2
     assert "1 finished run(s) match no point" in t2
     # mean +- population std of 70 and 90 = 80 +- 10, paper 95.7 +- 0.4, 15.7 points short
     assert "| 2:1 | 2 | 80.0 ± 10.0 | 95.7 ± 0.4 | -15.7 ⚠ | 55.0 ± 5.0 | 87.2 ± 2.4 | -32.2 ⚠ |" in t2
-    mu, cmd = t2[t2.index("**mnist_usps**"):], MNIST_USPS_SWEEP
+    mu, cmd = t2[t2.index("**mnist_usps**") :], MNIST_USPS_SWEEP
     assert mu.startswith("**mnist_usps** (partial: 2 of 15 trials finished, summary run FINISHED)")
     assert f'`{cmd} ONLY="client_ratio=1:1"`, then `{cmd} ONLY="client_ratio=1:2"`' in mu
     assert "| 1:1 | 1 | 96.0 ± 0.0 |" in mu and "| 1:2 | 1 | 94.0 ± 0.0 |" in mu and "rounds=1" not in mu
     assert "`nuswide`: file not found here" in t2  # held by nobody here: listed as unavailable
     assert "no investigation of these gaps is recorded yet" in t2
 
-    c1 = text[text.index("### cmmc/table1"):text.index("### cmmc/table3")]
+    c1 = text[text.index("### cmmc/table1") : text.index("### cmmc/table3")]
     assert "**bdgp** (complete)" in c1 and "machine: test box" in c1
     assert "| 3 | 99.0 ± 0.0 | 98.9 | +0.1 | 95.0 ± 0.0 | 96.6 | -1.6 ⚠ |" in c1
     assert "Checked Eq. 9 against the code." in c1
@@ -110,22 +126,35 @@ def test_derived_rows_come_from_the_same_trials(tmp_path):
     each row's mean is over the seeds of its own prefixed metrics."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    trials = [(f"seed={s}", {"seed": s}, {"acc": a, "nmi": a, "selected_by_loss/acc": a, "selected_by_loss/nmi": a,
-                                          "selected_by_acc/acc": b, "selected_by_acc/nmi": b / 2})
-              for s, (a, b) in enumerate([(0.30, 0.50), (0.40, 0.70)])]
-    parent = _sweep(client, "sweep/msdib/cub/table1", {"fedsim.command": "make sweep DATASET=cub METHOD=msdib GRID=table1"},
-                    trials)
+    trials = [
+        (
+            f"seed={s}",
+            {"seed": s},
+            {
+                "acc": a,
+                "nmi": a,
+                "selected_by_loss/acc": a,
+                "selected_by_loss/nmi": a,
+                "selected_by_acc/acc": b,
+                "selected_by_acc/nmi": b / 2,
+            },
+        )
+        for s, (a, b) in enumerate([(0.30, 0.50), (0.40, 0.70)])
+    ]
+    parent = _sweep(
+        client, "sweep/msdib/cub/table1", {"fedsim.command": "make sweep DATASET=cub METHOD=msdib GRID=table1"}, trials
+    )
     client.set_terminated(parent.info.run_id, "FINISHED")
     text = write_report(uri, _reports_dir(tmp_path / "reports")).read_text()
-    m1 = text[text.index("### msdib/table1"):]
-    m1 = m1[m1.index("**cub**"):]
+    m1 = text[text.index("### msdib/table1") :]
+    m1 = m1[m1.index("**cub**") :]
     assert m1.startswith("**cub** (partial: 2 of 3 trials finished")
     assert "| label_free | 2 | 35.0 ± 5.0 | 35.0 ± 5.0 |" in m1
     assert "| paper_acc_uses_labels | 2 | 60.0 ± 10.0 | 30.0 ± 5.0 |" in m1
 
 
 def _body(text):
-    return text[text.index("## AFMCC"):]
+    return text[text.index("## AFMCC") :]
 
 
 def test_archive_carries_the_report_to_a_machine_without_the_store(tmp_path):
@@ -141,8 +170,11 @@ def test_archive_carries_the_report_to_a_machine_without_the_store(tmp_path):
 
     path, exported, archived = build_report(uri, _reports_dir(tmp_path / "first"), archive_dir=archive)
     assert exported == archived == 14  # 5 summary runs + 9 FINISHED trials
-    assert sorted(p.name for p in archive.iterdir()) == ["afmcc__bdgp__table2.jsonl", "afmcc__mnist_usps__table2.jsonl",
-                                                         "cmmc__bdgp__table1.jsonl"]
+    assert sorted(p.name for p in archive.iterdir()) == [
+        "afmcc__bdgp__table2.jsonl",
+        "afmcc__mnist_usps__table2.jsonl",
+        "cmmc__bdgp__table1.jsonl",
+    ]
     assert _body(path.read_text()) == _body(direct)  # the EXTRA from grid.json and the run ids survive
     assert "from the sweep archive" in path.read_text()
 
@@ -166,8 +198,13 @@ def test_a_damaged_archive_is_one_clear_line(tmp_path):
     runs = tmp_path / "reports" / "runs"
     runs.mkdir(parents=True)
     (runs / "afmcc__bdgp__table2.jsonl").write_text('{"run_id": "x"\n')
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "report", "--out", str(tmp_path / "reports")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "report", "--out", str(tmp_path / "reports")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("fedsim: error: ") and "afmcc__bdgp__table2.jsonl:1" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "reports" / "REPRODUCTION.md").exists()
@@ -181,10 +218,13 @@ def test_ablation_ordering_against_the_paper():
 
     table = pd.DataFrame({"ablation": ["full", "no_A", "no_B", "no_C"], "acc_mean": [75.0, 55.0, 70.0, 74.0]})
     text = ablation_ordering(load_grid("afmcc", "table3b"), "bdgp", table)
-    assert text == ("ACC ordering of the ablation variants, ours: full > no_C > no_B > no_A; "
-                    "paper: full > no_B > no_C > no_A (different).")
-    gib = ablation_ordering(load_grid("gib", "table2"), "cub", table.assign(
-        ablation=["full", "ddc_only", "ddc_balls", "ddc_samples"]))
+    assert text == (
+        "ACC ordering of the ablation variants, ours: full > no_C > no_B > no_A; "
+        "paper: full > no_B > no_C > no_A (different)."
+    )
+    gib = ablation_ordering(
+        load_grid("gib", "table2"), "cub", table.assign(ablation=["full", "ddc_only", "ddc_balls", "ddc_samples"])
+    )
     assert "ours: full > ddc_samples > ddc_balls > ddc_only; the paper's, on its own datasets: caltech_2v: " in gib
     assert ablation_ordering(load_grid("afmcc", "table2"), "bdgp", table) is None  # not an ablation grid
 
@@ -205,25 +245,42 @@ def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
     logged[0]["runtime.num_cpus"] = "0.64"  # placed differently: still the same computation
     del logged[1]["cmmc.ablated_stages"]  # run before the switch existed; its default is "idle"
     logged[2]["cmmc.lr"] = "0.001"  # another config: never borrowed
-    t1 = _sweep(client, "sweep/cmmc/bdgp/table1", {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1"},
-                [(f"seed={s}", {"seed": s}, {"acc": a, "nmi": a, "purity": a}, logged[s])
-                 for s, a in enumerate([0.98, 0.99, 0.10])])
+    t1 = _sweep(
+        client,
+        "sweep/cmmc/bdgp/table1",
+        {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1"},
+        [
+            (f"seed={s}", {"seed": s}, {"acc": a, "nmi": a, "purity": a}, logged[s])
+            for s, a in enumerate([0.98, 0.99, 0.10])
+        ],
+    )
     client.set_terminated(t1.info.run_id, "FINISHED")
-    t3 = _sweep(client, "sweep/cmmc/bdgp/table3", {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table3"},
-                [(f"ablation={a}-seed={s}", {"ablation": a, "seed": s}, {"acc": 0.5, "nmi": 0.5, "purity": 0.5})
-                 for a in ("lc", "lc_fc", "lc_fc_r") for s in (0, 1, 2)])
+    t3 = _sweep(
+        client,
+        "sweep/cmmc/bdgp/table3",
+        {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table3"},
+        [
+            (f"ablation={a}-seed={s}", {"ablation": a, "seed": s}, {"acc": 0.5, "nmi": 0.5, "purity": 0.5})
+            for a in ("lc", "lc_fc", "lc_fc_r")
+            for s in (0, 1, 2)
+        ],
+    )
     client.set_terminated(t3.info.run_id, "FINISHED")
 
     text = write_report(uri, _reports_dir(tmp_path / "reports")).read_text()
-    c3 = text[text.index("### cmmc/table3:"):text.index("### cmmc/table3_contrastive")]
+    c3 = text[text.index("### cmmc/table3:") : text.index("### cmmc/table3_contrastive")]
     assert "**bdgp** (partial: 11 of 12 trials finished" in c3
     assert "| full | 2 | 98.5 ± 0.5 | 98.9 | -0.4 ⚠ |" in c3  # seeds 0 and 1 only
     assert "| lc | 3 | 50.0 ± 0.0 |" in c3
-    assert re.search(r"ablation=full seed=0 \(run `\w+`, code [^)]+\): taken from cmmc/table1; ablation=full seed=1 "
-                     r"\(run `\w+`, code [^)]+\): taken from cmmc/table1; the run\(s\) predate cmmc.ablated_stages, "
-                     r"at the default here", c3), c3
-    assert "ablation=full seed=2: not taken from cmmc/table1, whose run differs on cmmc.lr: 0.0003 here, 0.001 there" \
-        in c3
+    assert re.search(
+        r"ablation=full seed=0 \(run `\w+`, code [^)]+\): taken from cmmc/table1; ablation=full seed=1 "
+        r"\(run `\w+`, code [^)]+\): taken from cmmc/table1; the run\(s\) predate cmmc.ablated_stages, "
+        r"at the default here",
+        c3,
+    ), c3
+    assert (
+        "ablation=full seed=2: not taken from cmmc/table1, whose run differs on cmmc.lr: 0.0003 here, 0.001 there" in c3
+    )
 
 
 def test_only_runs_part_of_a_grid_with_its_own_state():
@@ -242,8 +299,22 @@ def test_only_runs_part_of_a_grid_with_its_own_state():
 
 
 def test_report_without_a_store_is_one_clear_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "report", "--tracking-uri", f"sqlite:///{tmp_path}/none.db",
-                           "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "report",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/none.db",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("fedsim: error: no MLflow store at") and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
@@ -270,8 +341,9 @@ def test_the_report_is_an_mlflow_run_with_its_tables_and_plots(tmp_path):
     assert {"REPRODUCTION.md", "plots", "tables"} <= names
     tables = {a.path for a in client.list_artifacts(run_id, "tables")}
     assert "tables/afmcc_bdgp_table2.csv" in tables
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="tables/afmcc_bdgp_table2.csv",
-                                                tracking_uri=log_uri, dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="tables/afmcc_bdgp_table2.csv", tracking_uri=log_uri, dst_path=str(tmp_path / "dl")
+    )
     table = pd.read_csv(local)
     assert set(table["client_ratio"]) <= {"2:1", "1:1", "1:2"} and "acc_mean" in table.columns
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}

@@ -9,7 +9,6 @@ import pytest
 from fedsim.runner import run_experiment
 
 
-
 def _train_log(result_log):
     return result_log[result_log["phase"] == "train"]
 
@@ -66,7 +65,11 @@ def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     assert a.assignments.equals(b.assignments)
     # a different seed really is a different run
     c_out, _ = _run(small_config("speed_profile=eo:3:1", "seed=1"))
-    assert c_out["simulated_time"] != a_out["simulated_time"] or c_out["acc"] != a_out["acc"] or c_out["nmi"] != a_out["nmi"]
+    assert (
+        c_out["simulated_time"] != a_out["simulated_time"]
+        or c_out["acc"] != a_out["acc"]
+        or c_out["nmi"] != a_out["nmi"]
+    )
 
 
 def test_virtual_mode_does_not_depend_on_actor_placement(ray_session, small_config):
@@ -82,8 +85,14 @@ def test_virtual_mode_does_not_depend_on_actor_placement(ray_session, small_conf
 
 def test_virtual_eo_ratio_orders_rounds(ray_session, small_config):
     # all clients full-modality, so rounds cost the same work and only the speed differs
-    cfg = small_config("speed_profile=eo:3:1", "stop.rule=group", "stop.group=odd", "stop.group_rounds=2",
-                       "eval_every=0", "client_ratio=1:0")
+    cfg = small_config(
+        "speed_profile=eo:3:1",
+        "stop.rule=group",
+        "stop.group=odd",
+        "stop.group_rounds=2",
+        "eval_every=0",
+        "client_ratio=1:0",
+    )
     _, res = _run(cfg)
     even = np.mean([res.rounds_done[c] for c in (0, 2)])
     odd = np.mean([res.rounds_done[c] for c in (1, 3)])
@@ -92,8 +101,16 @@ def test_virtual_eo_ratio_orders_rounds(ray_session, small_config):
 
 
 def test_async_mode_is_really_asynchronous(ray_session, small_config):
-    cfg = small_config("mode=async", "speed_profile=eo:3:1", "stop.rule=group", "stop.group=odd",
-                       "stop.group_rounds=4", "eval_every=0", "afmcc.phi=6", "client_ratio=1:0")
+    cfg = small_config(
+        "mode=async",
+        "speed_profile=eo:3:1",
+        "stop.rule=group",
+        "stop.group=odd",
+        "stop.group_rounds=4",
+        "eval_every=0",
+        "afmcc.phi=6",
+        "client_ratio=1:0",
+    )
     out, res = _run(cfg)
     even = np.mean([res.rounds_done[c] for c in (0, 2)])
     odd = np.mean([res.rounds_done[c] for c in (1, 3)])
@@ -163,8 +180,13 @@ def test_model_selection_keeps_the_best_of_several_restarts(ray_session, small_c
     import mlflow
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = small_config("model_selection.runs=2", "model_selection.criterion=acc", "rounds=2",
-                       f"tracking.tracking_uri={uri}", "tracking.enabled=true")
+    cfg = small_config(
+        "model_selection.runs=2",
+        "model_selection.criterion=acc",
+        "rounds=2",
+        f"tracking.tracking_uri={uri}",
+        "tracking.enabled=true",
+    )
     out = run_experiment(cfg).summary
     sel = out["model_selection"]
     accs = [r["acc"] for r in sel["restarts"]]
@@ -186,9 +208,11 @@ def test_selected_by_keeps_each_criterions_restart():
     (first of ties), each restart's metrics under its criterion's prefix."""
     from fedsim.runner import selected_by
 
-    restarts = [{"restart": 0, "acc": 0.5, "nmi": 0.4, "selection_loss": 0.2, "wall_time": 3.0},
-                {"restart": 1, "acc": 0.9, "nmi": 0.8, "selection_loss": 0.3, "wall_time": 3.0},
-                {"restart": 2, "acc": 0.9, "nmi": 0.7, "selection_loss": 0.1, "wall_time": 3.0}]
+    restarts = [
+        {"restart": 0, "acc": 0.5, "nmi": 0.4, "selection_loss": 0.2, "wall_time": 3.0},
+        {"restart": 1, "acc": 0.9, "nmi": 0.8, "selection_loss": 0.3, "wall_time": 3.0},
+        {"restart": 2, "acc": 0.9, "nmi": 0.7, "selection_loss": 0.1, "wall_time": 3.0},
+    ]
     got = selected_by(restarts)
     assert got["selected_by_acc/restart"] == 1 and got["selected_by_acc/nmi"] == 0.8
     assert got["selected_by_loss/restart"] == 2 and got["selected_by_loss/acc"] == 0.9

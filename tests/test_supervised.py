@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.methods.base import (LocalData, PeerModel, RoundContext, average_by_owners, flat_parameters,
-                                 load_flat_parameters)
+from fedsim.methods.base import (
+    LocalData,
+    PeerModel,
+    RoundContext,
+    average_by_owners,
+    flat_parameters,
+    load_flat_parameters,
+)
 from fedsim.methods.supervised import (
     FedAvg,
     FedOpt,
@@ -27,10 +33,8 @@ from fedsim.methods.supervised import (
 )
 
 
-
 def test_attention_fusion_by_hand():  # Eq. 6
-    h = np.array([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]],
-                  [[-1.0, 0.5], [0.3, 0.3], [2.0, -1.0]]])  # (n=2, E=3, d=2)
+    h = np.array([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], [[-1.0, 0.5], [0.3, 0.3], [2.0, -1.0]]])  # (n=2, E=3, d=2)
     w = np.array([[0.5, -1.0], [1.0, 0.2], [0.0, 0.7]])  # (d_a=3, d=2)
     b = np.array([0.1, -0.2, 0.3])
     c = np.array([1.0, -0.5, 2.0])
@@ -43,12 +47,19 @@ def test_attention_fusion_by_hand():  # Eq. 6
             exp = np.exp(scores)
             a_hand[i] = exp / exp.sum()
             fused_hand[i] = sum(a_hand[i, e] * h[i, e] for e in range(3))
-        fused, a = attention_fusion(torch.tensor(h), torch.tensor(w), torch.tensor(b), torch.tensor(c),
-                                    None if off is None else torch.tensor(off))
+        fused, a = attention_fusion(
+            torch.tensor(h),
+            torch.tensor(w),
+            torch.tensor(b),
+            torch.tensor(c),
+            None if off is None else torch.tensor(off),
+        )
         assert np.allclose(a.numpy(), a_hand) and np.allclose(fused.numpy(), fused_hand)
     # the offset log(1/2) halves an entry's unnormalised weight
     _, a_plain = attention_fusion(torch.tensor(h), torch.tensor(w), torch.tensor(b), torch.tensor(c))
-    _, a_half = attention_fusion(torch.tensor(h), torch.tensor(w), torch.tensor(b), torch.tensor(c), torch.tensor(offset))
+    _, a_half = attention_fusion(
+        torch.tensor(h), torch.tensor(w), torch.tensor(b), torch.tensor(c), torch.tensor(offset)
+    )
     ratio = (a_half / a_plain).numpy()
     assert np.allclose(ratio[:, 1] / ratio[:, 0], 0.5) and np.allclose(ratio[:, 2] / ratio[:, 0], 0.5)
 
@@ -75,21 +86,29 @@ def test_fedadam_step_by_hand():  # Reddi et al. 2021, Alg. 2
     for avg in (np.array([1.5, -2.5]), np.array([1.2, -1.0])):
         delta = avg - x0
         m = b1 * m + (1 - b1) * delta
-        v = b2 * v + (1 - b2) * delta ** 2
+        v = b2 * v + (1 - b2) * delta**2
         x0 = x0 + lr * m / (np.sqrt(v) + tau)
         x, mt, vt = fedadam_step(x, torch.tensor(avg), mt, vt, lr, b1, b2, tau)
         assert np.allclose(x.numpy(), x0) and np.allclose(mt.numpy(), m) and np.allclose(vt.numpy(), v)
 
 
 def test_average_by_owners_by_hand():
-    model = torch.nn.ModuleDict({"a": torch.nn.Linear(1, 1, bias=False), "ab": torch.nn.Linear(1, 1, bias=False),
-                                 "shared": torch.nn.Linear(1, 1, bias=False), "own": torch.nn.Linear(1, 1, bias=False)})
+    model = torch.nn.ModuleDict(
+        {
+            "a": torch.nn.Linear(1, 1, bias=False),
+            "ab": torch.nn.Linear(1, 1, bias=False),
+            "shared": torch.nn.Linear(1, 1, bias=False),
+            "own": torch.nn.Linear(1, 1, bias=False),
+        }
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(-9.0)
-    peers = [PeerModel(0, 1, (0, 1), torch.full((4,), 1.0), n_samples=10),
-             PeerModel(1, 1, (0,), torch.full((4,), 4.0), n_samples=30),
-             PeerModel(2, 1, (1,), torch.full((4,), 7.0), n_samples=20)]
+    peers = [
+        PeerModel(0, 1, (0, 1), torch.full((4,), 1.0), n_samples=10),
+        PeerModel(1, 1, (0,), torch.full((4,), 4.0), n_samples=30),
+        PeerModel(2, 1, (1,), torch.full((4,), 7.0), n_samples=20),
+    ]
     owners = {"a.weight": (0,), "ab.weight": (0, 1), "shared.weight": (), "own.weight": None}
     out, w = average_by_owners(model, peers, owners.__getitem__, "samples")
     # parameter order: a, ab, shared, own
@@ -106,7 +125,9 @@ def test_average_by_owners_by_hand():
 def _data(n=24, dims=(5, 3), modalities=(0, 1), seed=0, n_classes=3) -> LocalData:
     g = torch.Generator().manual_seed(seed)
     labels = np.arange(n) % n_classes
-    views = {m: torch.rand(n, dims[m], generator=g) + torch.tensor(labels, dtype=torch.float32)[:, None] for m in modalities}
+    views = {
+        m: torch.rand(n, dims[m], generator=g) + torch.tensor(labels, dtype=torch.float32)[:, None] for m in modalities
+    }
     test = {m: v[: n // 4] for m, v in views.items()}
     return LocalData(0, views, labels, np.arange(n), test=LocalData(0, test, labels[: n // 4], np.arange(n // 4)))
 
@@ -176,7 +197,9 @@ def test_fedprox_term_is_in_the_loss_and_pulls_towards_the_start():
     for name, method in (("prox", prox), ("avg", avg)):
         model = method.build_model(seed=2)
         start = flat_parameters(model)
-        losses = method.train_round(model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1))
+        losses = method.train_round(
+            model, method.make_optimizer(model), data, torch.Generator().manual_seed(0), RoundContext(1)
+        )
         moved[name] = float((flat_parameters(model) - start).norm())
         if name == "prox":
             assert losses["loss"] == pytest.approx(losses["loss_task"] + losses["loss_prox"], rel=1e-5)
@@ -195,8 +218,10 @@ def test_fedopt_replicas_take_the_same_server_step_in_sync():
     xb, _ = b.aggregate(mb, _data(), start)
     assert torch.allclose(xa, x0, atol=1e-6) and torch.equal(xa, xb)  # equal up to rounding
     g = torch.Generator().manual_seed(5)
-    uploads = [PeerModel(0, 1, (0, 1), x0 + 0.01 * torch.randn(x0.shape, generator=g), 10),
-               PeerModel(1, 1, (0, 1), x0 + 0.01 * torch.randn(x0.shape, generator=g), 20)]
+    uploads = [
+        PeerModel(0, 1, (0, 1), x0 + 0.01 * torch.randn(x0.shape, generator=g), 10),
+        PeerModel(1, 1, (0, 1), x0 + 0.01 * torch.randn(x0.shape, generator=g), 20),
+    ]
     xa, _ = a.aggregate(ma, _data(), uploads)
     xb, _ = b.aggregate(mb, _data(), uploads)
     assert torch.equal(xa, xb)
@@ -210,9 +235,17 @@ def test_fedopt_replicas_take_the_same_server_step_in_sync():
 CLASSIFY = {
     "dataset": "synthetic",
     "synthetic": {"view_dims": [12, 16], "n_clusters": 3, "n_samples": 240, "noise": 0.2},
-    "task": "classification", "num_clients": 4, "client_ratio": "1:0", "partition": "dirichlet",
-    "dirichlet_alpha": 5.0, "missing_rate": 0.5, "mode": "sync", "rounds": 3, "eval_every": 0,
-    "pretrain": {"enabled": False}, "tracking": {"enabled": False, "progress": False},
+    "task": "classification",
+    "num_clients": 4,
+    "client_ratio": "1:0",
+    "partition": "dirichlet",
+    "dirichlet_alpha": 5.0,
+    "missing_rate": 0.5,
+    "mode": "sync",
+    "rounds": 3,
+    "eval_every": 0,
+    "pretrain": {"enabled": False},
+    "tracking": {"enabled": False, "progress": False},
 }
 
 

@@ -74,8 +74,20 @@ def _kill_session(sid: int) -> None:
 
 
 def _sweep_cmd(storage):
-    return [sys.executable, "-m", "fedsim", "sweep", "--dataset", "synthetic", "--grid", "smoke",
-            "--storage", str(storage), "--trial-cpus", "1"]  # two trials at a time on 2 CPUs
+    return [
+        sys.executable,
+        "-m",
+        "fedsim",
+        "sweep",
+        "--dataset",
+        "synthetic",
+        "--grid",
+        "smoke",
+        "--storage",
+        str(storage),
+        "--trial-cpus",
+        "1",
+    ]  # two trials at a time on 2 CPUs
 
 
 def _child_runs(uri):
@@ -101,8 +113,9 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
 
     mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # create the store's schema once, up front
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(_sweep_cmd(storage), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        _sweep_cmd(storage), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.time() + 400
     finished_before: list = []
     while time.time() < deadline and first.poll() is None:  # a sweep that died fails at once
@@ -141,11 +154,13 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     assert "CPUs" in parent.data.tags["fedsim.machine"]
     from fedsim.report import read_sweep
 
-    record = read_sweep(client, client.get_experiment_by_name("sweep/afmcc/synthetic/smoke"),
-                        load_grid("afmcc", "smoke"), "synthetic")
+    record = read_sweep(
+        client, client.get_experiment_by_name("sweep/afmcc/synthetic/smoke"), load_grid("afmcc", "smoke"), "synthetic"
+    )
     assert record.status == "FINISHED" and record.unmatched == 0
     assert sorted(zip(record.frame["client_ratio"], record.frame["seed"])) == sorted(
-        [("2:1", 0), ("2:1", 1), ("1:1", 0), ("1:1", 1)])
+        [("2:1", 0), ("2:1", 1), ("1:1", 0), ("1:1", 1)]
+    )
     by_run = {r.info.run_id: r.data.metrics["final_acc"] for r in finished}
     assert all(by_run[rid] == acc for rid, acc in zip(record.frame["mlflow_run_id"], record.frame["acc"]))
 
@@ -166,8 +181,13 @@ def test_trials_with_fewer_clients_fit_the_placement_bundles():
     for overrides in ([], ["num_clients=1", "client_ratio=1:0"]):
         cfg = build_config(plan.base, plan.overrides + overrides)
         cpus, _ = trial_actor_resources(ctx, cfg.num_clients)
-        placed = plan_placement(build_config(plan.base, plan.overrides + overrides + [
-            f"runtime.num_cpus={cpus}", "runtime.clients_per_actor=6"]), 1000, 1000)
+        placed = plan_placement(
+            build_config(
+                plan.base, plan.overrides + overrides + [f"runtime.num_cpus={cpus}", "runtime.clients_per_actor=6"]
+            ),
+            1000,
+            1000,
+        )
         assert len(placed.groups) <= plan.actors_per_trial and placed.num_cpus <= bundle + 1e-9
 
 
@@ -176,8 +196,19 @@ def test_trial_reports_carry_method_extra_metrics():
     trial's report, or summarise() fails on the missing column."""
     from fedsim.sweep import _final_report
 
-    summary = {"accuracy": 0.9, "uar": 0.8, "coherence": 0.7, "coherence_real": 0.95, "cross_mse": 0.04,
-               "simulated_time": 1.0, "wall_time": 2.0, "uploads": 3, "mlflow_run_id": None, "history": [], "seed": 0}
+    summary = {
+        "accuracy": 0.9,
+        "uar": 0.8,
+        "coherence": 0.7,
+        "coherence_real": 0.95,
+        "cross_mse": 0.04,
+        "simulated_time": 1.0,
+        "wall_time": 2.0,
+        "uploads": 3,
+        "mlflow_run_id": None,
+        "history": [],
+        "seed": 0,
+    }
     report = _final_report(summary, {"seed": 0})
     assert {"accuracy", "uar", "coherence", "coherence_real", "cross_mse"} <= set(report)
     assert "seed" not in report and "acc" not in report

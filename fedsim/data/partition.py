@@ -43,9 +43,7 @@ def parse_client_ratio(ratio: str, n_views: int) -> tuple[int, int, int]:
     example = "e.g. '2:1' (F:S) or '1:1:1' (F:M:S)"
     parts = str(ratio).replace(" ", "").split(":")
     if len(parts) not in (2, 3) or not all(part.isascii() and part.isdigit() for part in parts):
-        raise ConfigError(
-            f"client_ratio {ratio!r} is not 2 or 3 non-negative integers separated by ':'; {example}"
-        )
+        raise ConfigError(f"client_ratio {ratio!r} is not 2 or 3 non-negative integers separated by ':'; {example}")
     weights = [int(part) for part in parts]
     full, mixed, single = (weights[0], 0, weights[1]) if len(weights) == 2 else tuple(weights)
     if full + mixed + single == 0:
@@ -75,9 +73,17 @@ def client_kind_counts(num_clients: int, ratio: str, n_views: int) -> tuple[int,
     return full, mixed, single
 
 
-def partition(labels: np.ndarray, n_views: int, num_clients: int, client_ratio: str = "1:1", *,
-              scheme: str = "iid", dirichlet_alpha: float = 1.0, seed: int = 0,
-              min_client_size: int = 2) -> list[ClientSpec]:
+def partition(
+    labels: np.ndarray,
+    n_views: int,
+    num_clients: int,
+    client_ratio: str = "1:1",
+    *,
+    scheme: str = "iid",
+    dirichlet_alpha: float = 1.0,
+    seed: int = 0,
+    min_client_size: int = 2,
+) -> list[ClientSpec]:
     """Split the samples over ``num_clients`` clients and assign each client its views.
 
     ``scheme="iid"`` is the FMCSC protocol (a per-class Dirichlet with alpha 9999, i.e. an equal
@@ -131,8 +137,9 @@ def _stratified_owner(labels: np.ndarray, num_clients: int, rng: np.random.Gener
     return owner
 
 
-def _dirichlet_owner(labels: np.ndarray, num_clients: int, alpha: float, min_client_size: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def _dirichlet_owner(
+    labels: np.ndarray, num_clients: int, alpha: float, min_client_size: int, rng: np.random.Generator
+) -> np.ndarray:
     """Owner client of every sample under per-class Dirichlet(alpha) proportions, redrawn until
     every client has at least ``min_client_size`` samples."""
     members = [np.flatnonzero(labels == label) for label in np.unique(labels)]
@@ -152,8 +159,9 @@ def _dirichlet_owner(labels: np.ndarray, num_clients: int, alpha: float, min_cli
     )
 
 
-def _assign_views(kind_counts: tuple[int, int, int], n_views: int,
-                  rng: np.random.Generator) -> list[tuple[str, tuple[int, ...]]]:
+def _assign_views(
+    kind_counts: tuple[int, int, int], n_views: int, rng: np.random.Generator
+) -> list[tuple[str, tuple[int, ...]]]:
     """(kind, views) per client in client order: F all views; M a subset whose size is uniform
     in 2..V-1, then uniform among subsets of that size; S one uniformly drawn view."""
     full, mixed, single = kind_counts
@@ -184,8 +192,10 @@ def split_train_test(specs: list[ClientSpec], labels: np.ndarray, test_fraction:
         held = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
         if held.size == 0 or held.size == spec.indices.size:
             if spec.indices.size < 2:
-                raise DataError(f"client {spec.client_id} holds {spec.indices.size} sample(s): it cannot have both a "
-                                "training and a test split; use fewer clients")
+                raise DataError(
+                    f"client {spec.client_id} holds {spec.indices.size} sample(s): it cannot have both a "
+                    "training and a test split; use fewer clients"
+                )
             held = np.sort(rng.permutation(spec.indices)[:1]) if held.size == 0 else held[:-1]
         train = np.setdiff1d(spec.indices, held, assume_unique=True)
         out.append(replace(spec, indices=train.astype(np.int64), test_indices=held.astype(np.int64)))

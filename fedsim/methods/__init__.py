@@ -80,7 +80,9 @@ def _config_keys(module: str, attr: str) -> frozenset[str] | None:
         return None
     config = None
     for node in method.body:
-        targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets if isinstance(node, ast.Assign) else []
+        targets = (
+            [node.target] if isinstance(node, ast.AnnAssign) else node.targets if isinstance(node, ast.Assign) else []
+        )
         if any(isinstance(t, ast.Name) and t.id == "Config" for t in targets) and isinstance(node.value, ast.Name):
             config = node.value.id
     if config is None:
@@ -107,7 +109,12 @@ def _model_fields(module: str, tree: ast.Module, name: str, depth: int) -> froze
     cls = _class(tree, name)
     if cls is None:  # imported: follow ``from fedsim.x import name``
         for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedsim.") and node.level == 0:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("fedsim.")
+                and node.level == 0
+            ):
                 if any(alias.name == name and alias.asname is None for alias in node.names):
                     other = _module_tree(node.module)
                     return None if other is None else _model_fields(node.module, other, name, depth + 1)

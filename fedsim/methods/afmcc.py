@@ -111,18 +111,30 @@ from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses,
 READINGS: dict[str, dict[str, Any]] = {
     # The equations as printed: Eq. 2 summed over features, Eq. 6 with its + sign on the
     # Frobenius distance, Alg. 1 pretraining on all of Eq. 7, k-means on h as it is.
-    "printed": {"reconstruction": "printed", "embedding": "fused", "pretrain_loss": "full",
-                "eq6_sign": 1, "eq6_distance": "frobenius", "contrastive_pairs": "all",
-                "evaluated_model": "uploaded"},
+    "printed": {
+        "reconstruction": "printed",
+        "embedding": "fused",
+        "pretrain_loss": "full",
+        "eq6_sign": 1,
+        "eq6_distance": "frobenius",
+        "contrastive_pairs": "all",
+        "evaluated_model": "uploaded",
+    },
     # What reproduces Table 2: the FMCSC code lineage (nn.MSELoss, reconstruction-only
     # pretraining, unit-norm embeddings), Eq. 6 with its printed sign on the per-sample (RMS)
     # distance instead of the Frobenius norm that makes the weights one-hot, and Eq. 3
     # without its constant pairs (h = z^v when G = {v}), which only push samples apart and are
     # what makes the run degenerate after ~10 rounds (reports/findings/afmcc_table2.md); and
     # FMCSC's evaluation of the aggregated model (Sec. 5 follows FMCSC's protocol).
-    "lineage": {"reconstruction": "mse", "embedding": "normalized", "pretrain_loss": "reconstruction",
-                "eq6_sign": 1, "eq6_distance": "rms", "contrastive_pairs": "nontrivial",
-                "evaluated_model": "aggregated"},
+    "lineage": {
+        "reconstruction": "mse",
+        "embedding": "normalized",
+        "pretrain_loss": "reconstruction",
+        "eq6_sign": 1,
+        "eq6_distance": "rms",
+        "contrastive_pairs": "nontrivial",
+        "evaluated_model": "aggregated",
+    },
 }
 
 
@@ -181,7 +193,6 @@ class AFMCCConfig(BaseModel):
 # The model
 
 
-
 class MultiModalAutoencoder(nn.Module):
     """Sec. 3.2: one encoder/decoder pair per modality plus the projection W of Sec. 3.3.
 
@@ -208,7 +219,9 @@ def fuse(z: dict[int, torch.Tensor], subset: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([z[v] for v in subset]).mean(dim=0)
 
 
-def reconstruction_loss(x: dict[int, torch.Tensor], x_hat: dict[int, torch.Tensor], form: str = "printed") -> torch.Tensor:
+def reconstruction_loss(
+    x: dict[int, torch.Tensor], x_hat: dict[int, torch.Tensor], form: str = "printed"
+) -> torch.Tensor:
     """Eq. 2: (1/N) sum_v sum_i ||x_i^v - x_hat_i^v||_2^2; ``form="mse"``: sum_v mean((x^v - x_hat^v)^2)."""
     if form == "mse":
         return sum(F.mse_loss(x_hat[v], x[v]) for v in x)
@@ -216,7 +229,9 @@ def reconstruction_loss(x: dict[int, torch.Tensor], x_hat: dict[int, torch.Tenso
     return sum(((x[v] - x_hat[v]) ** 2).sum() for v in x) / n
 
 
-def contrastive_loss(h: torch.Tensor, z: dict[int, torch.Tensor], tau: float, denominator: str = "printed") -> torch.Tensor:
+def contrastive_loss(
+    h: torch.Tensor, z: dict[int, torch.Tensor], tau: float, denominator: str = "printed"
+) -> torch.Tensor:
     """Eq. 3: -(1/N) sum_v sum_i log( e^{sim(h_i,z_i^v)/tau} / sum_{j != i} e^{sim(h_i,z_j^v)/tau} ).
 
     ``denominator="all"`` lets j run over every sample (InfoNCE) instead of j != i."""
@@ -254,7 +269,9 @@ def constraint_loss(h: torch.Tensor, projection: nn.Linear, lambda_: float) -> t
     return ((q - target_correlation(p.shape[1], lambda_, h.device)) ** 2).sum()
 
 
-def eq6_log_weights(distances: torch.Tensor, valid: torch.Tensor, sign: int = 1, temperature: float = 1.0) -> torch.Tensor:
+def eq6_log_weights(
+    distances: torch.Tensor, valid: torch.Tensor, sign: int = 1, temperature: float = 1.0
+) -> torch.Tensor:
     """Eq. 6 in log space.
 
     ``distances[u, v]`` = ||Z_u^v - H||_F; ``valid[u, v]`` marks the modalities summed for model u.
@@ -295,7 +312,9 @@ class AFMCC:
 
     # -- Alg. 2, lines 2-4: aggregation --------------------------------------------------------
     @torch.no_grad()
-    def aggregate(self, model: MultiModalAutoencoder, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: MultiModalAutoencoder, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         if self.cfg.aggregation == "uniform":
             weights = torch.full((len(peers),), 1.0 / len(peers))
         else:
@@ -335,8 +354,14 @@ class AFMCC:
             return [(v,) for v in modalities] + [modalities]
         return [s for r in range(1, len(modalities) + 1) for s in itertools.combinations(modalities, r)]
 
-    def loss(self, model: MultiModalAutoencoder, x: dict[int, torch.Tensor], subset: tuple[int, ...],
-             reconstruction_only: bool = False, anchor: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self,
+        model: MultiModalAutoencoder,
+        x: dict[int, torch.Tensor],
+        subset: tuple[int, ...],
+        reconstruction_only: bool = False,
+        anchor: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 7 on one batch with ``subset`` as the fusion set G (Eq. 2 alone when
         ``reconstruction_only``: the FMCSC-style pretraining of ``pretrain_loss="reconstruction"``).
         ``anchor``: the round-start model's z of a one-modality client's batch (``anchor`` term)."""
@@ -349,7 +374,11 @@ class AFMCC:
             return total, terms
         # With a one-modality fusion set G = {v}, h = z^v: Eq. 3's pair (h, z^v) has similarity 1
         # whatever the model, so its term only pushes the samples apart ("nontrivial" drops it).
-        z_d = z if self.cfg.contrastive_pairs == "all" or len(subset) > 1 else {v: t for v, t in z.items() if v not in subset}
+        z_d = (
+            z
+            if self.cfg.contrastive_pairs == "all" or len(subset) > 1
+            else {v: t for v, t in z.items() if v not in subset}
+        )
         if self.cfg.use_contrastive and z_d:
             terms["loss_d"] = contrastive_loss(h, z_d, self.cfg.tau, self.cfg.contrastive_denominator)
             total = total + self.cfg.alpha * terms["loss_d"]
@@ -357,12 +386,20 @@ class AFMCC:
             terms["loss_c"] = constraint_loss(h, model.projection, self.cfg.lambda_)
             total = total + self.cfg.beta * terms["loss_c"]
         if anchor is not None:
-            terms["loss_a"] = contrastive_loss(anchor, {v: z[v] for v in subset}, self.cfg.tau, self.cfg.contrastive_denominator)
+            terms["loss_a"] = contrastive_loss(
+                anchor, {v: z[v] for v in subset}, self.cfg.tau, self.cfg.contrastive_denominator
+            )
             total = total + self.cfg.anchor * terms["loss_a"]
         return total, terms
 
-    def train_round(self, model: MultiModalAutoencoder, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
+    def train_round(
+        self,
+        model: MultiModalAutoencoder,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext | None = None,
+    ) -> dict[str, float]:
         model.train()
         losses = RoundLosses()
         n = data.n_samples
@@ -380,7 +417,9 @@ class AFMCC:
             for _ in range(self.cfg.phi):
                 a = anchor
                 if n > self.cfg.batch_size:
-                    idx = torch.randperm(n, generator=generator)[: self.cfg.batch_size].to(next(iter(data.views.values())).device)
+                    idx = torch.randperm(n, generator=generator)[: self.cfg.batch_size].to(
+                        next(iter(data.views.values())).device
+                    )
                     x = {v: t[idx] for v, t in data.views.items()}
                     a = None if anchor is None else anchor[idx]
                 else:  # full batch: the paper's setting (~208 samples per client, batch 1024)
@@ -414,4 +453,3 @@ class AFMCC:
         steps = len(self.fusion_subsets(data.modalities)) * self.cfg.phi
         aggregation = 0 if self.cfg.aggregation == "uniform" else num_peers + 1
         return float(data.n_samples * (3 * steps + aggregation))
-

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -84,14 +84,22 @@ class Method(Protocol):
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
 
-    def aggregate(self, model: torch.nn.Module, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: torch.nn.Module, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         """Combine the downloaded models into this client's starting point for the round.
 
         ``model`` holds the client's own current parameters. Returns the flat parameters to load
         and the weight given to each peer (logged per round)."""
 
-    def train_round(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext) -> dict[str, float]:
+    def train_round(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext,
+    ) -> dict[str, float]:
         """One round of local training; returns mean losses."""
 
     def embed(self, model: torch.nn.Module, data: LocalData) -> np.ndarray:
@@ -154,9 +162,12 @@ def parameter_segments(model: torch.nn.Module) -> list[tuple[str, int, int]]:
     return out
 
 
-def average_by_owners(model: torch.nn.Module, peers: list[PeerModel],
-                      owners_of: Callable[[str], tuple[int, ...] | None],
-                      weighting: str = "samples") -> tuple[torch.Tensor, dict[int, float]]:
+def average_by_owners(
+    model: torch.nn.Module,
+    peers: list[PeerModel],
+    owners_of: Callable[[str], tuple[int, ...] | None],
+    weighting: str = "samples",
+) -> tuple[torch.Tensor, dict[int, float]]:
     """FedAvg (McMahan et al. 2017) over the downloaded models, for models whose parameters may
     belong to modalities.
 
@@ -193,11 +204,13 @@ def average_by_owners(model: torch.nn.Module, peers: list[PeerModel],
     return out, {p.client_id: float(w) for p, w in zip(peers, base / base.sum())}
 
 
-def modality_aware_average(model: torch.nn.Module, peers: list[PeerModel],
-                           modality_of: Callable[[str], int | None]) -> tuple[torch.Tensor, dict[int, float]]:
+def modality_aware_average(
+    model: torch.nn.Module, peers: list[PeerModel], modality_of: Callable[[str], int | None]
+) -> tuple[torch.Tensor, dict[int, float]]:
     """``average_by_owners`` weighted by sample count, where a parameter belongs to at most one
     modality: ``modality_of(name)`` is v for v's encoder / decoder, None for shared parts
     (fusion, heads), which are averaged over every peer."""
+
     def owners_of(name: str) -> tuple[int, ...]:
         v = modality_of(name)
         return () if v is None else (v,)
@@ -213,8 +226,13 @@ class RoundLosses:
         self.sums: dict[str, float] = {}
         self.steps = 0
 
-    def step(self, optimizer: torch.optim.Optimizer, total: torch.Tensor, terms: dict[str, torch.Tensor],
-             clip_norm: float | None = None) -> None:
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        clip_norm: float | None = None,
+    ) -> None:
         """One optimiser step on ``total``, recorded with its ``terms``; with ``clip_norm`` the
         gradients' global norm is clipped to it first."""
         optimizer.zero_grad(set_to_none=True)

@@ -123,13 +123,17 @@ class CMMCConfig(BaseModel):
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(256, ge=1)
     pretrain_epochs: int = Field(200, ge=0, description="E_p (Alg. 1 line 2)")
-    contrastive_epochs: int = Field(10, ge=0, description="E_c (Alg. 1 line 4): BDGP 10, MNIST-USPS/CCV/Caltech 50, Fashion 100")
+    contrastive_epochs: int = Field(
+        10, ge=0, description="E_c (Alg. 1 line 4): BDGP 10, MNIST-USPS/CCV/Caltech 50, Fashion 100"
+    )
     finetune_epochs: int = Field(30, ge=0, description="E_f (Alg. 1 line 8); 0 = Table 3 row (3)")
     use_feature_contrastive: bool = True  # False = Table 3 row (1)
     use_reconstruction: bool = True  # False = Table 3 rows (1), (2): no L_r, stage 1 idle
     use_finetune: bool = True  # False = Table 3 rows (1)-(3): no L_p, stage 3 idle
     ablated_stages: Literal["idle", "contrastive"] = Field(
-        "idle", description="a stage whose loss an ablation removed: idle (default) or trains the remaining Eq. 10 terms")
+        "idle",
+        description="a stage whose loss an ablation removed: idle (default) or trains the remaining Eq. 10 terms",
+    )
     reconstruction: Literal["printed", "mse"] = "printed"
     kmeans_n_init: int = Field(10, ge=1, description="k-means restarts for the pseudo-labels (Eq. 11)")
     embed: Literal["concat", "mean"] = "concat"
@@ -143,12 +147,18 @@ class CMMCConfig(BaseModel):
 # The model
 
 
-
 class CMMCNetwork(nn.Module):
     """Fig. 1 / App. D: per-modality autoencoders E^m, D^m and the shared modules F (psi_F), L (psi_L)."""
 
-    def __init__(self, view_dims: tuple[int, ...], encoder_hidden: list[int], latent_dim: int,
-                 head_hidden: int, feature_dim: int, n_clusters: int) -> None:
+    def __init__(
+        self,
+        view_dims: tuple[int, ...],
+        encoder_hidden: list[int],
+        latent_dim: int,
+        head_hidden: int,
+        feature_dim: int,
+        n_clusters: int,
+    ) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(mlp([dv, *encoder_hidden, latent_dim]) for dv in view_dims)
         self.decoders = nn.ModuleList(mlp([latent_dim, *reversed(encoder_hidden), dv]) for dv in view_dims)
@@ -184,7 +194,9 @@ def modality_of(param_name: str) -> int | None:
 # Losses (module-level so the tests can check them against hand computations)
 
 
-def reconstruction_loss(x: dict[int, torch.Tensor], x_hat: dict[int, torch.Tensor], form: str = "printed") -> torch.Tensor:
+def reconstruction_loss(
+    x: dict[int, torch.Tensor], x_hat: dict[int, torch.Tensor], form: str = "printed"
+) -> torch.Tensor:
     """Eq. 1: sum_m sum_i ||x_i^m - x_hat_i^m||^2 over the batch; ``form="mse"``: sum_m mean((x^m - x_hat^m)^2)."""
     if form == "mse":
         return sum(F.mse_loss(x_hat[v], x[v]) for v in x)
@@ -277,14 +289,22 @@ class CMMC:
     def build_model(self, seed: int) -> CMMCNetwork:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return CMMCNetwork(self.view_dims, list(self.cfg.encoder_hidden), self.cfg.latent_dim,
-                               self.cfg.head_hidden, self.cfg.feature_dim, self.n_clusters)
+            return CMMCNetwork(
+                self.view_dims,
+                list(self.cfg.encoder_hidden),
+                self.cfg.latent_dim,
+                self.cfg.head_hidden,
+                self.cfg.feature_dim,
+                self.n_clusters,
+            )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
 
     @torch.no_grad()
-    def aggregate(self, model: CMMCNetwork, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: CMMCNetwork, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         """Modality-aware FedAvg (see the module docstring); one peer (centralised) = no change."""
         return modality_aware_average(model, peers, modality_of)
 
@@ -296,7 +316,8 @@ class CMMC:
             raise ConfigError(
                 f"cmmc trains {self.cfg.pretrain_epochs} + {self.cfg.contrastive_epochs} + {self.cfg.finetune_epochs} "
                 f"rounds (cmmc.pretrain_epochs, contrastive_epochs, finetune_epochs) but rounds={rounds}; "
-                f"set rounds={self.cfg.total_epochs} or change the stage epochs")
+                f"set rounds={self.cfg.total_epochs} or change the stage epochs"
+            )
 
     def stage(self, context: RoundContext) -> Stage:
         """Alg. 1: rounds 1..E_p pretrain, the next E_c contrast, the rest fine-tune."""
@@ -310,12 +331,16 @@ class CMMC:
         return "finetune"
 
     # -- losses on one batch ---------------------------------------------------------------------
-    def pretrain_loss(self, model: CMMCNetwork, x: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pretrain_loss(
+        self, model: CMMCNetwork, x: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Alg. 1 line 3: Eq. 1."""
         loss_r = reconstruction_loss(x, model.reconstruct(model.encode(x)), self.cfg.reconstruction)
         return loss_r, {"loss_r": loss_r}
 
-    def contrastive_loss(self, model: CMMCNetwork, x: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def contrastive_loss(
+        self, model: CMMCNetwork, x: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Alg. 1 line 5: Eq. 10, L = L_lc + L_fc + L_r, with the Table 3 switches."""
         z = model.encode(x)
         q = {v: torch.softmax(lg, dim=1) for v, lg in model.label_logits(z).items()}
@@ -330,14 +355,21 @@ class CMMC:
             total = total + terms["loss_r"]
         return total, terms
 
-    def finetune_loss(self, model: CMMCNetwork, x: dict[int, torch.Tensor], targets: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def finetune_loss(
+        self, model: CMMCNetwork, x: dict[int, torch.Tensor], targets: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Alg. 1 line 9: Eq. 14 (gradients reach only the encoders and psi_L)."""
         log_q = {v: torch.log_softmax(lg, dim=1) for v, lg in model.label_logits(model.encode(x)).items()}
         loss_p = pseudo_label_cross_entropy(log_q, targets)
         return loss_p, {"loss_p": loss_p}
 
-    def loss(self, model: CMMCNetwork, x: dict[int, torch.Tensor], stage: Stage,
-             targets: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self,
+        model: CMMCNetwork,
+        x: dict[int, torch.Tensor],
+        stage: Stage,
+        targets: dict[int, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if stage == "pretrain":
             return self.pretrain_loss(model, x)
         if stage == "contrastive":
@@ -356,15 +388,25 @@ class CMMC:
         kmeans = KMeans(n_clusters=self.n_clusters, n_init=self.cfg.kmeans_n_init, random_state=seed)
         pseudo = kmeans.fit_predict(concatenated)
         device = next(iter(data.views.values())).device
-        return {v: torch.from_numpy(match_pseudo_labels(q[v].argmax(axis=1), pseudo, self.n_clusters)).to(device)
-                for v in data.modalities}
+        return {
+            v: torch.from_numpy(match_pseudo_labels(q[v].argmax(axis=1), pseudo, self.n_clusters)).to(device)
+            for v in data.modalities
+        }
 
     # -- one local round -------------------------------------------------------------------------
-    def train_round(self, model: CMMCNetwork, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext) -> dict[str, float]:
+    def train_round(
+        self,
+        model: CMMCNetwork,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext,
+    ) -> dict[str, float]:
         stage = self.stage(context)
         code = float(("pretrain", "contrastive", "finetune").index(stage))  # 0 / 1 / 2, for the logs
-        if (stage == "pretrain" and not self.cfg.use_reconstruction) or (stage == "finetune" and not self.cfg.use_finetune):
+        if (stage == "pretrain" and not self.cfg.use_reconstruction) or (
+            stage == "finetune" and not self.cfg.use_finetune
+        ):
             if self.cfg.ablated_stages == "idle":
                 return {"stage": code, "idle": 1.0}  # Table 3 ablation: this stage has no loss left
             stage, code = "contrastive", 1.0  # the other reading: spend the stage on what is left
@@ -391,7 +433,9 @@ class CMMC:
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def _outputs(self, model: CMMCNetwork, data: LocalData, chunk: int = 2048) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    def _outputs(
+        self, model: CMMCNetwork, data: LocalData, chunk: int = 2048
+    ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """h^m and Q^m of every local sample, in chunks to bound memory."""
         model.eval()
         h: dict[int, list[np.ndarray]] = {v: [] for v in data.modalities}

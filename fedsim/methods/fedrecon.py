@@ -164,13 +164,19 @@ def pair_key(n: int, m: int) -> str:
 class Generator(nn.Module):
     """The MVAE of one client: a VAE per modality and a mapping for every ordered pair."""
 
-    def __init__(self, view_dims: tuple[int, ...], hidden: list[int], latent_dim: int, mapping_hidden: list[int]) -> None:
+    def __init__(
+        self, view_dims: tuple[int, ...], hidden: list[int], latent_dim: int, mapping_hidden: list[int]
+    ) -> None:
         super().__init__()
         self.vaes = nn.ModuleList(ModalityVAE(d, hidden, latent_dim) for d in view_dims)
-        self.mappings = nn.ModuleDict({
-            pair_key(n, m): mapping_network(latent_dim, mapping_hidden)
-            for n in range(len(view_dims)) for m in range(len(view_dims)) if n != m
-        })
+        self.mappings = nn.ModuleDict(
+            {
+                pair_key(n, m): mapping_network(latent_dim, mapping_hidden)
+                for n in range(len(view_dims))
+                for m in range(len(view_dims))
+                if n != m
+            }
+        )
 
     def mapping(self, n: int, m: int) -> nn.Module:
         return self.mappings[pair_key(n, m)]
@@ -181,8 +187,9 @@ class FedReconModel(nn.Module):
 
     def __init__(self, view_dims: tuple[int, ...], cfg: FedReconConfig, n_classes: int) -> None:
         super().__init__()
-        self.task = MultimodalClassifier(view_dims, list(cfg.hidden), cfg.feature_dim, cfg.attention_dim,
-                                         cfg.head_hidden, n_classes)
+        self.task = MultimodalClassifier(
+            view_dims, list(cfg.hidden), cfg.feature_dim, cfg.attention_dim, cfg.head_hidden, n_classes
+        )
         self.generator = Generator(view_dims, list(cfg.vae_hidden), cfg.latent_dim, list(cfg.mapping_hidden))
         self.frozen = Generator(view_dims, list(cfg.vae_hidden), cfg.latent_dim, list(cfg.mapping_hidden))
         self.frozen.load_state_dict(self.generator.state_dict())
@@ -196,7 +203,7 @@ class FedReconModel(nn.Module):
 def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag e^logvar) || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - e^logvar_j),
     per sample (summed over latent dimensions), averaged over the batch."""
-    return (-0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(dim=1)).mean()
+    return (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)).mean()
 
 
 def gaussian_kl(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Tensor, logvar_q: torch.Tensor) -> torch.Tensor:
@@ -227,7 +234,9 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
     return mu + (0.5 * logvar).exp() * eps
 
 
-def vae_loss(vae: ModalityVAE, x: torch.Tensor, likelihood: str, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def vae_loss(
+    vae: ModalityVAE, x: torch.Tensor, likelihood: str, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
     """Eq. 3: -E_q[log p(x|z)] + KL(q(z|x) || p(z)), one reparameterised sample."""
     mu, logvar = vae.encode(x)
     z = reparameterise(mu, logvar, generator)
@@ -236,9 +245,17 @@ def vae_loss(vae: ModalityVAE, x: torch.Tensor, likelihood: str, generator: torc
     return {"loss": recon + kl, "recon": recon, "kl": kl}
 
 
-def mapping_loss(source: ModalityVAE, target: ModalityVAE, mapping: nn.Module, x_source: torch.Tensor,
-                 x_target: torch.Tensor, likelihood: str, alpha: int, input_mode: str,
-                 generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def mapping_loss(
+    source: ModalityVAE,
+    target: ModalityVAE,
+    mapping: nn.Module,
+    x_source: torch.Tensor,
+    x_target: torch.Tensor,
+    likelihood: str,
+    alpha: int,
+    input_mode: str,
+    generator: torch.Generator | None,
+) -> dict[str, torch.Tensor]:
     """Eq. 5: L_match = alpha * KL(T(z_m) || z_n) + L_recon for T = T_{n,m} (m = source).
 
     z_m is a reparameterised sample of q(z_m|x_m) (``input_mode="sample"``, Eq. 4's expectation)
@@ -260,7 +277,9 @@ def mapping_loss(source: ModalityVAE, target: ModalityVAE, mapping: nn.Module, x
 
 
 @torch.no_grad()
-def generate(gen: Generator, target: int, sources: dict[int, torch.Tensor], likelihood: str, use_mapping: bool) -> torch.Tensor:
+def generate(
+    gen: Generator, target: int, sources: dict[int, torch.Tensor], likelihood: str, use_mapping: bool
+) -> torch.Tensor:
     """Modality ``target`` reconstructed from the held ``sources`` {m: x_m}: the decoding of
     T_{n,m}(mu_m) (or of mu_m itself without the mapping), averaged over the sources."""
     outs = []
@@ -298,11 +317,14 @@ class FedRecon:
         """One optimiser, a parameter group per stage: a stage only produces gradients for its
         own group, and parameters without gradients are left alone by SGD and Adam."""
         c = self.cfg
-        return make_local_optimizer([
-            {"params": list(model.generator.vaes.parameters()), "lr": c.vae_lr, "name": "vae"},
-            {"params": list(model.generator.mappings.parameters()), "lr": c.mapping_lr, "name": "mapping"},
-            {"params": list(model.task.parameters()), "lr": c.lr, "name": "task"},
-        ], c)
+        return make_local_optimizer(
+            [
+                {"params": list(model.generator.vaes.parameters()), "lr": c.vae_lr, "name": "vae"},
+                {"params": list(model.generator.mappings.parameters()), "lr": c.mapping_lr, "name": "mapping"},
+                {"params": list(model.task.parameters()), "lr": c.lr, "name": "task"},
+            ],
+            c,
+        )
 
     # -- Alg. 1 lines 3-4 and 13-16: averaging and the frozen copies ----------------------------
     def owners_of(self, name: str) -> tuple[int, ...] | None:
@@ -325,7 +347,9 @@ class FedRecon:
         return segments[0][0], segments[-1][1]
 
     @torch.no_grad()
-    def aggregate(self, model: FedReconModel, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: FedReconModel, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         flat, weights = average_by_owners(model, peers, self.owners_of, self.cfg.weighting)
         g0, g1 = self._span(model, "generator.")
         f0, f1 = self._span(model, "frozen.")
@@ -333,15 +357,23 @@ class FedRecon:
         return flat, weights
 
     # -- Alg. 1 lines 5-11: the three stages ----------------------------------------------------
-    def _stage_vae(self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData,
-                   generator: torch.Generator) -> dict[str, float]:
+    def _stage_vae(
+        self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator
+    ) -> dict[str, float]:
         sums = {"loss_vae": 0.0, "loss_vae_recon": 0.0, "loss_vae_kl": 0.0}
         steps = 0
         held = data.modalities
         for _ in range(self.cfg.vae_epochs):
             for idx in minibatches(data.n_samples, self.cfg.batch_size, generator):
-                terms = [vae_loss(model.generator.vaes[m], data.views[m][idx.to(data.views[m].device)],
-                                  self.cfg.likelihood, generator) for m in held]
+                terms = [
+                    vae_loss(
+                        model.generator.vaes[m],
+                        data.views[m][idx.to(data.views[m].device)],
+                        self.cfg.likelihood,
+                        generator,
+                    )
+                    for m in held
+                ]
                 total = sum(t["loss"] for t in terms) / len(held)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -352,8 +384,9 @@ class FedRecon:
                 steps += 1
         return {k: v / steps for k, v in sums.items()} if steps else {}
 
-    def _stage_mapping(self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData,
-                       generator: torch.Generator) -> dict[str, float]:
+    def _stage_mapping(
+        self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator
+    ) -> dict[str, float]:
         pairs = [(n, m) for n in data.modalities for m in data.modalities if n != m]
         if not pairs or not self.cfg.use_mapping or self.cfg.mapping_epochs == 0:
             return {}
@@ -365,16 +398,29 @@ class FedRecon:
             for _ in range(self.cfg.mapping_epochs):
                 for idx in minibatches(data.n_samples, self.cfg.batch_size, generator):
                     x = {v: data.views[v][idx.to(data.views[v].device)] for v in data.modalities}
-                    terms = [mapping_loss(vaes[m], vaes[n], model.generator.mapping(n, m), x[m], x[n],
-                                          self.cfg.likelihood, self.cfg.kl_alpha, self.cfg.mapping_input, generator)
-                             for n, m in pairs]
+                    terms = [
+                        mapping_loss(
+                            vaes[m],
+                            vaes[n],
+                            model.generator.mapping(n, m),
+                            x[m],
+                            x[n],
+                            self.cfg.likelihood,
+                            self.cfg.kl_alpha,
+                            self.cfg.mapping_input,
+                            generator,
+                        )
+                        for n, m in pairs
+                    ]
                     total = sum(t["loss"] for t in terms) / len(pairs)
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
                     optimizer.step()
                     sums["loss_map"] = sums.get("loss_map", 0.0) + float(total.detach())
                     if self.cfg.kl_alpha:
-                        sums["loss_map_kl"] = sums.get("loss_map_kl", 0.0) + float(sum(t["kl"] for t in terms).detach()) / len(pairs)
+                        sums["loss_map_kl"] = sums.get("loss_map_kl", 0.0) + float(
+                            sum(t["kl"] for t in terms).detach()
+                        ) / len(pairs)
                     steps += 1
             return {k: v / steps for k, v in sums.items()} if steps else {}
         finally:
@@ -400,8 +446,9 @@ class FedRecon:
         ref = feats[0]
         return torch.stack(feats, dim=1), torch.tensor(offsets, dtype=ref.dtype, device=ref.device)
 
-    def _stage_task(self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator) -> dict[str, float]:
+    def _stage_task(
+        self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator
+    ) -> dict[str, float]:
         labels = torch.as_tensor(data.labels, dtype=torch.long, device=next(model.parameters()).device)
         total_loss, steps = 0.0, 0
         for _ in range(self.cfg.local_epochs):
@@ -417,8 +464,14 @@ class FedRecon:
                 steps += 1
         return {"loss_task": total_loss / steps} if steps else {}
 
-    def train_round(self, model: FedReconModel, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
+    def train_round(
+        self,
+        model: FedReconModel,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext | None = None,
+    ) -> dict[str, float]:
         model.train()
         reset_optimizer(optimizer)
         losses = self._stage_vae(model, optimizer, data, generator)
@@ -463,9 +516,14 @@ class FedRecon:
         pairs = [(n, m) for n in data.modalities for m in data.modalities if n != m]
         if not pairs or np.unique(data.labels).size < 2:
             return out
-        variants = {f"{'map' if mp else 'direct'}_{which}": (mp, which)
-                    for mp in (True, False) for which in ("local", "frozen", "both")}
-        configured = f"{'map' if self.cfg.use_mapping else 'direct'}_{'both' if self.cfg.use_global_generator else 'local'}"
+        variants = {
+            f"{'map' if mp else 'direct'}_{which}": (mp, which)
+            for mp in (True, False)
+            for which in ("local", "frozen", "both")
+        }
+        configured = (
+            f"{'map' if self.cfg.use_mapping else 'direct'}_{'both' if self.cfg.use_global_generator else 'local'}"
+        )
         scores: dict[str, list[float]] = {k: [] for k in variants}
         real, cross = [], []
         for n, m in pairs:
@@ -500,5 +558,7 @@ class FedRecon:
         missing = len(self.view_dims) - held
         pairs = held * (held - 1) if c.use_mapping else 0
         gens = 2 if c.use_global_generator else 1
-        per_sample = 3 * c.vae_epochs * held + 3 * c.mapping_epochs * pairs + c.local_epochs * (3 + missing * gens * held)
+        per_sample = (
+            3 * c.vae_epochs * held + 3 * c.mapping_epochs * pairs + c.local_epochs * (3 + missing * gens * held)
+        )
         return float(data.n_samples * per_sample)

@@ -69,8 +69,16 @@ from torch import nn
 
 from fedsim.errors import ConfigError
 from fedsim.methods.afmcc import constraint_loss
-from fedsim.methods.base import (LocalData, PeerModel, RoundContext, RoundLosses, flat_parameters, minibatches,
-                                 mlp, parameter_segments)
+from fedsim.methods.base import (
+    LocalData,
+    PeerModel,
+    RoundContext,
+    RoundLosses,
+    flat_parameters,
+    minibatches,
+    mlp,
+    parameter_segments,
+)
 
 
 class FMCSCConfig(BaseModel):
@@ -98,14 +106,15 @@ class FMCSCConfig(BaseModel):
     @model_validator(mode="after")
     def _mi_pairs(self) -> "FMCSCConfig":
         if self.feature_dim != self.head_dim:
-            raise ValueError(f"feature_dim ({self.feature_dim}) must equal head_dim ({self.head_dim}): the MI "
-                             "weights and the MOON term compare h with z_v element by element")
+            raise ValueError(
+                f"feature_dim ({self.feature_dim}) must equal head_dim ({self.head_dim}): the MI "
+                "weights and the MOON term compare h with z_v element by element"
+            )
         return self
 
 
 # ---------------------------------------------------------------------------------------------
 # The model
-
 
 
 class Outputs(NamedTuple):
@@ -130,7 +139,9 @@ class PatternNetwork(nn.Module):
     def forward(self, xs: list[torch.Tensor]) -> Outputs:
         z = [enc(x) for enc, x in zip(self.encoders, xs)]
         h = F.normalize(self.fusion(torch.cat(z, dim=1)), dim=1)
-        return Outputs([dec(zv) for dec, zv in zip(self.decoders, z)], z, h, [head(zv) for head, zv in zip(self.heads, z)])
+        return Outputs(
+            [dec(zv) for dec, zv in zip(self.decoders, z)], z, h, [head(zv) for head, zv in zip(self.heads, z)]
+        )
 
 
 class FMCSCModel(nn.Module):
@@ -222,15 +233,19 @@ class FMCSC:
             return 0
         if len(modalities) == 1:
             return 1 + modalities[0]
-        raise ConfigError(f"fmcsc supports clients with all {len(self.view_dims)} views or one view, not views "
-                          f"{list(modalities)}; use an F:S client_ratio (e.g. '1:1') and no missing_rate")
+        raise ConfigError(
+            f"fmcsc supports clients with all {len(self.view_dims)} views or one view, not views "
+            f"{list(modalities)}; use an F:S client_ratio (e.g. '1:1') and no missing_rate"
+        )
 
     def _inputs(self, data: LocalData, views: tuple[int, ...]) -> list[torch.Tensor]:
         """All V views of the client's samples, those outside ``views`` zero-filled (dataloader.py
         ``DatasetSplit``)."""
         ref = next(iter(data.views.values()))
-        return [data.views[v] if v in views and v in data.views else ref.new_zeros(ref.shape[0], dv)
-                for v, dv in enumerate(self.view_dims)]
+        return [
+            data.views[v] if v in views and v in data.views else ref.new_zeros(ref.shape[0], dv)
+            for v, dv in enumerate(self.view_dims)
+        ]
 
     def _epoch(self, n: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
         if n <= self.cfg.batch_size:
@@ -256,9 +271,11 @@ class FMCSC:
 
     # -- server step (aggregate_models2), run on the client ------------------------------------
     @torch.no_grad()
-    def aggregate(self, model: FMCSCModel, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: FMCSCModel, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         segments = parameter_segments(model)
-        (w_start, w_end), = [(s, e) for name, s, e in segments if name == "pattern_weights"]
+        ((w_start, w_end),) = [(s, e) for name, s, e in segments if name == "pattern_weights"]
         out = flat_parameters(model)
         weights = torch.stack([p.params[w_start:w_end].to(out) for p in peers])  # (U, n_patterns)
         normalised = torch.zeros_like(weights)
@@ -282,8 +299,14 @@ class FMCSC:
         return out, {peer.client_id: float(normalised[i, own]) for i, peer in enumerate(peers)}
 
     # -- local round ---------------------------------------------------------------------------
-    def train_round(self, model: FMCSCModel, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
+    def train_round(
+        self,
+        model: FMCSCModel,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext | None = None,
+    ) -> dict[str, float]:
         context = context or RoundContext(1)
         own = self.pattern_of(data.modalities)
         model.train()
@@ -296,8 +319,9 @@ class FMCSC:
         model.zero_grad(set_to_none=True)
         return out
 
-    def _pretrain(self, model: FMCSCModel, optimizer: torch.optim.Optimizer, data: LocalData,
-                  generator: torch.Generator) -> dict[str, float]:
+    def _pretrain(
+        self, model: FMCSCModel, optimizer: torch.optim.Optimizer, data: LocalData, generator: torch.Generator
+    ) -> dict[str, float]:
         """main.py ``pretrain``: reconstruction of all V views (zero-filled ones included)."""
         losses, device = RoundLosses(), next(iter(data.views.values())).device
         xs = self._inputs(data, data.modalities)
@@ -321,8 +345,10 @@ class FMCSC:
             for idx in self._epoch(data.n_samples, generator, device):
                 x = [t[idx] for t in xs]
                 out = local(x)
-                terms = {"loss_feature": sum(nt_xent(rv, out.h, cfg.tau_f) for rv in out.r),
-                         "loss_r": reconstruction(x, out)}
+                terms = {
+                    "loss_feature": sum(nt_xent(rv, out.h, cfg.tau_f) for rv in out.r),
+                    "loss_r": reconstruction(x, out),
+                }
                 if cfg.constraint_weight > 0:
                     terms["loss_c"] = constraint_loss(out.h, local.projection, cfg.lambda_)
                 total = terms["loss_feature"] + terms["loss_r"] + cfg.constraint_weight * terms.get("loss_c", 0.0)
@@ -342,21 +368,26 @@ class FMCSC:
             for batches in epochs:
                 for idx in batches:
                     out = net([t[idx] for t in masked])
-                    terms = {"loss_r": reconstruction([t[idx] for t in xs], out), "loss_h": F.mse_loss(out.h, h_ref[idx])}
+                    terms = {
+                        "loss_r": reconstruction([t[idx] for t in xs], out),
+                        "loss_h": F.mse_loss(out.h, h_ref[idx]),
+                    }
                     distill.step(adam, terms["loss_r"] + terms["loss_h"], terms)
             if p == 0:
                 weight = sum(histogram_mutual_information(out.h, rv, cfg.mi_bins) for rv in out.r)
                 if cfg.carry_projection:
                     copy_network(net.projection, local.projection)
             else:
-                weight = (histogram_mutual_information(out.h, glob_h, cfg.mi_bins)
-                          - histogram_mutual_information(out.h, out.z[views[0]], cfg.mi_bins))
+                weight = histogram_mutual_information(out.h, glob_h, cfg.mi_bins) - histogram_mutual_information(
+                    out.h, out.z[views[0]], cfg.mi_bins
+                )
             model.pattern_weights[p] = weight
         result.update({f"distill_{k}": v for k, v in distill.means().items()})
         return self._with_weights(model, result)
 
-    def _single_round(self, model: FMCSCModel, data: LocalData, generator: torch.Generator, own: int,
-                      round_: int) -> dict[str, float]:
+    def _single_round(
+        self, model: FMCSCModel, data: LocalData, generator: torch.Generator, own: int, round_: int
+    ) -> dict[str, float]:
         cfg, device = self.cfg, next(iter(data.views.values())).device
         v = own - 1
         xs = self._inputs(data, data.modalities)
@@ -376,8 +407,9 @@ class FMCSC:
                 local.eval()
                 glob.eval()
                 out, glob_h = local(xs), glob(xs).h
-                model.pattern_weights[own] = (histogram_mutual_information(out.h, glob_h, cfg.mi_bins)
-                                              - histogram_mutual_information(out.h, out.z[v], cfg.mi_bins))
+                model.pattern_weights[own] = histogram_mutual_information(
+                    out.h, glob_h, cfg.mi_bins
+                ) - histogram_mutual_information(out.h, out.z[v], cfg.mi_bins)
                 copy_network(glob, local)
                 model.train()
         return self._with_weights(model, losses.means())

@@ -55,8 +55,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedsim.methods.base import (LocalData, PeerModel, RoundContext, RoundLosses, average_by_owners, flat_parameters,
-                                 minibatches)
+from fedsim.methods.base import (
+    LocalData,
+    PeerModel,
+    RoundContext,
+    RoundLosses,
+    average_by_owners,
+    flat_parameters,
+    minibatches,
+)
 
 
 class SupervisedConfig(BaseModel):
@@ -108,8 +115,13 @@ def mlp(widths: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-def attention_fusion(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, context: torch.Tensor,
-                     score_offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_fusion(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    context: torch.Tensor,
+    score_offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6: u_i = tanh(W h_i + b), a = softmax_i(u_i^T c), fused = sum_i a_i h_i.
 
     ``h`` is (n, E, d_f): E feature vectors (entries) per sample; ``weight`` (d_a, d_f), ``bias``
@@ -130,7 +142,7 @@ class AttentionFusion(nn.Module):
     def __init__(self, feature_dim: int, attention_dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(feature_dim, attention_dim)  # W, b
-        self.context = nn.Parameter(torch.randn(attention_dim) / attention_dim ** 0.5)  # c
+        self.context = nn.Parameter(torch.randn(attention_dim) / attention_dim**0.5)  # c
 
     def forward(self, h: torch.Tensor, score_offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return attention_fusion(h, self.proj.weight, self.proj.bias, self.context, score_offset)
@@ -139,8 +151,15 @@ class AttentionFusion(nn.Module):
 class MultimodalClassifier(nn.Module):
     """F = H(fusion(E_1(x_1), ..., E_M(x_M))) of Sec. 3, fusion = Eq. 6 over the entries."""
 
-    def __init__(self, view_dims: tuple[int, ...], hidden: list[int], feature_dim: int, attention_dim: int,
-                 head_hidden: int, n_classes: int) -> None:
+    def __init__(
+        self,
+        view_dims: tuple[int, ...],
+        hidden: list[int],
+        feature_dim: int,
+        attention_dim: int,
+        head_hidden: int,
+        n_classes: int,
+    ) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(mlp([dv, *hidden, feature_dim]) for dv in view_dims)
         self.fusion = AttentionFusion(feature_dim, attention_dim)
@@ -149,13 +168,17 @@ class MultimodalClassifier(nn.Module):
     def encode(self, modality: int, x: torch.Tensor) -> torch.Tensor:
         return self.encoders[modality](x)
 
-    def classify(self, entries: torch.Tensor, score_offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def classify(
+        self, entries: torch.Tensor, score_offset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, fused features) from the (n, E, d_f) entries."""
         fused, _ = self.fusion(entries, score_offset)
         return self.head(fused), fused
 
 
-def zero_filled_entries(model: MultimodalClassifier, views: dict[int, torch.Tensor], view_dims: tuple[int, ...]) -> torch.Tensor:
+def zero_filled_entries(
+    model: MultimodalClassifier, views: dict[int, torch.Tensor], view_dims: tuple[int, ...]
+) -> torch.Tensor:
     """(n, M, d_f): E_m(x_m) for a held modality, E_m(0) for a missing one (FedMultimodal)."""
     ref = next(iter(views.values()))
     feats = []
@@ -179,8 +202,16 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
 
 
-def fedadam_step(x_prev: torch.Tensor, average: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: float,
-                 beta1: float, beta2: float, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fedadam_step(
+    x_prev: torch.Tensor,
+    average: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reddi et al. 2021, Alg. 2 (FedAdam): returns (x_t, m_t, v_t)."""
     delta = average - x_prev
     m = beta1 * m + (1 - beta1) * delta
@@ -192,7 +223,7 @@ def encoder_modality(name: str, prefix: str = "encoders.") -> int | None:
     """The modality index of a parameter under ``<prefix><m>.``, else None."""
     if not name.startswith(prefix):
         return None
-    return int(name[len(prefix):].split(".", 1)[0])
+    return int(name[len(prefix) :].split(".", 1)[0])
 
 
 def make_local_optimizer(groups: list[dict], cfg: SupervisedConfig) -> torch.optim.Optimizer:
@@ -228,8 +259,9 @@ class FedAvg:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             c = self.cfg
-            return MultimodalClassifier(self.view_dims, list(c.hidden), c.feature_dim, c.attention_dim,
-                                        c.head_hidden, self.n_classes)
+            return MultimodalClassifier(
+                self.view_dims, list(c.hidden), c.feature_dim, c.attention_dim, c.head_hidden, self.n_classes
+            )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return make_local_optimizer([{"params": list(model.parameters())}], self.cfg)
@@ -240,7 +272,9 @@ class FedAvg:
         return (m,) if m is not None and self.cfg.encoder_aggregation == "holders" else ()
 
     @torch.no_grad()
-    def aggregate(self, model: nn.Module, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: nn.Module, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         return average_by_owners(model, peers, self.owners_of, self.cfg.weighting)
 
     # -- training ------------------------------------------------------------------------------
@@ -251,8 +285,14 @@ class FedAvg:
         """Terms added to L_task (FedProx's proximal term); none for FedAvg."""
         return {}
 
-    def train_round(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer, data: LocalData,
-                    generator: torch.Generator, context: RoundContext | None = None) -> dict[str, float]:
+    def train_round(
+        self,
+        model: MultimodalClassifier,
+        optimizer: torch.optim.Optimizer,
+        data: LocalData,
+        generator: torch.Generator,
+        context: RoundContext | None = None,
+    ) -> dict[str, float]:
         model.train()
         reset_optimizer(optimizer)
         anchor = [p.detach().clone() for p in model.parameters()]  # w^t, the aggregated start
@@ -311,7 +351,9 @@ class FedOpt(FedAvg):
         self.server_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x_{t-1}, m, v
 
     @torch.no_grad()
-    def aggregate(self, model: nn.Module, data: LocalData, peers: list[PeerModel]) -> tuple[torch.Tensor, dict[int, float]]:
+    def aggregate(
+        self, model: nn.Module, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         average, weights = average_by_owners(model, peers, self.owners_of, self.cfg.weighting)
         if self.server_state is None:
             # Round 1: the client holds the server-seeded initial model x_0 (every client the same).

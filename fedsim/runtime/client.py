@@ -50,7 +50,9 @@ class SimulatedClient:
 class ClientActor:
     """Plain class; ``cluster.py`` wraps it with ``ray.remote`` and its resource request."""
 
-    def __init__(self, config: dict[str, Any], client_ids: list[int], device: str = "cpu", run_tag: str = "fedsim") -> None:
+    def __init__(
+        self, config: dict[str, Any], client_ids: list[int], device: str = "cpu", run_tag: str = "fedsim"
+    ) -> None:
         from fedsim.runtime.telemetry import ClientTelemetry
 
         self.telemetry = ClientTelemetry(run_tag)
@@ -72,12 +74,19 @@ class ClientActor:
         self._seq: dict[int, int] = {}
         for cid in client_ids:
             spec = specs[cid]
-            views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])).to(self.device) for v in spec.views}
+            views = {
+                v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])).to(self.device)
+                for v in spec.views
+            }
             data = LocalData(cid, views, dataset.labels[spec.indices].copy(), spec.indices.copy())
             if spec.test_indices is not None:
-                test_views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.test_indices])).to(self.device)
-                              for v in spec.views}
-                data.test = LocalData(cid, test_views, dataset.labels[spec.test_indices].copy(), spec.test_indices.copy())
+                test_views = {
+                    v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.test_indices])).to(self.device)
+                    for v in spec.views
+                }
+                data.test = LocalData(
+                    cid, test_views, dataset.labels[spec.test_indices].copy(), spec.test_indices.copy()
+                )
             self.clients[cid] = self._fresh_client(cid, data)
             self._seq[cid] = 0
         del dataset  # other clients' samples are dropped here
@@ -129,9 +138,18 @@ class ClientActor:
 
     # -- one local round (AFMCC Alg. 2, or Alg. 1's pretraining when ``pretrain``) --------------
     @ray.method(num_returns=3)
-    def run_round(self, client_id: int, round_: int, snapshot: Snapshot, pretrain: bool, slowdown: float,
-                  state_seq: int, state: dict[str, Any] | None, *params: np.ndarray,
-                  noise_multiplier: float | None = None) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    def run_round(
+        self,
+        client_id: int,
+        round_: int,
+        snapshot: Snapshot,
+        pretrain: bool,
+        slowdown: float,
+        state_seq: int,
+        state: dict[str, Any] | None,
+        *params: np.ndarray,
+        noise_multiplier: float | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
         """One local round. ``params`` are the flat buffers of ``snapshot.round_inputs(client_id, pretrain)``:
         the caller passes their refs as top-level arguments, so Ray fetches them before the
         round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``.
@@ -158,9 +176,12 @@ class ClientActor:
         # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
         mechanism = self._mechanism(noise_multiplier)
         start_params = flat_parameters(client.model).cpu().numpy() if mechanism is not None else None
-        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart))
-        context = RoundContext(round_, "pretrain" if pretrain else "train",
-                               self.cfg.pretrain_rounds if pretrain else self.cfg.rounds)
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart)
+        )
+        context = RoundContext(
+            round_, "pretrain" if pretrain else "train", self.cfg.pretrain_rounds if pretrain else self.cfg.rounds
+        )
         losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
         trained_at = time.perf_counter()
         end_params = flat_parameters(client.model).cpu().numpy()
@@ -172,8 +193,11 @@ class ClientActor:
             # its index. Two releases sharing one noise vector would give away the difference of
             # their updates exactly. A re-run of a lost round draws the same noise, so it
             # releases the same vector again, which costs nothing.
-            seed = (derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart) if pretrain
-                    else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart))
+            seed = (
+                derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart)
+                if pretrain
+                else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart)
+            )
             end_params, info["privacy"] = mechanism.privatize(start_params, end_params, np.random.default_rng(seed))
             info["privacy"]["noise_multiplier"] = mechanism.noise_multiplier
             load_flat_parameters(client.model, torch.from_numpy(end_params))
@@ -183,10 +207,15 @@ class ClientActor:
         waited = compute * (slowdown - 1.0) if slowdown > 1.0 else 0.0
         if waited:
             time.sleep(waited)
-        info.update(compute_s=compute, waited_s=waited, upload_bytes=int(end_params.nbytes),
-                    # download_s: wrapping the already-fetched buffers (Ray fetched them before the call)
-                    download_s=downloaded - started, aggregate_s=aggregated_at - downloaded,
-                    train_s=trained_at - aggregated_at)
+        info.update(
+            compute_s=compute,
+            waited_s=waited,
+            upload_bytes=int(end_params.nbytes),
+            # download_s: wrapping the already-fetched buffers (Ray fetched them before the call)
+            download_s=downloaded - started,
+            aggregate_s=aggregated_at - downloaded,
+            train_s=trained_at - aggregated_at,
+        )
         self.telemetry.on_round(client_id, info)
         self._seq[client_id] = state_seq + 1
         return end_params, info, client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
@@ -205,8 +234,10 @@ class ClientActor:
         if len(entries) != len(arrays):
             raise ValueError(f"run_round got {len(arrays)} parameter buffers for {len(entries)} store entries")
         device = self.device
-        return [PeerModel(e.client_id, e.version, e.modalities, _as_tensor(a).to(device), e.n_samples)
-                for e, a in zip(entries, arrays)]
+        return [
+            PeerModel(e.client_id, e.version, e.modalities, _as_tensor(a).to(device), e.n_samples)
+            for e, a in zip(entries, arrays)
+        ]
 
     # -- evaluation (run on the parameter server's copy, so it is well defined mid-flight) ------
     # The evaluation calls take the client's flat buffer as a top-level argument (the caller passes
@@ -214,8 +245,13 @@ class ClientActor:
     # sets ``evaluates_aggregate`` (FMCSC: one global model per view pattern, aggregated from
     # everyone's uploads) is evaluated on what ``aggregate`` makes of every client's latest
     # upload: the caller then also passes the snapshot and all its buffers.
-    def _load_for_eval(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
-                       peer_params: tuple[np.ndarray, ...] = ()) -> tuple[SimulatedClient, torch.nn.Module]:
+    def _load_for_eval(
+        self,
+        client_id: int,
+        params: np.ndarray,
+        snapshot: Snapshot | None = None,
+        peer_params: tuple[np.ndarray, ...] = (),
+    ) -> tuple[SimulatedClient, torch.nn.Module]:
         torch.set_num_threads(self.cfg.runtime.torch_threads)  # per task thread, as in run_round
         client = self.clients[client_id]
         model = client.method.build_model(seed=0).to(self.device)
@@ -236,8 +272,17 @@ class ClientActor:
             )
         return values
 
-    def cluster(self, client_id: int, params: np.ndarray, centres: np.ndarray | None, n_clusters: int,
-                n_init: int, seed: int, snapshot: Snapshot | None = None, *peer_params: np.ndarray) -> dict[str, Any]:
+    def cluster(
+        self,
+        client_id: int,
+        params: np.ndarray,
+        centres: np.ndarray | None,
+        n_clusters: int,
+        n_init: int,
+        seed: int,
+        snapshot: Snapshot | None = None,
+        *peer_params: np.ndarray,
+    ) -> dict[str, Any]:
         """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
         or k-means initialised with the reference centres on any other client."""
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
@@ -249,15 +294,16 @@ class ClientActor:
             out["labels_pred"] = kmeans_from_centres(features, centres, seed=seed)
         return out
 
-    def embed(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
-              *peer_params: np.ndarray) -> dict[str, Any]:
+    def embed(
+        self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None, *peer_params: np.ndarray
+    ) -> dict[str, Any]:
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         features = self._finite(client_id, client.method.embed(model, client.data), "embeddings")
-        return {"features": features, "labels_true": client.data.labels,
-                "indices": client.data.indices}
+        return {"features": features, "labels_true": client.data.labels, "indices": client.data.indices}
 
-    def soft_assignments(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
-                         *peer_params: np.ndarray) -> dict[str, Any]:
+    def soft_assignments(
+        self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None, *peer_params: np.ndarray
+    ) -> dict[str, Any]:
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         p = client.method.soft_assignments(model, client.data)
         if p is None:
@@ -271,10 +317,15 @@ class ClientActor:
         test = client.data.test
         if test is None:
             raise ValueError("classification evaluation needs task=classification (a test split)")
-        return {"probabilities": client.method.predict(model, test), "labels_true": test.labels, "indices": test.indices}
+        return {
+            "probabilities": client.method.predict(model, test),
+            "labels_true": test.labels,
+            "indices": test.indices,
+        }
 
-    def final_extras(self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None,
-                     *peer_params: np.ndarray) -> dict[str, Any]:
+    def final_extras(
+        self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None, *peer_params: np.ndarray
+    ) -> dict[str, Any]:
         """The method's optional label-free selection loss and extra metrics on this client."""
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         out: dict[str, Any] = {"n_samples": client.data.n_samples, "metrics": {}}

@@ -55,19 +55,23 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
             raise RayStartError(
                 f"the Ray cluster at {named}='{shorten(address, 60)}' did not answer within {timeout:g} s "
                 f"(runtime.start_timeout_s); check that it runs (ray status) and is reachable, or unset {named} for "
-                "a local Ray") from None
+                "a local Ray"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             _shutdown_quietly()
             raise RayStartError(
                 f"cannot reach the Ray cluster at {named}='{shorten(address, 60)}' ({_first_line(exc)}); start it "
-                f"(ray start --head), fix {named}, or unset it for a local Ray") from None
+                f"(ray start --head), fix {named}, or unset it for a local Ray"
+            ) from None
     else:
         kwargs.update(include_dashboard=cfg.runtime.include_dashboard, dashboard_host=DASHBOARD_HOST)
         if cfg.runtime.include_dashboard:
             port = free_port(DASHBOARD_HOST, cfg.runtime.dashboard_port)
             if port != cfg.runtime.dashboard_port:
-                _warn(f"dashboard port {cfg.runtime.dashboard_port} is taken (another Ray's dashboard?); the Ray "
-                      f"dashboard uses port {port} instead (runtime.dashboard_port picks one)")
+                _warn(
+                    f"dashboard port {cfg.runtime.dashboard_port} is taken (another Ray's dashboard?); the Ray "
+                    f"dashboard uses port {port} instead (runtime.dashboard_port picks one)"
+                )
             kwargs["dashboard_port"] = port
         if cfg.runtime.num_cpus is not None:
             kwargs["num_cpus"] = cfg.runtime.num_cpus
@@ -85,11 +89,15 @@ def ensure_ray(cfg: ExperimentConfig) -> dict[str, Any]:
             if _port_clash(exc):
                 # taken between our probe and Ray's own check (a run starting beside this one)
                 kwargs["dashboard_port"] = free_port(DASHBOARD_HOST, 0)
-                _warn(f"dashboard port {cfg.runtime.dashboard_port} was taken while Ray started; the Ray dashboard "
-                      f"uses port {kwargs['dashboard_port']} instead")
+                _warn(
+                    f"dashboard port {cfg.runtime.dashboard_port} was taken while Ray started; the Ray dashboard "
+                    f"uses port {kwargs['dashboard_port']} instead"
+                )
             else:
-                _warn(f"the Ray dashboard did not start ({_first_line(exc)}); running without it "
-                      "(runtime.include_dashboard=false silences this)")
+                _warn(
+                    f"the Ray dashboard did not start ({_first_line(exc)}); running without it "
+                    "(runtime.include_dashboard=false silences this)"
+                )
                 kwargs["include_dashboard"] = False
                 kwargs.pop("dashboard_port")
             try:
@@ -135,8 +143,10 @@ def init_local_ray(**kwargs: Any) -> Any:
 
     node_ip = getattr(getattr(ray_worker, "_global_node", None), "node_ip_address", None)
     if node_ip is not None and node_ip not in (LOCALHOST, "localhost", "::1"):
-        _warn(f"Ray chose node address {node_ip} instead of 127.0.0.1: its servers listen on all interfaces "
-              "(guarded by its token authentication); see README, 'What listens where'")
+        _warn(
+            f"Ray chose node address {node_ip} instead of 127.0.0.1: its servers listen on all interfaces "
+            "(guarded by its token authentication); see README, 'What listens where'"
+        )
     return context
 
 
@@ -205,7 +215,8 @@ def _timeout_error(timeout_s: float, started: float) -> RayStartError:
         pass
     return RayStartError(
         f"Ray did not start within {timeout_s:g} s (runtime.start_timeout_s; a loaded machine?); free CPU and memory "
-        "or raise runtime.start_timeout_s, see /tmp/ray/session_latest/logs, or set RAY_ADDRESS to a running cluster")
+        "or raise runtime.start_timeout_s, see /tmp/ray/session_latest/logs, or set RAY_ADDRESS to a running cluster"
+    )
 
 
 def free_port(host: str, port: int) -> int:
@@ -244,7 +255,8 @@ def _dashboard_trouble(exc: BaseException) -> bool:
 def _start_error(exc: BaseException) -> RayStartError:
     return RayStartError(
         f"Ray did not start ({_first_line(exc)}); see /tmp/ray/session_latest/logs, check free memory and /tmp "
-        "space (df -h /tmp), or set RAY_ADDRESS to a running cluster")
+        "space (df -h /tmp), or set RAY_ADDRESS to a running cluster"
+    )
 
 
 def _shutdown_quietly() -> None:
@@ -271,9 +283,14 @@ class Placement:
         return "cuda" if self.num_gpus > 0 else "cpu"
 
 
-def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
-                   available_cpus: float | None = None, available_gpus: float | None = None,
-                   available_memory: int | None = None) -> Placement:
+def plan_placement(
+    cfg: ExperimentConfig,
+    param_bytes: int,
+    shard_bytes: int,
+    available_cpus: float | None = None,
+    available_gpus: float | None = None,
+    available_memory: int | None = None,
+) -> Placement:
     """Spread ``num_clients`` simulated clients over actors.
 
     Automatic (``runtime.clients_per_actor: null``): at most one actor per CPU (more actors than
@@ -293,8 +310,11 @@ def plan_placement(cfg: ExperimentConfig, param_bytes: int, shard_bytes: int,
     # is still missing the cluster's total is the figure left (os.cpu_count() is not: in a
     # container it can exceed what Ray was given, and actors asking for more than the cluster
     # has pend forever).
-    cpus = available_cpus if available_cpus is not None else (
-        resources.get("CPU") or total.get("CPU") or len(os.sched_getaffinity(0)))
+    cpus = (
+        available_cpus
+        if available_cpus is not None
+        else (resources.get("CPU") or total.get("CPU") or len(os.sched_getaffinity(0)))
+    )
     gpus = available_gpus if available_gpus is not None else (resources.get("GPU") or total.get("GPU", 0.0))
     memory = available_memory if available_memory is not None else psutil.virtual_memory().available
     if cfg.runtime.num_cpus is not None:
@@ -334,8 +354,9 @@ def _settled_availability(settle_s: float = 5.0) -> dict[str, float]:
     return resources
 
 
-def start_client_actors(cfg: ExperimentConfig, placement: Placement, run_tag: str,
-                        created: list[Any]) -> dict[int, Any]:
+def start_client_actors(
+    cfg: ExperimentConfig, placement: Placement, run_tag: str, created: list[Any]
+) -> dict[int, Any]:
     """Create the actors, appending each to ``created`` as soon as it exists (so the caller can
     stop them even if this is interrupted); returns the map client id -> hosting actor."""
     actors = created

@@ -19,11 +19,22 @@ from fedsim.data.partition import ClientSpec, partition, split_train_test
 
 
 def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[ClientSpec]]:
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.data_seed, synthetic=cfg.synthetic,
-                           preprocessing=cfg.preprocessing, n_clusters=cfg.n_clusters)
+    dataset = load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        seed=cfg.data_seed,
+        synthetic=cfg.synthetic,
+        preprocessing=cfg.preprocessing,
+        n_clusters=cfg.n_clusters,
+    )
     clients = partition(
-        dataset.labels, dataset.n_views, cfg.num_clients, cfg.client_ratio,
-        scheme=cfg.partition, dirichlet_alpha=cfg.dirichlet_alpha, seed=cfg.seed,
+        dataset.labels,
+        dataset.n_views,
+        cfg.num_clients,
+        cfg.client_ratio,
+        scheme=cfg.partition,
+        dirichlet_alpha=cfg.dirichlet_alpha,
+        seed=cfg.seed,
     )
     if cfg.samples_per_client is not None:
         # AFMCC Fig. 5a varies the samples per client: each client keeps a seeded random subset
@@ -31,7 +42,8 @@ def load_federation(cfg: ExperimentConfig) -> tuple[MultiViewDataset, list[Clien
         rng = np.random.default_rng([cfg.seed, 0x5A3])
         clients = [
             replace(c, indices=np.sort(rng.choice(c.indices, cfg.samples_per_client, replace=False)))
-            if c.indices.size > cfg.samples_per_client else c
+            if c.indices.size > cfg.samples_per_client
+            else c
             for c in clients
         ]
     if cfg.missing_rate:

@@ -29,10 +29,6 @@ import pandas as pd
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-# An actor that died (RayActorError) or is restarting / unreachable (ActorUnavailableError):
-# both mean "re-run this on the restarted actor".
-ACTOR_LOST = (RayActorError, ActorUnavailableError)
-
 from fedsim.config import ExperimentConfig
 from fedsim.errors import FedsimError
 from fedsim.evaluation import argmax_assignments, global_kmeans
@@ -44,6 +40,11 @@ from fedsim.runtime.server import ServerNeedsRefs, Snapshot, StoreEntry, UploadR
 
 if TYPE_CHECKING:
     from fedsim.privacy import PrivacyPlan
+
+# An actor that died (RayActorError) or is restarting / unreachable (ActorUnavailableError):
+# both mean "re-run this on the restarted actor".
+ACTOR_LOST = (RayActorError, ActorUnavailableError)
+
 
 class RestartWait:
     """How long to keep re-trying a call on a lost actor: up to a deadline
@@ -65,8 +66,9 @@ class RestartWait:
             raise TimeoutError(
                 f"{self.what} was lost and not back after {self.timeout_s:g} s (runtime.start_timeout_s; last "
                 f"error: {type(error).__name__}); see `ray status` and the actor's log under "
-                "/tmp/ray/session_latest/logs") from error
-        time.sleep(min(0.1 * 2.0 ** self.tries, 2.0, max(0.0, self.deadline - time.monotonic())))
+                "/tmp/ray/session_latest/logs"
+            ) from error
+        time.sleep(min(0.1 * 2.0**self.tries, 2.0, max(0.0, self.deadline - time.monotonic())))
         self.tries += 1
 
 
@@ -80,8 +82,10 @@ def _get(refs: Any, timeout_s: float, what: str) -> Any:
             raise exc.cause from None
         raise
     except GetTimeoutError as exc:
-        raise TimeoutError(f"{what} did not answer in {timeout_s:g} s (runtime.round_timeout_s); are the actors "
-                           "pending for lack of CPUs/GPUs? see `ray status`") from exc
+        raise TimeoutError(
+            f"{what} did not answer in {timeout_s:g} s (runtime.round_timeout_s); are the actors "
+            "pending for lack of CPUs/GPUs? see `ray status`"
+        ) from exc
 
 
 @dataclass
@@ -114,10 +118,19 @@ class FederationResult:
 
 
 class Federation:
-    def __init__(self, cfg: ExperimentConfig, server: Any, actor_of: dict[int, Any],
-                 clients: dict[int, dict[str, Any]], speeds: np.ndarray, n_clusters: int,
-                 callback: Callback, checkpoint_folder: str | None = None, resume: DriverState | None = None,
-                 privacy: PrivacyPlan | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        server: Any,
+        actor_of: dict[int, Any],
+        clients: dict[int, dict[str, Any]],
+        speeds: np.ndarray,
+        n_clusters: int,
+        callback: Callback,
+        checkpoint_folder: str | None = None,
+        resume: DriverState | None = None,
+        privacy: PrivacyPlan | None = None,
+    ) -> None:
         self.cfg = cfg
         self.server = server
         self.actor_of = actor_of
@@ -201,7 +214,9 @@ class Federation:
 
     def _readopt(self) -> None:
         try:
-            arrays = _get(self.server.restored_arrays.remote(), self.cfg.runtime.round_timeout_s, "the parameter server")
+            arrays = _get(
+                self.server.restored_arrays.remote(), self.cfg.runtime.round_timeout_s, "the parameter server"
+            )
             entries = [None if a is None else ray.put(a) for a in arrays["entries"]]
             states = [None if s is None else ray.put(s) for s in arrays["states"]]
             _get(self.server.adopt.remote([entries, states]), self.cfg.runtime.round_timeout_s, "the parameter server")
@@ -229,14 +244,21 @@ class Federation:
         seq, state = job.snapshot.states[job.client_id]
         sigma = self._privacy.noise_multipliers[job.client_id] if self._privacy is not None else None
         job.flat_ref, job.info_ref, job.state_ref = self.actor_of[job.client_id].run_round.remote(
-            job.client_id, job.round, job.snapshot, pretrain, slowdown, seq, state, *params, noise_multiplier=sigma)
+            job.client_id, job.round, job.snapshot, pretrain, slowdown, seq, state, *params, noise_multiplier=sigma
+        )
         job.attempts += 1
         return job
 
     def _launch(self, cid: int, phase: str, sim_start: float, snapshot: Snapshot | None = None) -> RoundJob:
         snap = snapshot if snapshot is not None else self._snapshot()
-        job = RoundJob(cid, self.rounds_done[cid] + 1 if phase == "train" else 0, phase, snap,
-                       sim_start, sim_start + self._duration(cid, phase))
+        job = RoundJob(
+            cid,
+            self.rounds_done[cid] + 1 if phase == "train" else 0,
+            phase,
+            snap,
+            sim_start,
+            sim_start + self._duration(cid, phase),
+        )
         return self._submit(job)
 
     def _resolve(self, job: RoundJob) -> dict[str, Any]:
@@ -252,20 +274,34 @@ class Federation:
             except ACTOR_LOST as exc:
                 if wait is None:
                     self.restarts += 1
-                    wait = RestartWait(self.cfg.runtime.start_timeout_s,
-                                       f"the actor of client {job.client_id} (round {job.round})")
+                    wait = RestartWait(
+                        self.cfg.runtime.start_timeout_s, f"the actor of client {job.client_id} (round {job.round})"
+                    )
                 wait.pause(exc)
                 self._submit(job)
             except GetTimeoutError as exc:
                 raise TimeoutError(
                     f"client {job.client_id} round {job.round} did not finish in "
                     f"{self.cfg.runtime.round_timeout_s} s (runtime.round_timeout_s); are the actors "
-                    f"pending for lack of CPUs/GPUs? see `ray status`") from exc
+                    f"pending for lack of CPUs/GPUs? see `ray status`"
+                ) from exc
 
     def _commit(self, job: RoundJob, info: dict[str, Any]) -> UploadRecord:
-        record: UploadRecord = self._server(lambda: self.server.commit.remote(
-            self.total_uploads, job.client_id, [job.flat_ref, job.state_ref], job.round, job.phase, job.snapshot,
-            job.sim_start, job.sim_end, info["upload_bytes"], info, self._pins(job)))
+        record: UploadRecord = self._server(
+            lambda: self.server.commit.remote(
+                self.total_uploads,
+                job.client_id,
+                [job.flat_ref, job.state_ref],
+                job.round,
+                job.phase,
+                job.snapshot,
+                job.sim_start,
+                job.sim_end,
+                info["upload_bytes"],
+                info,
+                self._pins(job),
+            )
+        )
         self.total_uploads += 1
         self.sim_time = max(self.sim_time, job.sim_end)
         if job.phase == "train":
@@ -288,11 +324,24 @@ class Federation:
     def _save_driver(self) -> None:
         if self._checkpoint_folder is None:
             return
-        inflight = [InFlight(j.client_id, j.round, j.phase, j.sim_start, j.sim_end, j.snapshot.versions(),
-                             j.snapshot.commits) for j in self._inflight.values()]
-        save_driver_state(self._checkpoint_folder, DriverState(
-            self.total_uploads, self.train_uploads, list(self.rounds_done), self.sim_time, list(self.history),
-            dict(self._latest), inflight, self.restarts, self.server_restarts))
+        inflight = [
+            InFlight(j.client_id, j.round, j.phase, j.sim_start, j.sim_end, j.snapshot.versions(), j.snapshot.commits)
+            for j in self._inflight.values()
+        ]
+        save_driver_state(
+            self._checkpoint_folder,
+            DriverState(
+                self.total_uploads,
+                self.train_uploads,
+                list(self.rounds_done),
+                self.sim_time,
+                list(self.history),
+                dict(self._latest),
+                inflight,
+                self.restarts,
+                self.server_restarts,
+            ),
+        )
 
     def _restore(self, state: DriverState) -> list[RoundJob]:
         """A resumed run: the driver's counters, and its rounds in flight rebuilt on the inputs
@@ -305,8 +354,10 @@ class Federation:
         replay: dict[str, Any] | None = None
         if commits > state.total_uploads:
             if commits > state.total_uploads + 1:
-                raise RuntimeError(f"the server holds {commits} commits, the driver's checkpoint {state.total_uploads}; "
-                                   "more than one apart, so the checkpoint cannot be resumed")
+                raise RuntimeError(
+                    f"the server holds {commits} commits, the driver's checkpoint {state.total_uploads}; "
+                    "more than one apart, so the checkpoint cannot be resumed"
+                )
             replay = self._server(lambda: self.server.upload_log.remote())[state.total_uploads]
         current = self._snapshot()
         pairs = sorted({(c, v) for f in state.inflight for c, v in enumerate(f.versions)})
@@ -314,11 +365,18 @@ class Federation:
         refs = {pair: ray.put(a) for pair, a in zip(pairs, arrays)}
         jobs = []
         for f in state.inflight:
-            entries = tuple(StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples)
-                            for c, v in enumerate(f.versions))
-            job = RoundJob(f.client_id, f.round, f.phase, Snapshot(entries, f.commits, current.states),
-                           f.sim_start, f.sim_end)
-            if replay is not None and (replay["client_id"], replay["round"], replay["phase"]) == (f.client_id, f.round, f.phase):
+            entries = tuple(
+                StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples)
+                for c, v in enumerate(f.versions)
+            )
+            job = RoundJob(
+                f.client_id, f.round, f.phase, Snapshot(entries, f.commits, current.states), f.sim_start, f.sim_end
+            )
+            if replay is not None and (replay["client_id"], replay["round"], replay["phase"]) == (
+                f.client_id,
+                f.round,
+                f.phase,
+            ):
                 job.replayed = replay
             else:
                 self._submit(job)
@@ -332,9 +390,17 @@ class Federation:
             ray.kill(self.actor_of[fault.kill_client], no_restart=False)
 
     def progress(self) -> Progress:
-        return Progress(self.cfg.mode, list(self.rounds_done), self.train_uploads, self._expected_uploads(),
-                        self.sim_time, time.perf_counter() - self._wall_start, dict(self._latest),
-                        self._phase, self._pretrain_rounds)
+        return Progress(
+            self.cfg.mode,
+            list(self.rounds_done),
+            self.train_uploads,
+            self._expected_uploads(),
+            self.sim_time,
+            time.perf_counter() - self._wall_start,
+            dict(self._latest),
+            self._phase,
+            self._pretrain_rounds,
+        )
 
     # -- phases -----------------------------------------------------------------------------------
     def pretrain(self, rounds: int) -> None:
@@ -347,7 +413,9 @@ class Federation:
         if self.cfg.pretrain.schedule == "chain" and rounds:
             chain = list(range(self.u))
         # resolved here and put by the driver: the driver owns every buffer the server stores
-        init = ray.put(self._with_retry(lambda: self._eval_get(self.actor_of[chain[0]].initial_parameters.remote(chain[0]))))
+        init = ray.put(
+            self._with_retry(lambda: self._eval_get(self.actor_of[chain[0]].initial_parameters.remote(chain[0])))
+        )
         self._seed_all(init)
         t = 0.0
         self._phase = "pretrain"
@@ -374,10 +442,17 @@ class Federation:
         final = self.evaluate(final=True)
         log = pd.DataFrame(self._server(lambda: self.server.upload_log.remote()))
         return FederationResult(
-            metrics=final.metrics, history=self.history, upload_log=log, assignments=self._assignments,
-            rounds_done=list(self.rounds_done), sim_time=self.sim_time,
-            wall_time=time.perf_counter() - self._wall_start, restarts=self.restarts,
-            server_restarts=self.server_restarts, privacy_capped=sorted(self._capped))
+            metrics=final.metrics,
+            history=self.history,
+            upload_log=log,
+            assignments=self._assignments,
+            rounds_done=list(self.rounds_done),
+            sim_time=self.sim_time,
+            wall_time=time.perf_counter() - self._wall_start,
+            restarts=self.restarts,
+            server_restarts=self.server_restarts,
+            privacy_capped=sorted(self._capped),
+        )
 
     def _run_sync(self) -> None:
         t = self.sim_time
@@ -478,37 +553,64 @@ class Federation:
         refs = {c: snapshot.entry(c).ref for c in range(self.u)}  # top-level: Ray passes each array
         # Methods evaluated on their aggregate (FMCSC's per-pattern global models) also get every
         # client's latest upload, as top-level refs like a round's.
-        agg: tuple[Any, ...] = ((snapshot, *refs.values()) if self.clients[0].get("evaluates_aggregate") else ())
+        agg: tuple[Any, ...] = (snapshot, *refs.values()) if self.clients[0].get("evaluates_aggregate") else ()
         if cfg.task == "classification":
-            parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)]))
+            parts = self._with_retry(
+                lambda: self._eval_get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)])
+            )
             true = np.concatenate([p["labels_true"] for p in parts])
             pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
             metrics = classification_metrics(true, pred)
         else:
             if cfg.evaluation == "fmcsc":
+
                 def run() -> list[dict[str, Any]]:
-                    first = self._eval_get(self.actor_of[0].cluster.remote(0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg))
-                    rest = self._eval_get([self.actor_of[c].cluster.remote(c, refs[c], first["centres"], self.n_clusters,
-                                                                      cfg.kmeans_n_init, cfg.seed, *agg) for c in range(1, self.u)])
+                    first = self._eval_get(
+                        self.actor_of[0].cluster.remote(
+                            0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg
+                        )
+                    )
+                    rest = self._eval_get(
+                        [
+                            self.actor_of[c].cluster.remote(
+                                c, refs[c], first["centres"], self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg
+                            )
+                            for c in range(1, self.u)
+                        ]
+                    )
                     return [first, *rest]
+
                 parts = self._with_retry(run)
                 pred = np.concatenate([p["labels_pred"] for p in parts])
             elif cfg.evaluation == "global_kmeans":
-                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].embed.remote(c, refs[c], *agg) for c in range(self.u)]))
-                pred = global_kmeans(np.concatenate([p["features"] for p in parts]), self.n_clusters, seed=cfg.seed,
-                                     n_init=cfg.kmeans_n_init)
+                parts = self._with_retry(
+                    lambda: self._eval_get([self.actor_of[c].embed.remote(c, refs[c], *agg) for c in range(self.u)])
+                )
+                pred = global_kmeans(
+                    np.concatenate([p["features"] for p in parts]),
+                    self.n_clusters,
+                    seed=cfg.seed,
+                    n_init=cfg.kmeans_n_init,
+                )
             else:
-                parts = self._with_retry(lambda: self._eval_get([self.actor_of[c].soft_assignments.remote(c, refs[c], *agg) for c in range(self.u)]))
+                parts = self._with_retry(
+                    lambda: self._eval_get(
+                        [self.actor_of[c].soft_assignments.remote(c, refs[c], *agg) for c in range(self.u)]
+                    )
+                )
                 pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
             true = np.concatenate([p["labels_true"] for p in parts])
             metrics = clustering_metrics(true, pred)
             # Diagnostic: each client's own ACC. A high mean with a low global ACC means the clients'
             # cluster ids disagree (their models embed differently), not that the features are poor.
             sizes = np.cumsum([0] + [len(p["labels_true"]) for p in parts])
-            metrics["client_acc_mean"] = float(np.mean([
-                cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]))
+            metrics["client_acc_mean"] = float(
+                np.mean([cluster_accuracy(true[a:b], pred[a:b]) for a, b in zip(sizes[:-1], sizes[1:])])
+            )
         if final and self._has_extras:
-            extras = self._with_retry(lambda: self._eval_get([self.actor_of[c].final_extras.remote(c, refs[c], *agg) for c in range(self.u)]))
+            extras = self._with_retry(
+                lambda: self._eval_get([self.actor_of[c].final_extras.remote(c, refs[c], *agg) for c in range(self.u)])
+            )
             weights = np.array([e["n_samples"] for e in extras], dtype=float)
             for key in sorted({k for e in extras for k in e["metrics"]}):
                 values = np.array([e["metrics"].get(key, np.nan) for e in extras])
@@ -516,16 +618,26 @@ class Federation:
                 if ok.any():
                     metrics[key] = float(np.average(values[ok], weights=weights[ok]))
         self._latest = metrics
-        self._assignments = pd.DataFrame({
-            "client_id": np.concatenate([np.full(len(p["labels_true"]), c) for c, p in enumerate(parts)]),
-            "sample_index": np.concatenate([p["indices"] for p in parts]),
-            "label_true": true, "label_pred": pred,
-        })
-        record = EvaluationRecord(step=len(self.history), uploads=self.train_uploads, sim_time=self.sim_time,
-                                  wall_time=time.perf_counter() - self._wall_start, metrics=metrics, final=final,
-                                  duration_s=time.perf_counter() - began)
+        self._assignments = pd.DataFrame(
+            {
+                "client_id": np.concatenate([np.full(len(p["labels_true"]), c) for c, p in enumerate(parts)]),
+                "sample_index": np.concatenate([p["indices"] for p in parts]),
+                "label_true": true,
+                "label_pred": pred,
+            }
+        )
+        record = EvaluationRecord(
+            step=len(self.history),
+            uploads=self.train_uploads,
+            sim_time=self.sim_time,
+            wall_time=time.perf_counter() - self._wall_start,
+            metrics=metrics,
+            final=final,
+            duration_s=time.perf_counter() - began,
+        )
         self.history.append(record)
-        self.server.record_evaluation.remote({k: metrics[k] for k in ("acc", "nmi", "ari", "purity", "accuracy",
-                                                                      "macro_f1", "uar") if k in metrics})
+        self.server.record_evaluation.remote(
+            {k: metrics[k] for k in ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar") if k in metrics}
+        )
         self.callback.on_evaluation(record, self.progress())
         return record

@@ -90,8 +90,13 @@ class ParameterServer:
     from it. A commit carries the driver's count of earlier commits, so one retried after a
     lost answer is applied once."""
 
-    def __init__(self, modalities: list[tuple[int, ...]], run_tag: str = "fedsim",
-                 n_samples: list[int] | None = None, checkpoint_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        modalities: list[tuple[int, ...]],
+        run_tag: str = "fedsim",
+        n_samples: list[int] | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
         from fedsim.runtime.checkpoint import ServerCheckpoint
         from fedsim.runtime.telemetry import ServerTelemetry
 
@@ -129,8 +134,10 @@ class ParameterServer:
 
     def _ready(self) -> None:
         if self._lost:
-            raise ServerLost("the parameter server was restarted and has no checkpoint (runtime.checkpoint_dir is "
-                             "null); set runtime.checkpoint_dir to survive a server restart")
+            raise ServerLost(
+                "the parameter server was restarted and has no checkpoint (runtime.checkpoint_dir is "
+                "null); set runtime.checkpoint_dir to survive a server restart"
+            )
         if self._restored is not None:
             raise ServerNeedsRefs("restored from the checkpoint; the driver must adopt its arrays first")
 
@@ -139,8 +146,10 @@ class ParameterServer:
         """The checkpoint's latest parameters (None: not seeded) and client states, per client."""
         assert self._ckpt is not None and self._restored is not None
         ckpt = self._ckpt
-        return {"entries": [ckpt.load_array(n) if n else None for n in self._entry_files],
-                "states": [ckpt.load_object(n) if n else None for n in self._state_files]}
+        return {
+            "entries": [ckpt.load_array(n) if n else None for n in self._entry_files],
+            "states": [ckpt.load_object(n) if n else None for n in self._state_files],
+        }
 
     def version_arrays(self, pairs: list[tuple[int, int]]) -> list[Any]:
         """The stored parameters of the given (client, version) pairs (rounds in flight read them)."""
@@ -153,8 +162,9 @@ class ParameterServer:
         entry_refs, state_refs = wrapped_refs
         meta = self._restored
         for c, (version, ref) in enumerate(zip(meta["versions"], entry_refs)):
-            self._entries[c] = None if ref is None else StoreEntry(c, version, self._modalities[c], ref,
-                                                                  self._n_samples[c])
+            self._entries[c] = (
+                None if ref is None else StoreEntry(c, version, self._modalities[c], ref, self._n_samples[c])
+            )
         self._states = [(seq, ref) for seq, ref in zip(meta["seqs"], state_refs)]
         self._restored = None
 
@@ -163,14 +173,19 @@ class ParameterServer:
             return
         keep = {(e.client_id, e.version) for e in self._entries if e is not None} | {tuple(p) for p in pins or ()}
         self._version_files = {k: v for k, v in self._version_files.items() if k in keep}
-        self._ckpt.write_meta({
-            "version_files": self._version_files,
-            "commits": self._commits, "start": self._start, "log_bytes": self._log_bytes,
-            "versions": [e.version if e is not None else 0 for e in self._entries],
-            "seqs": [seq for seq, _ in self._states],
-            "entry_files": self._entry_files, "state_files": self._state_files,
-            "files": [*self._entry_files, *self._state_files, *self._version_files.values()],
-        })
+        self._ckpt.write_meta(
+            {
+                "version_files": self._version_files,
+                "commits": self._commits,
+                "start": self._start,
+                "log_bytes": self._log_bytes,
+                "versions": [e.version if e is not None else 0 for e in self._entries],
+                "seqs": [seq for seq, _ in self._states],
+                "entry_files": self._entry_files,
+                "state_files": self._state_files,
+                "files": [*self._entry_files, *self._state_files, *self._version_files.values()],
+            }
+        )
 
     # -- the store ------------------------------------------------------------------------------
     def seed_all(self, wrapped_ref: list[Any]) -> None:
@@ -191,9 +206,20 @@ class ParameterServer:
             raise RuntimeError("parameter server not seeded yet")
         return Snapshot(tuple(self._entries), self._commits, tuple(self._states))  # type: ignore[arg-type]
 
-    def commit(self, seq: int, client_id: int, wrapped_ref: list[Any], round_: int, phase: str, read: Snapshot,
-               sim_start: float, sim_end: float, upload_bytes: int, info: dict[str, Any],
-               pins: list[tuple[int, int]] | None = None) -> UploadRecord:
+    def commit(
+        self,
+        seq: int,
+        client_id: int,
+        wrapped_ref: list[Any],
+        round_: int,
+        phase: str,
+        read: Snapshot,
+        sim_start: float,
+        sim_end: float,
+        upload_bytes: int,
+        info: dict[str, Any],
+        pins: list[tuple[int, int]] | None = None,
+    ) -> UploadRecord:
         """Store an upload, the ``seq``-th commit (0-based, the driver's count). ``wrapped_ref``:
         [the flat parameters' ref, the client's state's ref] (wrapped in a list so Ray passes the
         refs, not the values); the state is kept beside the upload so a restarted client actor
@@ -214,13 +240,21 @@ class ParameterServer:
             self._entry_files[client_id], self._state_files[client_id] = entry_name, state_name
             self._version_files[(client_id, version)] = entry_name
         self._states[client_id] = (seq_c, state_ref)
-        self._entries[client_id] = StoreEntry(client_id, version, self._modalities[client_id], ref,
-                                               self._n_samples[client_id])
+        self._entries[client_id] = StoreEntry(
+            client_id, version, self._modalities[client_id], ref, self._n_samples[client_id]
+        )
         record = UploadRecord(
-            client_id=client_id, round=round_, phase=phase, versions_read=read.versions(),
-            version_written=version, sim_start=sim_start, sim_end=sim_end,
-            staleness=self._commits - read.commits, wall_time=time.time() - self._start,
-            upload_bytes=upload_bytes, info=info,
+            client_id=client_id,
+            round=round_,
+            phase=phase,
+            versions_read=read.versions(),
+            version_written=version,
+            sim_start=sim_start,
+            sim_end=sim_end,
+            staleness=self._commits - read.commits,
+            wall_time=time.time() - self._start,
+            upload_bytes=upload_bytes,
+            info=info,
         )
         self._commits += 1
         self._log.append(record)
@@ -241,11 +275,23 @@ class ParameterServer:
         return self._commits
 
 
-def make_server(modalities: list[tuple[int, ...]], run_tag: str, n_samples: list[int] | None = None,
-                restart: int = 0, checkpoint_dir: str | None = None, max_restarts: int = 0) -> Any:
+def make_server(
+    modalities: list[tuple[int, ...]],
+    run_tag: str,
+    n_samples: list[int] | None = None,
+    restart: int = 0,
+    checkpoint_dir: str | None = None,
+    max_restarts: int = 0,
+) -> Any:
     # num_cpus=0: the server only moves references; it must never starve the clients of CPUs.
     from fedsim.runtime.names import server_actor_name
 
-    return ray.remote(num_cpus=0)(ParameterServer).options(
-        name=server_actor_name(run_tag, restart), max_restarts=max_restarts, max_task_retries=0,
-    ).remote(modalities, run_tag, n_samples, checkpoint_dir)
+    return (
+        ray.remote(num_cpus=0)(ParameterServer)
+        .options(
+            name=server_actor_name(run_tag, restart),
+            max_restarts=max_restarts,
+            max_task_retries=0,
+        )
+        .remote(modalities, run_tag, n_samples, checkpoint_dir)
+    )

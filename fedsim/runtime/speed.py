@@ -28,8 +28,9 @@ def _numbers(spec: str, parts: list[str]) -> list[float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"speed_profile '{shorten(spec, 60)}': expected numbers after the profile name; "
-                          f"use {_EXAMPLES}") from None
+        raise ConfigError(
+            f"speed_profile '{shorten(spec, 60)}': expected numbers after the profile name; use {_EXAMPLES}"
+        ) from None
     if not all(np.isfinite(values)):
         raise ConfigError(f"speed_profile '{shorten(spec, 60)}': every number must be finite; use {_EXAMPLES}")
     return values
@@ -47,13 +48,17 @@ def speed_multipliers(spec: str, num_clients: int, seed: int) -> np.ndarray:
     elif name == "list":
         speeds = np.array(_numbers(spec, args))
         if speeds.size != num_clients:
-            raise ConfigError(f"speed_profile '{shorten(spec, 60)}' lists {speeds.size} speeds for {num_clients} clients; "
-                              "give one per client")
+            raise ConfigError(
+                f"speed_profile '{shorten(spec, 60)}' lists {speeds.size} speeds for {num_clients} clients; "
+                "give one per client"
+            )
     elif name == "lognormal" and len(args) == 1:
         (sigma,) = _numbers(spec, args)
         if not 0 <= sigma <= MAX_LOGNORMAL_SIGMA:
-            raise ConfigError(f"speed_profile '{shorten(spec, 60)}': need 0 <= SIGMA <= {MAX_LOGNORMAL_SIGMA:g} "
-                              f"(exp(N(0, SIGMA^2)) spans ~e^(3 SIGMA) either way), e.g. lognormal:0.5")
+            raise ConfigError(
+                f"speed_profile '{shorten(spec, 60)}': need 0 <= SIGMA <= {MAX_LOGNORMAL_SIGMA:g} "
+                f"(exp(N(0, SIGMA^2)) spans ~e^(3 SIGMA) either way), e.g. lognormal:0.5"
+            )
         speeds = np.exp(rng.normal(0.0, sigma, num_clients))
     elif name == "uniform_random" and len(args) == 2:
         lo, hi = _numbers(spec, args)
@@ -64,6 +69,8 @@ def speed_multipliers(spec: str, num_clients: int, seed: int) -> np.ndarray:
         raise ConfigError(f"unknown speed_profile '{shorten(spec, 60)}'; use {_EXAMPLES}")
     if not np.all((speeds >= MIN_SPEED) & (speeds <= MAX_SPEED)):  # NaN fails too
         bad = float(speeds[~((speeds >= MIN_SPEED) & (speeds <= MAX_SPEED))][0])
-        raise ConfigError(f"speed_profile '{shorten(spec, 60)}' gives a speed multiplier of {bad:.3g}; every one must "
-                          f"be between {MIN_SPEED:g} and {MAX_SPEED:g}")
+        raise ConfigError(
+            f"speed_profile '{shorten(spec, 60)}' gives a speed multiplier of {bad:.3g}; every one must "
+            f"be between {MIN_SPEED:g} and {MAX_SPEED:g}"
+        )
     return speeds

@@ -22,18 +22,25 @@ ROUND_SECONDS_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 class ServerTelemetry:
     def __init__(self, run: str) -> None:
         self.tags = {"run": run}
-        self.rounds = metrics.Counter("fedsim_rounds_completed", "Local rounds committed to the parameter server",
-                                      tag_keys=("run", "client"))
-        self.upload_bytes = metrics.Counter("fedsim_upload_bytes", "Bytes of parameters uploaded",
-                                            tag_keys=("run", "client"))
-        self.staleness = metrics.Histogram("fedsim_staleness", "Uploads committed by others during a round",
-                                           boundaries=STALENESS_BOUNDARIES, tag_keys=("run",))
-        self.last_staleness = metrics.Gauge("fedsim_last_staleness", "Staleness of each client's latest upload",
-                                            tag_keys=("run", "client"))
-        self.sim_time = metrics.Gauge("fedsim_simulated_time", "Simulated time of the latest commit",
-                                      tag_keys=("run",))
-        self.score = metrics.Gauge("fedsim_eval_metric", "Latest evaluation (acc, nmi, ari, purity)",
-                                   tag_keys=("run", "metric"))
+        self.rounds = metrics.Counter(
+            "fedsim_rounds_completed", "Local rounds committed to the parameter server", tag_keys=("run", "client")
+        )
+        self.upload_bytes = metrics.Counter(
+            "fedsim_upload_bytes", "Bytes of parameters uploaded", tag_keys=("run", "client")
+        )
+        self.staleness = metrics.Histogram(
+            "fedsim_staleness",
+            "Uploads committed by others during a round",
+            boundaries=STALENESS_BOUNDARIES,
+            tag_keys=("run",),
+        )
+        self.last_staleness = metrics.Gauge(
+            "fedsim_last_staleness", "Staleness of each client's latest upload", tag_keys=("run", "client")
+        )
+        self.sim_time = metrics.Gauge("fedsim_simulated_time", "Simulated time of the latest commit", tag_keys=("run",))
+        self.score = metrics.Gauge(
+            "fedsim_eval_metric", "Latest evaluation (acc, nmi, ari, purity)", tag_keys=("run", "metric")
+        )
 
     def on_commit(self, client_id: int, staleness: int, upload_bytes: int, sim_end: float, phase: str) -> None:
         client = {**self.tags, "client": str(client_id)}
@@ -52,10 +59,17 @@ class ServerTelemetry:
 class ClientTelemetry:
     def __init__(self, run: str) -> None:
         self.run = run
-        self.weight = metrics.Gauge("fedsim_aggregation_weight", "Eq. 6 weight a client gave each downloaded model",
-                                    tag_keys=("run", "client", "peer"))
-        self.round_seconds = metrics.Histogram("fedsim_round_seconds", "Compute seconds of a local round",
-                                               boundaries=ROUND_SECONDS_BOUNDARIES, tag_keys=("run",))
+        self.weight = metrics.Gauge(
+            "fedsim_aggregation_weight",
+            "Eq. 6 weight a client gave each downloaded model",
+            tag_keys=("run", "client", "peer"),
+        )
+        self.round_seconds = metrics.Histogram(
+            "fedsim_round_seconds",
+            "Compute seconds of a local round",
+            boundaries=ROUND_SECONDS_BOUNDARIES,
+            tag_keys=("run",),
+        )
 
     def on_round(self, client_id: int, info: dict[str, Any]) -> None:
         for peer, w in info.get("aggregation_weights", {}).items():
