@@ -343,13 +343,14 @@ def _natural(text: str) -> list[Any]:
 
 
 def _csv_has_header(path: Path) -> bool:
-    """A first line with a non-numeric field is a header, and so is ``0,1,...,m-1``: the column
-    names pandas writes for an unnamed frame (``to_csv(index=False)``), which would otherwise
-    become a row of data."""
+    """A first line with a non-numeric field is a header, and so is ``0,1,...,m-1`` with m >= 2
+    columns: the column names pandas writes for an unnamed frame (``to_csv(index=False)``), which
+    would otherwise become a row of data. (A one-column file starting with ``0`` is a labels file
+    whose first label is 0, not a header.)"""
     with path.open("r", newline="") as handle:
         first = handle.readline()
     fields = [text.strip() for text in first.strip().split(",")]
-    if fields == [str(i) for i in range(len(fields))]:
+    if len(fields) >= 2 and fields == [str(i) for i in range(len(fields))]:
         return True
     for field_text in fields:
         try:
