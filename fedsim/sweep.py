@@ -575,13 +575,15 @@ def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame)
     reached it; "not reached" where none did). ``target_acc``: the reference runs' mean ACC."""
     ref_key, ref_value = next(iter(spec.time_to_reach["reference"].items()))
     col = spec.columns
+    if "seed" not in frame.columns:
+        frame = frame.assign(seed=0)
     times, targets = [], []
     for _, row in table.iterrows():
         same = frame
         for k in spec.rows:
             same = same[same[k] == row[k]]
         ref = same[same[ref_key] == ref_value]
-        ref_acc = {seed: float(acc) for seed, acc in zip(ref["seed"], ref["acc"])} if "seed" in ref else {}
+        ref_acc = {seed: float(acc) for seed, acc in zip(ref["seed"], ref["acc"])}
         targets.append(100 * float(ref["acc"].mean()) if len(ref) else float("nan"))
         mine = same[same[col] == row[col]] if col else same
         reach = []

@@ -43,6 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.methods.base import (
+    LocalData,
+    PeerModel,
+    RoundContext,
+    RoundLosses,
+    average_by_owners,
+    flat_parameters,
+    load_flat_parameters,
+)
+
 MI_EPS = sys.float_info.epsilon  # the code's EPS (float64 eps, whatever the working precision)
 SIGMA_FLOOR = 1e-7
 
@@ -235,8 +245,6 @@ class BestCheckpoint:
     def track(self, model: nn.Module, score: float, round_: int, total_rounds: int) -> dict[str, float]:
         """Offer this epoch (a new run starts at round 1); after the last round, load the best
         epoch's parameters into ``model`` (what the client then uploads and is evaluated on)."""
-        from fedsim.methods.base import flat_parameters, load_flat_parameters
-
         if round_ <= 1:
             self.score, self.round, self.params = float("inf"), 0, None
         self.offer(score, round_, flat_parameters(model))
@@ -363,9 +371,9 @@ class IBMethod:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
 
     @torch.no_grad()
-    def aggregate(self, model: IBNetwork, data: Any, peers: list[Any]) -> tuple[torch.Tensor, dict[int, float]]:
-        from fedsim.methods.base import average_by_owners
-
+    def aggregate(
+        self, model: IBNetwork, data: LocalData, peers: list[PeerModel]
+    ) -> tuple[torch.Tensor, dict[int, float]]:
         return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
 
     # -- one round = one epoch --------------------------------------------------------------------
@@ -377,7 +385,7 @@ class IBMethod:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def prepare_round(self, model: IBNetwork, data: Any, generator: torch.Generator) -> dict[str, float]:
+    def prepare_round(self, model: IBNetwork, data: LocalData, generator: torch.Generator) -> dict[str, float]:
         """Before the epoch's batches (after the learning rate is set); returns metrics for the
         round. Nothing by default."""
         return {}
@@ -386,12 +394,10 @@ class IBMethod:
         self,
         model: IBNetwork,
         optimizer: torch.optim.Optimizer,
-        data: Any,
+        data: LocalData,
         generator: torch.Generator,
-        context: Any = None,
+        context: RoundContext | None = None,
     ) -> dict[str, float]:
-        from fedsim.methods.base import RoundContext, RoundLosses
-
         context = context or RoundContext(1)
         cfg = self.cfg
         set_learning_rate(optimizer, step_lr(cfg.lr, context.round, cfg.setting("lr_step"), cfg.lr_gamma))
@@ -411,20 +417,20 @@ class IBMethod:
         return out
 
     # -- evaluation -------------------------------------------------------------------------------
-    def embed(self, model: IBNetwork, data: Any) -> np.ndarray:
+    def embed(self, model: IBNetwork, data: LocalData) -> np.ndarray:
         """H_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
         return shard_output(model, data.views, "h_fused")
 
-    def soft_assignments(self, model: IBNetwork, data: Any) -> np.ndarray:
+    def soft_assignments(self, model: IBNetwork, data: LocalData) -> np.ndarray:
         """Y_F on the deterministic outputs, BatchNorm with the statistics of the whole shard."""
         return shard_output(model, data.views, "y_fused")
 
-    def selection_loss(self, model: IBNetwork, data: Any) -> float:
+    def selection_loss(self, model: IBNetwork, data: LocalData) -> float:
         """DDC1 of Y_F over batches of ``batch_size`` in a fixed (seed 0) order."""
         batches = self.batches(data.n_samples, torch.Generator().manual_seed(0))
         return ddc1_score(model, data.views, batches, self.cfg.ddc_relative_sigma)
 
     @torch.no_grad()
-    def extra_metrics(self, model: IBNetwork, data: Any) -> dict[str, float]:
+    def extra_metrics(self, model: IBNetwork, data: LocalData) -> dict[str, float]:
         w = torch.softmax(model.fusion.weights.detach(), dim=0)
         return {f"fusion_weight_{v}": float(x) for v, x in enumerate(w.cpu())}

@@ -266,9 +266,11 @@ class ClientActor:
         """Refuse a diverged model's output here, where the client is known, rather than as
         k-means' "Input contains NaN" traceback."""
         if not np.isfinite(values).all():
+            method = self.cfg.method
+            lr = f"--set {method}.lr=..." if hasattr(self.clients[client_id].method.cfg, "lr") else f"{method}'s rates"
             raise TrainingDiverged(
                 f"training diverged: client {client_id}'s {what} hold NaN or inf; lower the learning rate "
-                f"(--set {self.cfg.method}.lr=...) or scale the data (--set preprocessing=minmax)"
+                f"({lr}) or scale the data (--set preprocessing=minmax)"
             )
         return values
 
