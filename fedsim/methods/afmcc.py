@@ -175,12 +175,6 @@ class AFMCCConfig(BaseModel):
     embedding: Literal["fused", "normalized"]
     pretrain_loss: Literal["full", "reconstruction"]
     anchor: float = Field(0.0, ge=0, description="weight of the one-modality clients' anchor term (grid table2_anchor)")
-    # Probes of FMCSC's code (reports/findings/afmcc_table2.md), reverted after measuring:
-    # a fresh Adam per step ("step", main.py local_train) or per round; each view decoded from
-    # its own z^v; FMCSC's fusion head over the zero-filled concatenated z instead of Eq. 1.
-    optimizer_reset: Literal["never", "round", "step"] = "never"
-    decoder_input: Literal["fused", "own"] = "fused"
-    fusion: Literal["mean", "head"] = "mean"
     # what a client clusters with: its last upload, or Eq. 6 applied to everyone's latest uploads
     evaluated_model: Literal["uploaded", "aggregated"]
 
@@ -205,11 +199,8 @@ class MultiModalAutoencoder(nn.Module):
     Every client holds the full architecture (Alg. 1 copies client 1's weights to all clients);
     a client only trains the encoders/decoders of the modalities it has."""
 
-    def __init__(
-        self, view_dims: tuple[int, ...], hidden: list[int], d: int, n_clusters: int, fusion: str = "mean"
-    ) -> None:
+    def __init__(self, view_dims: tuple[int, ...], hidden: list[int], d: int, n_clusters: int) -> None:
         super().__init__()
-        self.fusion_head = mlp([len(view_dims) * d, 256, d]) if fusion == "head" else None
         self.encoders = nn.ModuleList(mlp([dv, *hidden, d]) for dv in view_dims)
         self.decoders = nn.ModuleList(mlp([d, *reversed(hidden), dv]) for dv in view_dims)
         self.projection = nn.Linear(d, n_clusters, bias=False)  # W in Eq. 4
@@ -217,13 +208,6 @@ class MultiModalAutoencoder(nn.Module):
     def forward(self, views: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Encode each given modality: {v: z^v}."""
         return {v: self.encoders[v](x) for v, x in views.items()}
-
-    def fuse(self, z: dict[int, torch.Tensor], subset: tuple[int, ...]) -> torch.Tensor:
-        if self.fusion_head is None:
-            return fuse(z, subset)
-        ref = z[subset[0]]
-        parts = [z[v] if v in subset else ref.new_zeros(ref.shape) for v in range(len(self.encoders))]
-        return self.fusion_head(torch.cat(parts, dim=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,9 +305,7 @@ class AFMCC:
     def build_model(self, seed: int) -> MultiModalAutoencoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return MultiModalAutoencoder(
-                self.view_dims, list(self.cfg.hidden), self.cfg.d, self.n_clusters, self.cfg.fusion
-            )
+            return MultiModalAutoencoder(self.view_dims, list(self.cfg.hidden), self.cfg.d, self.n_clusters)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
@@ -338,7 +320,7 @@ class AFMCC:
         else:
             local_views = data.modalities
             views = data.views
-            h = model.fuse(model(views), local_views)  # H: the client's own fused features
+            h = fuse(model(views), local_views)  # H: the client's own fused features
             distances = torch.zeros(len(peers), len(local_views))
             valid = torch.zeros(len(peers), len(local_views), dtype=torch.bool)
             for row, peer in enumerate(peers):
@@ -346,7 +328,7 @@ class AFMCC:
                 if not usable:
                     continue
                 z = functional_call(model, unflatten(model, peer.params), ({v: views[v] for v in usable},))
-                reference = h if self.cfg.eq6_reference == "local" else model.fuse(z, tuple(z))
+                reference = h if self.cfg.eq6_reference == "local" else fuse(z, tuple(z))
                 for col, v in enumerate(local_views):
                     if v in z:
                         distances[row, col] = torch.linalg.norm(z[v] - reference)  # Frobenius
@@ -384,8 +366,8 @@ class AFMCC:
         ``reconstruction_only``: the FMCSC-style pretraining of ``pretrain_loss="reconstruction"``).
         ``anchor``: the round-start model's z of a one-modality client's batch (``anchor`` term)."""
         z = model(x)
-        h = model.fuse(z, subset)
-        x_hat = {v: model.decoders[v](z[v] if self.cfg.decoder_input == "own" else h) for v in x}
+        h = fuse(z, subset)
+        x_hat = {v: model.decoders[v](h) for v in x}
         terms = {"loss_r": reconstruction_loss(x, x_hat, self.cfg.reconstruction)}
         total = terms["loss_r"]
         if reconstruction_only:
@@ -431,13 +413,8 @@ class AFMCC:
         if self.cfg.anchor > 0 and not pretraining and len(data.modalities) == 1 < len(self.view_dims):
             with torch.no_grad():
                 anchor = model(data.views)[data.modalities[0]]
-        reset = "never" if pretraining else self.cfg.optimizer_reset
-        if reset == "round":
-            optimizer = self.make_optimizer(model)
         for subset in self.fusion_subsets(data.modalities):
             for _ in range(self.cfg.phi):
-                if reset == "step":
-                    optimizer = self.make_optimizer(model)
                 a = anchor
                 if n > self.cfg.batch_size:
                     idx = torch.randperm(n, generator=generator)[: self.cfg.batch_size].to(
@@ -458,7 +435,7 @@ class AFMCC:
         ``embedding="normalized"`` (the unit-norm embeddings App. A.1 assumes, and what Eq. 3's
         cosine similarity sees)."""
         model.eval()
-        h = model.fuse(model(data.views), data.modalities)
+        h = fuse(model(data.views), data.modalities)
         if self.cfg.embedding == "normalized":
             h = F.normalize(h, dim=1)
         return h.cpu().numpy()
@@ -467,7 +444,7 @@ class AFMCC:
     def soft_assignments(self, model: MultiModalAutoencoder, data: LocalData) -> np.ndarray:
         """p_i = softmax(W h_i) of Eq. 4."""
         model.eval()
-        h = model.fuse(model(data.views), data.modalities)
+        h = fuse(model(data.views), data.modalities)
         return torch.softmax(model.projection(h), dim=1).cpu().numpy()
 
     def round_cost(self, data: LocalData, num_peers: int) -> float:
