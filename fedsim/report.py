@@ -172,15 +172,14 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
             row["history"] = _history(client, run.info.run_id)
         rows.append(row)
     frame = pd.DataFrame(_in_grid_order(spec, rows))
-    used = [p for p in group if children.get(p.info.run_id)] or [lead]
+    # the summary runs whose trials are in the table: a sweep whose every point was rerun is out
+    in_table = set(frame.get("mlflow_run_id", []))
+    filling = {r.data.tags["mlflow.parentRunId"] for r in members if r.info.run_id in in_table}
+    used = [p for p in group if p.info.run_id in filling] or [lead]
     finished = all(p.info.status == "FINISHED" and p.info.end_time for p in used)
     wall = sum((p.info.end_time - p.info.start_time) / 1000 for p in used) if finished else None
     commits = sorted(
-        {
-            r.data.tags.get("fedsim.git_commit", "not recorded")
-            for r in members
-            if r.info.run_id in set(frame.get("mlflow_run_id", []))
-        }
+        {r.data.tags.get("fedsim.git_commit", "not recorded") for r in members if r.info.run_id in in_table}
     )
     machines = list(
         dict.fromkeys(

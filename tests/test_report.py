@@ -121,6 +121,29 @@ def test_report_rebuilds_tables_from_mlflow(tmp_path):
     assert "afmcc/smoke" not in text  # the test grid is not a paper table
 
 
+def test_a_sweep_rerun_in_full_replaces_the_earlier_one(tmp_path):
+    """A grid rerun at every point (say after its config changed) is the record: the report names
+    only the summary run whose trials fill the table, with its own start and wall time."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    command = {"fedsim.command": "make sweep DATASET=bdgp METHOD=cmmc GRID=table1"}
+    ids = []
+    for acc in (0.50, 0.99):
+        parent = _sweep(
+            client,
+            "sweep/cmmc/bdgp/table1",
+            command,
+            [(f"seed={s}", {"seed": s}, {"acc": acc, "nmi": acc, "purity": acc}) for s in (0, 1, 2)],
+        )
+        client.set_terminated(parent.info.run_id, "FINISHED")
+        ids.append(parent.info.run_id)
+        time.sleep(0.01)
+    text = write_report(uri, _reports_dir(tmp_path / "reports")).read_text()
+    c1 = text[text.index("### cmmc/table1") : text.index("### cmmc/table3")]
+    assert "| 3 | 99.0 ± 0.0 |" in c1
+    assert f"`{ids[1]}`" in c1 and ids[0] not in c1
+
+
 def test_derived_rows_come_from_the_same_trials(tmp_path):
     """MSDIB Table 1's two selections are rows read off one trial per seed (selected_by_<c>/...):
     each row's mean is over the seeds of its own prefixed metrics."""
