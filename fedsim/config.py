@@ -224,6 +224,11 @@ class ExperimentConfig(Strict):
     task: Literal["clustering", "classification"] = "clustering"
     test_fraction: float = Field(0.2, gt=0, lt=1)  # classification: each client's held-out share
     mode: Literal["sync", "async", "virtual"] = "virtual"
+    # sync mode only. ``parallel``: every client of a round starts from the same state (federated
+    # semantics). ``sequential``: the clients of a round train one after another in client order,
+    # each reading the uploads its predecessors made in this round, as FMCSC's public code runs
+    # its rounds (a client-by-client loop over shared model objects; fedsim/methods/fmcsc.py).
+    round_order: Literal["parallel", "sequential"] = "parallel"
     seed: int = Field(0, ge=0, le=MAX_SEED)
     rounds: int = Field(20, ge=1, le=MAX_COUNT)
     speed_profile: str = Field("uniform", max_length=10_000)
@@ -254,6 +259,8 @@ class ExperimentConfig(Strict):
             raise ValueError(f"pretrain.client={self.pretrain.client} but there are only {self.num_clients} clients")
         if self.fault.kill_client is not None and self.fault.kill_client >= self.num_clients:
             raise ValueError(f"fault.kill_client={self.fault.kill_client} is not a client id")
+        if self.round_order == "sequential" and self.mode != "sync":
+            raise ValueError(f"round_order=sequential needs mode=sync (got mode={self.mode})")
         if self.stop.rule == "sim_time" and self.stop.sim_time_budget <= 0:
             raise ValueError("stop.rule=sim_time needs stop.sim_time_budget > 0")
         return self

@@ -114,6 +114,7 @@ def test_aggregate_is_the_weighted_average_per_pattern():
     for cid, w in enumerate(weights):
         flat = torch.randn(n_flat, generator=g)
         flat[ws:we] = torch.tensor(w)
+        flat[slice(*_block(model, "chain"))] = 0.0  # last round 0, parallel order
         peers.append(PeerModel(cid, 1, (0, 1), flat))
     own_before = flat_parameters(model)
     out, logged = method.aggregate(model, _data((0, 1)), peers)
@@ -138,12 +139,78 @@ def test_aggregate_guard_when_the_weights_sum_to_zero():
     for cid, w in enumerate([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]):
         flat = torch.randn(flat_parameters(model).numel(), generator=g)
         flat[ws:we] = torch.tensor(w)
+        flat[slice(*_block(model, "chain"))] = 0.0
         peers.append(PeerModel(cid, 1, (0, 1), flat))
     out, _ = method.aggregate(model, _data((0,)), peers)
     s, e = _block(model, "patterns.0.")  # cancelling weights: plain mean over the non-zero ones
     assert torch.allclose(out[s:e], (peers[0].params[s:e] + peers[1].params[s:e]) / 2, atol=1e-6)
     s, e = _block(model, "patterns.1.")  # no weight at all: plain mean over every upload
     assert torch.allclose(out[s:e], sum(p.params[s:e] for p in peers) / 3, atol=1e-6)
+
+
+def _chain_peers(method, model, rounds, flags, modalities, seed=7):
+    """Random uploads of clients with the given (round, sequential flag) chain slots."""
+    g = torch.Generator().manual_seed(seed)
+    ((ws, we),) = [(s, e) for name, s, e in parameter_segments(model) if name == "pattern_weights"]
+    peers = []
+    for cid, (r, f, mods) in enumerate(zip(rounds, flags, modalities)):
+        flat = torch.randn(flat_parameters(model).numel(), generator=g)
+        flat[ws:we] = torch.rand(we - ws, generator=g) + 0.5
+        flat[slice(*_block(model, "chain"))] = torch.tensor([float(r), float(f)])
+        peers.append(PeerModel(cid, r, mods, flat))
+    return peers
+
+
+def test_sequential_order_takes_the_rounds_globals_and_continues_the_shared_models():
+    """round_order=sequential, round 2: clients 0 (full) and 2 (view 0) already trained in it;
+    a full client continues client 0's trained model, a single-view client the model the last
+    single-view client left, and both start the other patterns from the globals client 0 carries."""
+    method = _method()
+    model = method.build_model(seed=0)
+    mods = [(0, 1), (0, 1), (0,), (1,), (1,)]
+    peers = _chain_peers(method, model, rounds=[2, 1, 2, 1, 1], flags=[1, 1, 1, 1, 1], modalities=mods)
+    load_flat_parameters(model, peers[1].params.clone())  # client 1's own last upload: round 1
+    out, _ = method.aggregate(model, _data((0, 1), cid=1), peers)
+    s_local, e_local = _block(model, "local.")
+    for p in range(3):
+        s, e = _block(model, f"patterns.{p}.")
+        ss, se = _block(model, f"start.{p}.")
+        assert torch.equal(out[ss:se], peers[0].params[ss:se])  # the round's globals, carried on
+        expected = peers[0].params[s_local:e_local] if p == 0 else peers[0].params[ss:se]
+        assert torch.equal(out[s:e], expected)
+    assert out[slice(*_block(model, "chain"))].tolist() == [1.0, 1.0]  # own last round (train_round sets it), flag
+    # client 4 (view 1): the shared single-view model is client 2's, trained this round
+    load_flat_parameters(model, peers[4].params.clone())
+    out, _ = method.aggregate(model, _data((1,), cid=4), peers)
+    assert torch.equal(out[s_local:e_local], peers[2].params[s_local:e_local])
+    s, e = _block(model, "patterns.2.")
+    assert torch.equal(out[s:e], peers[0].params[slice(*_block(model, "start.2."))])
+    # client 2 in round 2 (before it trained): the last single-view client of round 1 is client 4
+    peers_before = _chain_peers(method, model, rounds=[2, 2, 1, 1, 1], flags=[1] * 5, modalities=mods)
+    load_flat_parameters(model, peers_before[2].params.clone())
+    out, _ = method.aggregate(model, _data((0,), cid=2), peers_before)
+    assert torch.equal(out[s_local:e_local], peers_before[4].params[s_local:e_local])
+
+
+def test_sequential_order_aggregates_the_shared_single_view_model():
+    """At a round's end (everyone at round 1, sequential flag set) a single-view upload counts as
+    the shared model the last single-view client left, with the weight it computed itself."""
+    method = _method()
+    model = method.build_model(seed=0)
+    mods = [(0, 1), (0,), (0,)]
+    peers = _chain_peers(method, model, rounds=[1, 1, 1], flags=[0, 1, 1], modalities=mods)
+    load_flat_parameters(model, peers[0].params.clone())
+    out, _ = method.aggregate(model, _data((0, 1), cid=0), peers)
+    ((ws, we),) = [(s, e) for name, s, e in parameter_segments(model) if name == "pattern_weights"]
+    s_local, e_local = _block(model, "local.")
+    s, e = _block(model, "patterns.1.")
+    w = torch.stack([p.params[ws:we][1] for p in peers])
+    shared = peers[2].params[s_local:e_local]
+    expected = (w[0] * peers[0].params[s:e] + (w[1] + w[2]) * shared) / w.sum()
+    assert torch.allclose(out[s:e], expected, atol=1e-5)
+    s, e = _block(model, "patterns.0.")  # the full pattern: every upload as it is
+    w0 = torch.stack([p.params[ws:we][0] for p in peers])
+    assert torch.allclose(out[s:e], sum(wi * p.params[s:e] for wi, p in zip(w0, peers)) / w0.sum(), atol=1e-5)
 
 
 # -- rounds -----------------------------------------------------------------------------------------
@@ -330,6 +397,7 @@ def test_an_in_process_federation_follows_the_runtime_protocol():
             uploads.append(flat_parameters(models[c]).clone())
         store = uploads
     assert all(w != 0 for w in models[0].pattern_weights.tolist())
+    assert all(m.chain.tolist() == [2.0, 0.0] for m in models)  # round 2's uploads, parallel order
     assert models[2].pattern_weights.tolist()[1] != 0 and models[3].pattern_weights.tolist()[2] != 0
     peers = [PeerModel(c, 2, datas[c].modalities, store[c]) for c in range(4)]
     for c in range(4):

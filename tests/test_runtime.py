@@ -51,6 +51,31 @@ def test_chained_pretraining_passes_one_model_through_every_client(ray_session, 
     assert all(v == [0, 0, 0, 0] for v in train[train["round"] == 1]["versions_read"])
 
 
+def test_sequential_round_order_reads_each_predecessors_upload_of_the_round(ray_session, small_config):
+    # FMCSC's code loops over its clients: round_order=sequential has client c of round r read the
+    # round-r uploads of clients 0..c-1 and the round-(r-1) uploads of the others.
+    out, res = _run(small_config("mode=sync", "round_order=sequential"))
+    log = _train_log(res.upload_log).sort_values(["round", "client_id"])
+    assert res.rounds_done == [3, 3, 3, 3]
+    assert list(log["client_id"]) == [0, 1, 2, 3] * 3
+    reads = [list(v) for v in log["versions_read"]]
+    written = list(log["version_written"])
+    for i in range(1, len(reads)):
+        previous = i - 1  # the upload just before: its client's entry is the only one that moved
+        expected = list(reads[previous])
+        expected[int(log["client_id"].iloc[previous])] = written[previous]
+        assert reads[i] == expected
+    # one after another on the simulated clock
+    assert list(log["sim_start"])[1:] == list(log["sim_end"])[:-1]
+
+
+def test_sequential_round_order_needs_sync_mode(small_config):
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="round_order=sequential needs mode=sync"):
+        small_config("mode=virtual", "round_order=sequential")
+
+
 def test_virtual_mode_is_bit_for_bit_reproducible(ray_session, small_config):
     cfg = small_config("speed_profile=eo:3:1")
     a_out, a = _run(cfg)

@@ -45,12 +45,17 @@ function each part follows.
   its own pattern (``evaluates_aggregate``: the runtime aggregates every client's latest upload
   first); the runtime's ``evaluation: fmcsc`` clusters them (k-means on client 0, 100 inits).
 
-Deliberate differences: (1) the code trains clients one after another and full clients train
-the live global full model in place, so they chain within a round; here every client of a round
-starts from the same aggregated globals (federated semantics). (2) In the code every single-view
-client's "local model" is one shared object (the pretrained model); here each keeps its own.
-(3) The code iterates a client's shard in a fixed order; above 256 samples we shuffle each epoch
-with the round's generator (at FMCSC's ~208 samples per client every epoch is one full batch).
+Round order. The code trains its clients one after another over shared objects: full clients
+train ``glob_models[full]`` in place, so within a round each continues the previous one's model,
+and every single-view client's ``local_models`` entry is the one pretrained object, trained by
+each single-view client in turn and uploaded (by reference) as it stands at the round's end. The
+FMCSC configs reproduce this with the runtime's ``round_order: sequential`` (see ``aggregate``):
+each upload carries the round's globals (``start``) and its round, so a later client of the round
+rebuilds what the code's shared objects hold. ``round_order: parallel`` is the federated reading:
+every client of a round starts from the same aggregated globals and keeps its own local model.
+Other differences: the code iterates a client's shard in a fixed order; above 256 samples we
+shuffle each epoch with the round's generator (at FMCSC's ~208 samples per client every epoch is
+one full batch).
 Table 3c (AFMCC paper): ``constraint_weight`` 0.01 with ``lambda_`` 0.3 adds L_c to the full
 clients' local loss; ``carry_projection`` (default) copies the trained W into the full-pattern
 upload, otherwise W would restart from its pretrained value every round (the local model is
@@ -146,7 +151,9 @@ class PatternNetwork(nn.Module):
 
 class FMCSCModel(nn.Module):
     """What one client stores and uploads: the upload weight per pattern (not trainable), one
-    network per view pattern (the globals / this client's upload for each) and its local model."""
+    network per view pattern (the globals / this client's upload for each), its local model, and
+    for the sequential round order the round's globals (``start``) and its place in the chain
+    (``chain``: [round of this upload, 1 if the round ran sequentially]), neither trainable."""
 
     def __init__(self, view_dims: tuple[int, ...], cfg: FMCSCConfig, n_clusters: int) -> None:
         super().__init__()
@@ -154,6 +161,8 @@ class FMCSCModel(nn.Module):
         self.pattern_weights = nn.Parameter(torch.ones(n_patterns), requires_grad=False)
         self.patterns = nn.ModuleList(PatternNetwork(view_dims, cfg, n_clusters) for _ in range(n_patterns))
         self.local = PatternNetwork(view_dims, cfg, n_clusters)
+        self.start = nn.ModuleList(PatternNetwork(view_dims, cfg, n_clusters) for _ in range(n_patterns))
+        self.chain = nn.Parameter(torch.zeros(2), requires_grad=False)
 
 
 @torch.no_grad()
@@ -261,7 +270,7 @@ class FMCSC:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = FMCSCModel(self.view_dims, self.cfg, self.n_clusters)
-        for net in model.patterns:
+        for net in [*model.patterns, *model.start]:
             copy_network(net, model.local)
         return model
 
@@ -274,12 +283,80 @@ class FMCSC:
     def aggregate(
         self, model: FMCSCModel, data: LocalData, peers: list[PeerModel]
     ) -> tuple[torch.Tensor, dict[int, float]]:
-        segments = parameter_segments(model)
-        ((w_start, w_end),) = [(s, e) for name, s, e in segments if name == "pattern_weights"]
+        """The round's starting point. In parallel order every peer holds last round's upload and
+        the globals are their weighted average. In sequential order (``round_order: sequential``,
+        the code's loop over clients) a client after the first finds its predecessors' uploads of
+        this round: it takes the round's globals from the ``start`` they carry, a full client
+        continues the live full model (the previous full client's trained ``local``: the code
+        trains ``glob_models[full]`` in place) and a single-view client the one shared single-view
+        model (the code's ``local_models`` of every single-view client are one object)."""
+        blocks = self._blocks(model)
         out = flat_parameters(model)
-        weights = torch.stack([p.params[w_start:w_end].to(out) for p in peers])  # (U, n_patterns)
+        tag, flag = blocks["chain"][0], blocks["chain"][0] + 1
+        this_round = int(model.chain[0].item()) + 1
+        rounds = [int(p.params[tag].item()) for p in peers]
+        current = [p for p, r in zip(peers, rounds) if r == this_round]
+        sequential = bool(current) or any(float(p.params[flag]) > 0 for p in peers)
+        n_patterns = len(model.patterns)
+        logged: dict[int, float] = {}
+        if current:  # every upload of this round carries the round's globals
+            for p in range(n_patterns):
+                (s0, e0), (s1, e1) = blocks[f"patterns.{p}"], blocks[f"start.{p}"]
+                out[s0:e0] = current[0].params[s1:e1].to(out.device)
+        else:
+            shared = self._latest_single(peers, rounds, this_round - 1) if sequential else None
+            logged = self._weighted_globals(out, peers, blocks, data, shared)
+        for p in range(n_patterns):
+            (s0, e0), (s1, e1) = blocks[f"patterns.{p}"], blocks[f"start.{p}"]
+            out[s1:e1] = out[s0:e0]
+        if sequential:
+            out[flag] = 1.0
+            own, (ls, le) = self.pattern_of(data.modalities), blocks["local"]
+            if own == 0:
+                before = [p for p in current if self.pattern_of(p.modalities) == 0]
+                if before:
+                    s0, e0 = blocks["patterns.0"]
+                    out[s0:e0] = max(before, key=lambda p: p.client_id).params[ls:le].to(out.device)
+            else:
+                latest = self._latest_single(peers, rounds, this_round) or self._latest_single(
+                    peers, rounds, this_round - 1
+                )
+                if latest is not None:
+                    out[ls:le] = latest.params[ls:le].to(out.device)
+        return out, logged
+
+    def _blocks(self, model: FMCSCModel) -> dict[str, tuple[int, int]]:
+        """(start, end) in the flat vector of each network and of the two small vectors."""
+        spans: dict[str, list[int]] = {}
+        for name, s, e in parameter_segments(model):
+            parts = name.split(".")
+            key = ".".join(parts[:2]) if parts[0] in ("patterns", "start") else parts[0]
+            spans.setdefault(key, [s, e])[1] = e
+        return {k: (v[0], v[1]) for k, v in spans.items()}
+
+    def _latest_single(self, peers: list[PeerModel], rounds: list[int], round_: int) -> PeerModel | None:
+        """The single-view client that trained last in ``round_`` (sequential order: the highest id)."""
+        done = [p for p, r in zip(peers, rounds) if r == round_ and self.pattern_of(p.modalities) != 0]
+        return max(done, key=lambda p: p.client_id) if done else None
+
+    def _weighted_globals(
+        self,
+        out: torch.Tensor,
+        peers: list[PeerModel],
+        blocks: dict[str, tuple[int, int]],
+        data: LocalData,
+        shared: PeerModel | None,
+    ) -> dict[int, float]:
+        """aggregate_models2: per pattern, every upload weighted by its MI weight / the weights'
+        sum. ``shared``: in sequential order a single-view client's upload is the shared
+        single-view model as the last of them left it (the code aggregates references to that one
+        object), each with the weight it computed on its turn."""
+        ws, _ = blocks["pattern_weights"]
+        n_patterns = len(self.pattern_names)
+        weights = torch.stack([p.params[ws : ws + n_patterns].to(out) for p in peers])  # (U, n_patterns)
         normalised = torch.zeros_like(weights)
-        for p in range(weights.shape[1]):
+        ls, le = blocks["local"]
+        for p in range(n_patterns):
             w = weights[:, p].double()
             total = float(w.sum())
             if not np.isfinite(total) or total == 0.0:  # guard (ours): a plain mean
@@ -287,16 +364,16 @@ class FMCSC:
                 w = valid.double() if bool(valid.any()) else torch.ones_like(w)
                 total = float(w.sum())
             normalised[:, p] = (w / total).to(out.dtype)
-            prefix = f"patterns.{p}."
-            block = [(s, e) for name, s, e in segments if name.startswith(prefix)]
-            start, end = block[0][0], block[-1][1]
+            start, end = blocks[f"patterns.{p}"]
             acc = torch.zeros(end - start, dtype=out.dtype, device=out.device)
             for peer, wu in zip(peers, normalised[:, p].tolist()):
                 if wu:
-                    acc.add_(peer.params[start:end].to(out.device), alpha=wu)
+                    own_slot = shared is not None and p != 0 and self.pattern_of(peer.modalities) == p
+                    src = shared.params[ls:le] if own_slot else peer.params[start:end]
+                    acc.add_(src.to(out.device), alpha=wu)
             out[start:end] = acc
         own = self.pattern_of(data.modalities)
-        return out, {peer.client_id: float(normalised[i, own]) for i, peer in enumerate(peers)}
+        return {peer.client_id: float(normalised[i, own]) for i, peer in enumerate(peers)}
 
     # -- local round ---------------------------------------------------------------------------
     def train_round(
@@ -316,6 +393,9 @@ class FMCSC:
             out = self._full_round(model, data, generator)
         else:
             out = self._single_round(model, data, generator, own, context.round)
+        if context.phase != "pretrain":
+            with torch.no_grad():
+                model.chain[0] = float(context.round)
         model.zero_grad(set_to_none=True)
         return out
 
@@ -330,7 +410,7 @@ class FMCSC:
                 x = [t[idx] for t in xs]
                 loss = reconstruction(x, model.local(x))
                 losses.step(optimizer, loss, {"loss_r": loss})
-        for net in model.patterns:
+        for net in [*model.patterns, *model.start]:
             copy_network(net, model.local)
         model.pattern_weights.fill_(1.0)
         return losses.means()

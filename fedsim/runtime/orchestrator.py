@@ -468,6 +468,16 @@ class Federation:
                 if not participants:
                     break
                 round_end = t + max(self._duration(c, "train") for c in participants)
+            if self.cfg.round_order == "sequential":
+                # one after another: each client reads the store as its predecessors left it
+                round_end = t + sum(self._duration(c, "train") for c in participants)
+                if self._over_budget(round_end):
+                    break
+                for c in participants:
+                    job = self._launch(c, "train", t)
+                    self._commit(job, self._resolve(job))
+                    t = job.sim_end
+                continue
             snapshot = self._snapshot()  # the barrier: everyone reads the same state
             jobs = [self._launch(c, "train", t, snapshot) for c in participants]
             infos = [self._resolve(job) for job in jobs]
