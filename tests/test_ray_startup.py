@@ -143,10 +143,18 @@ def test_unreachable_cluster_is_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("handler", ["default", "custom"])
+def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, capsys, handler):
     """A Ray whose start-up hangs (a loaded machine: Ray's own waits added up to minutes) is
-    stopped at runtime.start_timeout_s and reported in one line."""
+    stopped at runtime.start_timeout_s and reported in one line, also where an earlier caller
+    left its own SIGINT handler installed (which is put back afterwards)."""
+    import signal
     import time
+
+    def custom(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, custom) if handler == "custom" else None
 
     def hang(**kwargs):
         time.sleep(60)
@@ -163,6 +171,9 @@ def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, c
         line.startswith("fedsim: error: Ray did not start within 1.5 s (runtime.start_timeout_s") and len(line) <= 300
     )
     assert not (tmp_path / "mlflow.db").exists()
+    if previous is not None:
+        assert signal.getsignal(signal.SIGINT) is custom
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_cluster_that_does_not_answer_in_time_is_one_line(tmp_path, monkeypatch, capsys):

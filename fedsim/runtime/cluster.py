@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import math
 import os
 import signal
@@ -159,21 +158,30 @@ def _within(timeout_s: float, start: Callable[[], Any]) -> Any:
 
     Ray's start-up waits in Python loops (for the GCS, the raylet, the dashboard), each with its
     own limit; on a loaded machine they added up to 4-5 minutes. A timer interrupts the main
-    thread as Ctrl-C would (a SIGINT to that thread); off the main thread (a Tune trial, a library caller) ``start`` runs
+    thread as Ctrl-C would (a SIGINT to that thread, under Python's default handler for the
+    start-up); off the main thread (a Tune trial, a library caller) ``start`` runs
     unbounded, as Ray's own limits have it."""
     if threading.current_thread() is not threading.main_thread():
         return start()
+    # Python's own handler for the duration: a SIGINT then ends blocking calls (sleep, select)
+    # too, whatever handler an earlier caller in this process left installed (the suite once
+    # ran this after a library had replaced it, and a 60 s sleep outlasted a 1.5 s limit).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _interrupted_after(timeout_s, start)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_after(timeout_s: float, start: Callable[[], Any]) -> Any:
     lock, state = threading.Lock(), {"done": False, "fired": False}
 
     def fire() -> None:
         with lock:
             if not state["done"]:
                 state["fired"] = True
-                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                    # a real SIGINT to the main thread also ends a blocking call (sleep, select)
-                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-                else:  # someone else's handler: only Python's simulated interrupt is safe
-                    _thread.interrupt_main()
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     timer = threading.Timer(timeout_s, fire)
     timer.daemon = True
