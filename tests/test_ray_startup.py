@@ -149,12 +149,22 @@ def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, c
     stopped at runtime.start_timeout_s and reported in one line, also where an earlier caller
     left its own SIGINT handler installed (which is put back afterwards)."""
     import signal
-    import time
 
     def custom(signum, frame):
         pass
 
     previous = signal.signal(signal.SIGINT, custom) if handler == "custom" else None
+    try:
+        _outlast_the_timeout(tmp_path, monkeypatch, capsys)
+        if previous is not None:
+            assert signal.getsignal(signal.SIGINT) is custom
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _outlast_the_timeout(tmp_path, monkeypatch, capsys):
+    import time
 
     def hang(**kwargs):
         time.sleep(60)
@@ -171,9 +181,6 @@ def test_start_up_that_outlasts_the_timeout_is_one_line(tmp_path, monkeypatch, c
         line.startswith("fedsim: error: Ray did not start within 1.5 s (runtime.start_timeout_s") and len(line) <= 300
     )
     assert not (tmp_path / "mlflow.db").exists()
-    if previous is not None:
-        assert signal.getsignal(signal.SIGINT) is custom
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_cluster_that_does_not_answer_in_time_is_one_line(tmp_path, monkeypatch, capsys):

@@ -164,8 +164,9 @@ def _within(timeout_s: float, start: Callable[[], Any]) -> Any:
     if threading.current_thread() is not threading.main_thread():
         return start()
     # Python's own handler for the duration: a SIGINT then ends blocking calls (sleep, select)
-    # too, whatever handler an earlier caller in this process left installed (the suite once
-    # ran this after a library had replaced it, and a 60 s sleep outlasted a 1.5 s limit).
+    # too, whatever handler an earlier caller in this process left installed. (Under another
+    # handler only ``_thread.interrupt_main`` was safe, which waits for a blocking call to end:
+    # in one test-suite run a faked 60 s start-up outlasted a 1.5 s limit that way.)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _interrupted_after(timeout_s, start)
