@@ -94,6 +94,20 @@ def test_balanced_ce_takes_softmax_of_the_probabilities_as_logits():
     labels = sinkhorn_labels(torch.softmax(p, dim=1))
     expected = torch.nn.functional.cross_entropy(torch.softmax(p, dim=1), labels)
     assert balanced_ce(p).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert balanced_ce(p, "softmax_p").item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_balanced_ce_of_log_p_is_the_plain_cross_entropy_and_reaches_zero():
+    p = torch.softmax(torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    expected = torch.nn.functional.nll_loss(torch.log(p), sinkhorn_labels(p))
+    assert balanced_ce(p, "log_p").item() == pytest.approx(expected.item(), rel=1e-6)
+    # A confident, balanced head: the plain CE goes to 0; the code's logits softmax(p) are
+    # a = e / (e + 3) and b = 1 / (e + 3), so its CE stays at log(e^a + 3 e^b) - a = 1.17, near
+    # log 4 = 1.39, however confident the head is (why reading "tuned" takes log p).
+    confident = torch.eye(4).repeat(10, 1) * (1 - 4e-6) + 1e-6
+    assert balanced_ce(confident, "log_p").item() < 1e-4
+    a, b = math.e / (math.e + 3), 1 / (math.e + 3)
+    assert balanced_ce(confident, "softmax_p").item() == pytest.approx(math.log(math.exp(a) + 3 * math.exp(b)) - a, rel=1e-4)
 
 
 def test_jsd_bound_is_higher_for_dependent_pairs_under_a_trained_critic():

@@ -51,11 +51,15 @@ def noise_for(method: MSDIB, n: int, seed: int = 0) -> dict:
     return {k: torch.randn(n, method.cfg.mu_dim, generator=g) for k in keys}
 
 
-def test_released_defaults_are_the_codes():
+def test_readings_settings():
+    keys = ("alpha", "beta", "clip_norm", "lr_step", "keep_best", "lr", "ce_logits")
     cfg = MSDIBConfig()
-    assert cfg.reading == "released"
-    assert [cfg.setting(k) for k in ("alpha", "beta", "clip_norm", "lr_step", "keep_best")] == [0.6, 0.8, 5.0, 50, True]
-    assert (cfg.widths, cfg.mu_dim, cfg.head_hidden, cfg.lr, cfg.batch_size) == ([512, 512, 256], 128, 100, 1e-4, 100)
+    assert cfg.reading == "tuned"  # the released code with the plain CE and lr 1e-3
+    assert [cfg.setting(k) for k in keys] == [0.6, 0.8, 5.0, 50, True, 1e-3, "log_p"]
+    released = MSDIBConfig(reading="released")
+    assert [released.setting(k) for k in keys] == [0.6, 0.8, 5.0, 50, True, 1e-4, "softmax_p"]
+    assert (cfg.widths, cfg.mu_dim, cfg.head_hidden, cfg.batch_size) == ([512, 512, 256], 128, 100, 100)
+    assert MSDIBConfig(lr=0.01).setting("lr") == 0.01
     printed = MSDIBConfig(reading="printed")
     assert [printed.setting(k) for k in ("alpha", "beta", "clip_norm", "lr_step", "keep_best")] == [
         1.0,
@@ -67,8 +71,9 @@ def test_released_defaults_are_the_codes():
     assert MSDIBConfig(alpha=0.3).setting("alpha") == 0.3
 
 
-def test_released_loss_is_the_codes_objective():
-    m = make(views=(5, 7, 4))
+@pytest.mark.parametrize("reading,logits", [("tuned", "log_p"), ("released", "softmax_p")])
+def test_released_loss_is_the_codes_objective(reading, logits):
+    m = make(views=(5, 7, 4), reading=reading)
     data = data_for(m, 20)
     model = m.build_model(0)
     model.train()
@@ -78,7 +83,7 @@ def test_released_loss_is_the_codes_objective():
     out = model(x)
     h, hf, y, yf = out["h"], out["h_fused"], out["y"], out["y_fused"]
     ddc = ddc_loss(yf, out["hidden"])["total"]
-    preserve = all_balanced_ce(y, yf) - sum(joint_mi(h[v], hf) for v in h) - sum(joint_mi(y[v], yf) for v in h)
+    preserve = all_balanced_ce(y, yf, logits) - sum(joint_mi(h[v], hf) for v in h) - sum(joint_mi(y[v], yf) for v in h)
     pairs = (joint_mi(h[0], h[1]) + joint_mi(h[0], h[2]) + joint_mi(h[1], h[2])) / 3
     compress = sample_compression(model.critic, h, hf, noise, 4)["total"] + pairs
     assert total.item() == pytest.approx((ddc + 0.6 * preserve + 0.8 * compress).item(), rel=1e-5)
@@ -139,7 +144,7 @@ def test_training_is_seeded_and_keeps_the_best_epoch():
 
 
 def test_step_lr_and_clip_follow_the_round():
-    m = make()
+    m = make(lr=1e-4)
     data = data_for(m, 40)
     model = m.build_model(0)
     opt = m.make_optimizer(model)

@@ -180,11 +180,20 @@ def sinkhorn_labels(
     return balanced.argmax(dim=0).to(probabilities.device)
 
 
-def balanced_ce(assignments: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of softmax(assignments), taken as logits, against the Sinkhorn labels of
-    softmax(assignments): the code's loss_op term for one head."""
-    logits = torch.softmax(assignments, dim=1)
-    return F.cross_entropy(logits, sinkhorn_labels(logits))
+CE_LOGITS = ("log_p", "softmax_p")  # what ``balanced_ce`` takes as the logits of the head's probabilities
+
+
+def balanced_ce(assignments: torch.Tensor, logits: str = "softmax_p") -> torch.Tensor:
+    """Cross-entropy of one head's probabilities against their Sinkhorn-balanced labels.
+
+    ``softmax_p``: the code's loss_op term: softmax(p) is taken as the logits and balanced, so the
+    logits live in [0, 1], the cross-entropy stays near log K and its gradient is small.
+    ``log_p``: the plain cross-entropy -log p_label of the head, against the Sinkhorn labels of p
+    itself (the self-labelling objective Eq. 12's "sum q = M/|C|" describes)."""
+    if logits == "log_p":
+        return F.nll_loss(torch.log(assignments.clamp_min(MI_EPS)), sinkhorn_labels(assignments))
+    scores = torch.softmax(assignments, dim=1)
+    return F.cross_entropy(scores, sinkhorn_labels(scores))
 
 
 @contextmanager
@@ -304,9 +313,9 @@ def sample_compression(
     return {"jsd": jsd, "i_samples": i_z, "total": 0.01 * (jsd + 10.0 * i_z)}
 
 
-def all_balanced_ce(y: dict[int, torch.Tensor], y_fused: torch.Tensor) -> torch.Tensor:
+def all_balanced_ce(y: dict[int, torch.Tensor], y_fused: torch.Tensor, logits: str = "softmax_p") -> torch.Tensor:
     """sum_v CE_v + CE_F of ``balanced_ce`` (every view's head and the fused head)."""
-    return balanced_ce(y_fused) + sum((balanced_ce(y[v]) for v in sorted(y)), y_fused.new_zeros(()))
+    return balanced_ce(y_fused, logits) + sum((balanced_ce(y[v], logits) for v in sorted(y)), y_fused.new_zeros(()))
 
 
 def draw_noise(
@@ -348,7 +357,7 @@ BatchLoss = Callable[[nn.Module, "dict[int, torch.Tensor]", torch.Tensor, "dict[
 class IBMethod:
     """The method-protocol half MSDIB and GIB share (``fedsim.methods.base.Method``). A subclass
     sets ``name`` and ``Config`` and implements ``batch_loss``; its config has ``setting(name)``
-    (a reading's value unless the config sets one) for ``lr_step``, ``clip_norm``, ``keep_best``."""
+    (a reading's value unless the config sets one) for ``lr``, ``lr_step``, ``clip_norm``, ``keep_best``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -368,7 +377,7 @@ class IBMethod:
             )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.setting("lr"))
 
     @torch.no_grad()
     def aggregate(
@@ -400,7 +409,7 @@ class IBMethod:
     ) -> dict[str, float]:
         context = context or RoundContext(1)
         cfg = self.cfg
-        set_learning_rate(optimizer, step_lr(cfg.lr, context.round, cfg.setting("lr_step"), cfg.lr_gamma))
+        set_learning_rate(optimizer, step_lr(cfg.setting("lr"), context.round, cfg.setting("lr_step"), cfg.lr_gamma))
         extras = self.prepare_round(model, data, generator)
         model.train()
         device = next(iter(data.views.values())).device
