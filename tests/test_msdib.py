@@ -294,6 +294,16 @@ def test_grids_match_the_paper_layout():
     assert grid.grid["msdib.alpha"] == grid.grid["msdib.beta"] == [round(0.1 * i, 1) for i in range(1, 11)]
     table1 = load_grid("msdib", "table1")
     assert len(table1.trials) == 3  # one trial per seed serves both selections
+    targets = load_grid("msdib", "targets")  # issue 25's bars: 3 seeds, one restart, label-free
+    assert len(targets.trials) == 3 and targets.fixed == {"model_selection.runs": 1}
+    assert {d: v["tuned"]["acc"] for d, v in targets.paper.items()} == {
+        "hdigit": 90.0,
+        "handwritten": 85.0,
+        "scene15": 38.0,
+        "cub": 88.8,
+        "bdgp": 54.9,
+        "mnist_usps": 81.8,
+    }
     assert table1.derived_rows["selection"] == {
         "label_free": "selected_by_loss",
         "paper_acc_uses_labels": "selected_by_acc",

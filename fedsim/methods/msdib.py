@@ -11,7 +11,7 @@ The head always sees the deterministic outputs; samples z = mu + sigma * theta o
 compression terms. L_DDC is DDC1 + DDC2 + DDC3 of Y_F, kernel on the head's hidden layer.
 
 ``reading: tuned`` (default; the reading that clusters): ``released`` below with two changes,
-each measured in reports/findings/msdib_tuned.md: the balanced CE is the plain cross-entropy of
+each measured in reports/findings/msdib_targets.md: the balanced CE is the plain cross-entropy of
 the head's probabilities (``ce_logits: log_p``; the code takes softmax(p) as logits, which keeps
 the CE near log K with a small gradient) and Adam's lr is 1e-3, the default of the code MSDIB's
 release is built on (DanielTrosten/mvc, src/config/defaults.py: Optimizer.learning_rate); the
