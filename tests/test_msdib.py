@@ -1,5 +1,5 @@
-"""MSDIB (../shared/papers/003_ab27bfa5cd4684e6.txt) on the released code's reading and the
-printed preset: the objective's terms, the Table 2 switches, the schedule and best-epoch selection,
+"""MSDIB (../shared/papers/003_ab27bfa5cd4684e6.txt) on the tuned default, the released code's
+reading and the printed preset: the objective's terms, the Table 2 switches, the schedule and best-epoch selection,
 evaluation by the fused head, seeded training, and tiny runs through the real runtime."""
 
 from __future__ import annotations

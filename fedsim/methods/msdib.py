@@ -4,7 +4,7 @@ Paper: ../shared/papers/003_ab27bfa5cd4684e6.txt (Hu, Fan, Zou, Ye, AAAI 2025). 
 authors' release, read at permutation248/aaai_ib a1e4dad (``fedsim.methods.ib_common`` lists the
 files); the building blocks are ``ib_common``'s and ``ddc``'s.
 
-Model (both readings): per view a ``VariationalEncoder`` 512-512-256 (Linear-BN-ReLU throughout),
+Model (every reading): per view a ``VariationalEncoder`` 512-512-256 (Linear-BN-ReLU throughout),
 split into mu (128) and sigma; the views' 256-d outputs H_v fused by softmax weights into H_F;
 one DDC head (Linear-BN-ReLU 100, softmax) shared by every H_v and H_F, giving Y_v and Y_F.
 The head always sees the deterministic outputs; samples z = mu + sigma * theta only enter the
@@ -27,7 +27,8 @@ with its true sign (the code's ``mutual_information`` returns -I):
 alpha = 0.6 (the code's c2), beta = 0.8 (c1). Every I is ``joint_mi`` on the raw vectors;
 JSD is ``jsd_mi`` with a frozen random critic (as in the code, where the optimiser never sees it);
 CE is ``balanced_ce`` (Sinkhorn pseudo-labels: how the code implements Eq. 12's
-"sum q = M/|C|"; ``ce_logits: softmax_p`` as in the code). The KL to the prior that the code computes is discarded there, and absent here.
+"sum q = M/|C|"; ``ce_logits: softmax_p`` as in the code). The KL to the prior that the code
+computes is discarded there, and absent here.
 V >= 2: per-view terms are summed over views (as the code's two-view sums); the one pair term
 I(H_1; H_2) becomes the mean over pairs. Training: Adam lr 1e-4, gradient-norm clip 5, lr x0.1
 from epoch 50, 100 epochs, batches of 100 with the last partial one dropped; within a run the
