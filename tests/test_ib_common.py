@@ -107,7 +107,9 @@ def test_balanced_ce_of_log_p_is_the_plain_cross_entropy_and_reaches_zero():
     confident = torch.eye(4).repeat(10, 1) * (1 - 4e-6) + 1e-6
     assert balanced_ce(confident, "log_p").item() < 1e-4
     a, b = math.e / (math.e + 3), 1 / (math.e + 3)
-    assert balanced_ce(confident, "softmax_p").item() == pytest.approx(math.log(math.exp(a) + 3 * math.exp(b)) - a, rel=1e-4)
+    assert balanced_ce(confident, "softmax_p").item() == pytest.approx(
+        math.log(math.exp(a) + 3 * math.exp(b)) - a, rel=1e-4
+    )
 
 
 def test_jsd_bound_is_higher_for_dependent_pairs_under_a_trained_critic():
