@@ -19,7 +19,8 @@ no public code and uses these same pieces (fedsim/methods/gib.py says where).
   it, so it stays at its random initialisation; here it is a frozen submodule.
 - ``sinkhorn_labels`` / ``balanced_ce``: the code's UD_constraint_f, Sinkhorn balancing of the
   probabilities to the 10th power (at most 150 iterations, tolerance 1e-2 checked every 10), argmax;
-  the cross-entropy takes softmax(head probabilities) as its logits, as the code does.
+  the cross-entropy takes softmax(head probabilities) as its logits, as the code does
+  (``softmax_p``), or is the plain -log p of the head (``log_p``, MSDIB's tuned reading).
 - ``batch_statistics``: BatchNorm with batch statistics at evaluation (the runtime ships
   parameters, never buffers).
 - ``step_lr`` (StepLR x0.1 at epoch 50, derived from the round) and ``BestCheckpoint`` (keep the
@@ -178,9 +179,6 @@ def sinkhorn_labels(
     balanced = q * c.T * r
     balanced = torch.nan_to_num(balanced, nan=-1.0)
     return balanced.argmax(dim=0).to(probabilities.device)
-
-
-CE_LOGITS = ("log_p", "softmax_p")  # what ``balanced_ce`` takes as the logits of the head's probabilities
 
 
 def balanced_ce(assignments: torch.Tensor, logits: str = "softmax_p") -> torch.Tensor:
