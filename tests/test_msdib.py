@@ -1,6 +1,7 @@
 """MSDIB (../shared/papers/003_ab27bfa5cd4684e6.txt) on the tuned default, the released code's
-reading and the printed preset: the objective's terms, the Table 2 switches, the schedule and best-epoch selection,
-evaluation by the fused head, seeded training, and tiny runs through the real runtime."""
+reading and the printed preset: the objective's terms, the Table 2 switches, the schedule and
+best-epoch selection, evaluation by the fused head, seeded training, and tiny runs through the
+real runtime."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_readings_settings():
 
 
 @pytest.mark.parametrize("reading,logits", [("tuned", "log_p"), ("released", "softmax_p")])
-def test_released_loss_is_the_codes_objective(reading, logits):
+def test_loss_is_the_codes_objective_with_each_cross_entropy(reading, logits):
     m = make(views=(5, 7, 4), reading=reading)
     data = data_for(m, 20)
     model = m.build_model(0)
