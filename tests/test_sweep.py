@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fedsim.errors import ConfigError
-from fedsim.sweep import load_grid, plan_sweep
+from fedsim.config import build_config
+from fedsim.sweep import load_grid, plan_sweep, sweep_base
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,24 @@ def test_every_grid_file_builds_its_trials():
             assert set(sources) <= {str(v) for v in spec.grid[axis]}, (path, axis)
             for grid in sources.values():
                 assert set(load_grid(spec.method, grid).grid) <= set(spec.grid) - {axis}, (path, grid)
+
+
+def test_every_grids_per_dataset_overrides_build_a_valid_config():
+    """A grid's ``datasets:`` entry (e.g. afmcc/transfer's scene15 MinMax) is only read when that
+    dataset is swept: a misspelt key or value must fail here, not hours into a sweep."""
+    checked = 0
+    for path in sorted((ROOT / "tune" / "grids").glob("*/*.yaml")):
+        spec = load_grid(path.parent.name, path.stem)
+        for dataset in spec.datasets:
+            base, overrides = sweep_base(spec, dataset)
+            cfg = build_config(base, [*overrides, *spec.trial_overrides(spec.trials[0])])
+            assert cfg.dataset == dataset, (path, dataset)
+            checked += 1
+    transfer = load_grid("afmcc", "transfer")
+    cfg = build_config(*sweep_base(transfer, "scene15"))
+    assert cfg.preprocessing == "minmax"
+    assert build_config(*sweep_base(transfer, "cub")).preprocessing is None  # the registry's own
+    assert checked >= 3
 
 
 def test_default_trial_cpus_follow_the_client_count(monkeypatch):
