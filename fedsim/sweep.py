@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.config import build_config, load_yaml
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, FedsimError, shorten
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID_DIR = ROOT / "tune" / "grids"
@@ -456,8 +456,11 @@ def run_sweep(
             )
         try:
             results = tuner.fit()
-        except BaseException:
+        except BaseException as exc:
             mlflow.MlflowClient().set_terminated(parent_id, "FAILED")
+            memory = out_of_memory_error(exc)
+            if memory is not None:
+                raise memory from exc
             raise
         finally:
             # A trial stopped by Ctrl-C (Tune ends the sweep gracefully) never closed its run.
@@ -477,6 +480,30 @@ def run_sweep(
     finally:
         if owned:
             ray.shutdown()
+
+
+def out_of_memory_error(exc: BaseException) -> FedsimError | None:
+    """The one-line error for a sweep that Ray's memory monitor ended, else None.
+
+    When the monitor kills a trial's actor, Tune does not fail the trial: ``Tuner.fit`` raises a
+    ``RuntimeError`` caused by Ray's ``OutOfMemoryError`` and the sweep ends with a traceback.
+    The fix is the user's to make (fewer trials at once, nothing else beside the sweep), and the
+    sweep resumes where it stopped, so it is a ``FedsimError``."""
+    from ray.exceptions import OutOfMemoryError
+
+    seen: BaseException | None = exc
+    for _ in range(16):  # a cause chain is short; the bound guards against a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, OutOfMemoryError) or "running low on memory" in str(seen):
+            said = "; ".join(line.strip() for line in str(seen).splitlines() if "memory" in line.lower())
+            return FedsimError(
+                f"the sweep stopped: Ray's memory monitor killed trial workers ({shorten(said or seen, 240)}); "
+                "run fewer trials at once (--max-concurrent 1) and nothing else beside the sweep, then "
+                "rerun the same command: finished trials are kept"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _machine_description() -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from fedsim.errors import ConfigError
 from fedsim.config import build_config
-from fedsim.sweep import load_grid, plan_sweep, sweep_base
+from fedsim.sweep import load_grid, out_of_memory_error, plan_sweep, sweep_base
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,30 @@ def test_every_grids_per_dataset_overrides_build_a_valid_config():
     assert cfg.preprocessing == "minmax"
     assert build_config(*sweep_base(transfer, "cub")).preprocessing is None  # the registry's own
     assert checked >= 3
+
+
+def test_a_sweep_ended_by_rays_memory_monitor_is_one_clear_error():
+    """Tune re-raises a trial actor killed for memory as a RuntimeError caused by Ray's
+    OutOfMemoryError (seen 2026-12-07, two sweeps side by side on 23.5 GiB): that must become one
+    line that names the fix, not a traceback; other failures keep theirs."""
+    from ray.exceptions import OutOfMemoryError
+
+    killed = OutOfMemoryError(
+        "3 worker(s) were killed due to the node running low on memory.\n"
+        "Memory on the node (IP: 127.0.0.1) was 22.32GB used / 23.59GB limit (0.946157)\n- objects errored: 0"
+    )
+    try:
+        try:
+            raise killed
+        except OutOfMemoryError as inner:
+            raise RuntimeError(f"Caught unexpected exception: {inner}") from inner
+    except RuntimeError as outer:
+        error = out_of_memory_error(outer)
+    assert error is not None
+    message = str(error)
+    assert "\n" not in message and "22.32GB used / 23.59GB limit" in message
+    assert "--max-concurrent 1" in message and "finished trials are kept" in message
+    assert out_of_memory_error(RuntimeError("a trial raised ValueError")) is None
 
 
 def test_default_trial_cpus_follow_the_client_count(monkeypatch):
