@@ -52,7 +52,7 @@ def test_every_grids_per_dataset_overrides_build_a_valid_config():
 
 def test_a_sweep_ended_by_rays_memory_monitor_is_one_clear_error():
     """Tune re-raises a trial actor killed for memory as a RuntimeError caused by Ray's
-    OutOfMemoryError (seen 2026-12-07, two sweeps side by side on 23.5 GiB): that must become one
+    OutOfMemoryError (seen 2026-12-07, three sweeps side by side on 23.5 GiB): that must become one
     line that names the fix, not a traceback; other failures keep theirs."""
     from ray.exceptions import OutOfMemoryError
 
