@@ -37,6 +37,20 @@ def test_virtual_run_with_client_kills_equals_the_unfaulted_run(ray_session, sma
 
 
 @pytest.mark.timeout(900)
+def test_sequential_sync_run_with_client_kills_equals_the_unfaulted_run(ray_session, small_config):
+    """FMCSC's configs run the code's client loop (``round_order: sequential``): each client reads
+    what its predecessors of the round uploaded. A client killed mid-round restarts from its
+    kept state and the round goes on as if nothing happened."""
+    cfg = small_config("mode=sync", "round_order=sequential", "rounds=4", "runtime.clients_per_actor=1", "eval_every=2")
+    clean = run_experiment(cfg)
+    killer = ActorKiller(kills=3, every=3)
+    faulted = run_experiment(cfg, callbacks=[killer])
+    assert killer.done == 3 and faulted.summary["actor_restarts"] >= 1
+    assert_gap_free(faulted.federation.upload_log, faulted.federation.rounds_done)
+    _compare((clean.summary, clean.federation), (faulted.summary, faulted.federation))
+
+
+@pytest.mark.timeout(900)
 def test_async_run_survives_client_kills(ray_session, small_config):
     cfg = small_config("mode=async", "rounds=5", "runtime.clients_per_actor=2", "eval_every=0")
     killer = ActorKiller(kills=3, every=3)

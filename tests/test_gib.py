@@ -211,19 +211,43 @@ def batch_inputs(method: GIB, data: LocalData, n: int = 30):
 
 def test_defaults_follow_the_paper_and_msdibs_code():
     cfg = GIBConfig()
-    assert (cfg.alpha, cfg.beta, cfg.batch_size, cfg.lr, cfg.purity_threshold, cfg.max_ball_fraction) == (
-        0.8,
-        0.6,
-        256,
-        1e-4,
-        0.9,
-        1.0,
-    )
+    assert (cfg.alpha, cfg.beta, cfg.purity_threshold, cfg.max_ball_fraction) == (0.8, 0.6, 0.9, 1.0)
     assert (cfg.widths, cfg.mu_dim, cfg.clip_norm, cfg.lr_step, cfg.keep_best) == ([512, 512, 256], 128, 5.0, 50, True)
 
 
-def test_loss_is_eq2_on_the_shared_machinery():
-    m = make()
+def test_readings_settings():
+    tuned = GIBConfig()
+    assert tuned.reading == "tuned"  # MSDIB's tuned lr and CE, its code's batch, Eq. 6's pairs on H
+    assert [tuned.setting(k) for k in ("lr", "ce_logits", "sample_pairs", "batch_size")] == [1e-3, "log_p", "h", 100]
+    printed = GIBConfig(reading="printed")  # Sec. 3.1's lr and batch, Eq. 6 and the code's CE as printed
+    assert [printed.setting(k) for k in ("lr", "ce_logits", "sample_pairs", "batch_size")] == [
+        1e-4,
+        "softmax_p",
+        "y",
+        256,
+    ]
+    assert GIBConfig(reading="printed", lr=3e-3).setting("lr") == 3e-3  # a key set explicitly wins
+
+
+@pytest.mark.parametrize("reading,logits", [("tuned", "log_p"), ("printed", "softmax_p")])
+def test_each_reading_takes_its_cross_entropy(reading, logits):
+    m = make(reading=reading)
+    data = data_for(m)
+    model, x, ids, noise = batch_inputs(m, data)
+    _, terms = m.loss(model, x, ids, noise)
+    out = model(x)
+    assert terms["balanced_ce"].item() == pytest.approx(
+        all_balanced_ce(out["y"], out["y_fused"], logits).item(), rel=1e-5
+    )
+    other = "softmax_p" if logits == "log_p" else "log_p"
+    assert terms["balanced_ce"].item() != pytest.approx(
+        all_balanced_ce(out["y"], out["y_fused"], other).item(), rel=1e-3
+    )
+
+
+@pytest.mark.parametrize("reading", ["tuned", "printed"])
+def test_loss_is_eq2_on_the_shared_machinery(reading):
+    m = make(reading=reading)
     data = data_for(m)
     model, x, ids, noise = batch_inputs(m, data)
     model.train()
@@ -234,7 +258,9 @@ def test_loss_is_eq2_on_the_shared_machinery():
     cf = batch_ball_centres(hf, ids[FUSED])
     mean_pairs = lambda d: (joint_mi(d[0], d[1]) + joint_mi(d[0], d[2]) + joint_mi(d[1], d[2])) / 3  # noqa: E731
     balls = 0.8 * mean_pairs(c) - 0.6 * sum(joint_mi(c[v], cf) for v in c)
-    comp = sample_compression(model.critic, h, hf, noise, 4)["total"] + all_balanced_ce(y, yf) + mean_pairs(y)
+    ce = all_balanced_ce(y, yf, m.cfg.setting("ce_logits"))
+    pairs = mean_pairs(h if reading == "tuned" else y)  # Eq. 6's pair term: on H (tuned) or as printed
+    comp = sample_compression(model.critic, h, hf, noise, 4)["total"] + ce + pairs
     samples = 0.8 * comp - 0.6 * sum(joint_mi(y[v], yf) for v in y)
     expected = ddc_loss(yf, out["hidden"])["total"] + balls + samples
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)

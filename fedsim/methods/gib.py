@@ -35,19 +35,23 @@ Choices where the paper is silent, each MSDIB's code:
   sample of z); Fig. 1's "cluster the balls, then map back" is not followed: with n_th = the whole
   shard each ball is one pseudo-label cluster, and a head on its centre only relabels k-means.
 - With V > 2 views, the pair terms are means over pairs (two views: the printed single pair).
-- Training: Adam lr 1e-4 and batch 256 (Sec. 3.1), drop_last, gradient clip 5, StepLR x0.1 at
-  epoch 50, 100 epochs, and within a run the epoch with the lowest DDC1 kept (MSDIB's code).
-Eq. 6 minimises I(Y_i; Y_j) and Eq. 5 I(C_i; C_j) as printed.
+- Training: drop_last, gradient clip 5, StepLR x0.1 at epoch 50, 100 epochs, and within a run
+  the epoch with the lowest DDC1 kept (MSDIB's code); lr and batch size per ``reading``.
+Eq. 5 minimises I(C_i; C_j) as printed.
 
-Table 2 ablations: ``use_balls`` / ``use_samples`` drop Eq. 5 / Eq. 6 (L_DDC is always on).
-Evaluation: argmax of Y_F (``soft_assignments``), BatchNorm with the whole shard's statistics;
-``selection_loss`` is DDC1 of Y_F. Federated use (no paper offers it): as MSDIB (fedsim/methods/
-msdib.py); balls are built from the client's own samples only and never leave it.
+``reading`` (``READINGS``): ``tuned`` (default) is the reading that clusters best of those
+measured (reports/findings/gib_targets.md): MSDIB's tuned changes (Adam lr 1e-3, the default of
+DanielTrosten/mvc that MSDIB's release builds on, and the balanced CE on log p, ``ce_logits``),
+MSDIB code's batch of 100, and Eq. 6's pair term on the features, I(H_i; H_j)
+(``sample_pairs: h``), where MSDIB's code puts its pair term: minimising I(Y_i; Y_j) as printed
+asks the views' assignments, which share one head, to be independent while Eq. 6's second term
+asks each to agree with Y_F. ``printed`` is Sec. 3.1's lr 1e-4 and batch 256, Eq. 6 as printed,
+and the CE as MSDIB's code computes it (softmax(p) as logits).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -74,6 +78,12 @@ from fedsim.methods.ib_common import (
 
 FUSED = "fused"  # key of the fused space beside the view indices
 
+# Settings a reading fixes unless the config sets them (see the module docstring).
+READINGS: dict[str, dict[str, Any]] = {
+    "tuned": {"lr": 1e-3, "ce_logits": "log_p", "sample_pairs": "h", "batch_size": 100},
+    "printed": {"lr": 1e-4, "ce_logits": "softmax_p", "sample_pairs": "y", "batch_size": 256},
+}
+
 
 class GIBConfig(BaseModel):
     """GIB hyper-parameters (see the module docstring for where each default comes from)."""
@@ -85,11 +95,14 @@ class GIBConfig(BaseModel):
     widths: list[int] = Field(default_factory=lambda: [512, 512, 256], description="encoder widths (Sec. 3.1)")
     mu_dim: int = Field(128, ge=1, description="leading output coordinates read as mu; the rest give sigma")
     head_hidden: int = Field(100, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    reading: Literal["tuned", "printed"] = "tuned"
+    lr: float | None = Field(None, gt=0, description="Adam learning rate (None: the reading's)")
+    ce_logits: Literal["log_p", "softmax_p"] | None = Field(None, description="what the balanced CE takes as logits")
+    sample_pairs: Literal["y", "h"] | None = Field(None, description="Eq. 6's pair term: I(Y_i; Y_j) or I(H_i; H_j)")
     lr_step: int | None = Field(50, ge=1, description="StepLR step in epochs (lr x lr_gamma); None: constant")
     lr_gamma: float = Field(0.1, gt=0)
     clip_norm: float | None = Field(5.0, gt=0)
-    batch_size: int = Field(256, ge=2)
+    batch_size: int | None = Field(None, ge=2, description="None: the reading's (last partial batch dropped)")
     keep_best: bool = Field(True, description="keep the epoch with the lowest DDC1 of the run")
     purity_threshold: float = Field(0.9, gt=0, le=1, description="theta of Sec. 2.4.1")
     max_ball_fraction: float = Field(1.0, gt=0, le=1, description="n_th as a fraction of the client's samples")
@@ -101,8 +114,9 @@ class GIBConfig(BaseModel):
     ddc_relative_sigma: float = Field(0.15, gt=0)
 
     def setting(self, name: str) -> Any:
-        """GIB has one reading: every setting is the field itself (``IBMethod`` asks MSDIB's way)."""
-        return getattr(self, name)
+        """The field, or the reading's value where the field is None (``IBMethod`` asks this way)."""
+        value = getattr(self, name)
+        return READINGS[self.reading].get(name) if value is None else value
 
 
 class GIB(IBMethod):
@@ -179,8 +193,8 @@ class GIB(IBMethod):
             terms.update(mi_cc=mi_cc, mi_cs=mi_cs)
         if cfg.use_samples:
             samples = sample_compression(model.critic, h, h_fused, noise, cfg.mu_dim)
-            ce = all_balanced_ce(y, y_fused)
-            mi_yy = mean_pairwise(y, joint_mi)
+            ce = all_balanced_ce(y, y_fused, cfg.setting("ce_logits"))
+            mi_yy = mean_pairwise(y if cfg.setting("sample_pairs") == "y" else h, joint_mi)
             mi_ys = sum((joint_mi(y[v], y_fused) for v in y), zero)
             total = total + cfg.alpha * (samples["total"] + ce + mi_yy) - cfg.beta * mi_ys
             terms.update(jsd=samples["jsd"], i_samples=samples["i_samples"], balanced_ce=ce, mi_yy=mi_yy, mi_ys=mi_ys)

@@ -355,7 +355,8 @@ BatchLoss = Callable[[nn.Module, "dict[int, torch.Tensor]", torch.Tensor, "dict[
 class IBMethod:
     """The method-protocol half MSDIB and GIB share (``fedsim.methods.base.Method``). A subclass
     sets ``name`` and ``Config`` and implements ``batch_loss``; its config has ``setting(name)``
-    (a reading's value unless the config sets one) for ``lr``, ``lr_step``, ``clip_norm``, ``keep_best``."""
+    (a reading's value unless the config sets one) for ``lr``, ``lr_step``, ``clip_norm``, ``keep_best``,
+    ``batch_size``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -385,7 +386,7 @@ class IBMethod:
 
     # -- one round = one epoch --------------------------------------------------------------------
     def batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
-        return drop_last_batches(n, self.cfg.batch_size, generator)
+        return drop_last_batches(n, self.cfg.setting("batch_size"), generator)
 
     def batch_loss(
         self, model: IBNetwork, x: dict[int, torch.Tensor], idx: torch.Tensor, noise: dict[Any, torch.Tensor]
