@@ -315,7 +315,7 @@ def test_single_view_client_reuses_its_balls_for_the_fusion():
     assert balls[FUSED] is balls[0]
     model = m.build_model(0)
     out = m.train_round(model, m.make_optimizer(model), data, torch.Generator().manual_seed(0))
-    assert out["mi_cc"] == 0.0 and out["mi_yy"] == 0.0
+    assert out["mi_cc"] == 0.0 and out["mi_pairs"] == 0.0
 
 
 def test_evaluation_is_the_fused_heads_argmax():

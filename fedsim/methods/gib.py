@@ -47,6 +47,11 @@ MSDIB code's batch of 100, and Eq. 6's pair term on the features, I(H_i; H_j)
 asks the views' assignments, which share one head, to be independent while Eq. 6's second term
 asks each to agree with Y_F. ``printed`` is Sec. 3.1's lr 1e-4 and batch 256, Eq. 6 as printed,
 and the CE as MSDIB's code computes it (softmax(p) as logits).
+
+Table 2 ablations: ``use_balls`` / ``use_samples`` drop Eq. 5 / Eq. 6 (L_DDC is always on).
+Evaluation: argmax of Y_F (``soft_assignments``), BatchNorm with the whole shard's statistics;
+``selection_loss`` is DDC1 of Y_F. Federated use (no paper offers it): as MSDIB (fedsim/methods/
+msdib.py); balls are built from the client's own samples only and never leave it.
 """
 
 from __future__ import annotations
@@ -194,10 +199,13 @@ class GIB(IBMethod):
         if cfg.use_samples:
             samples = sample_compression(model.critic, h, h_fused, noise, cfg.mu_dim)
             ce = all_balanced_ce(y, y_fused, cfg.setting("ce_logits"))
-            mi_yy = mean_pairwise(y if cfg.setting("sample_pairs") == "y" else h, joint_mi)
+            # Eq. 6's pair term, I(Y_i; Y_j) as printed or I(H_i; H_j) (``sample_pairs``)
+            mi_pairs = mean_pairwise(y if cfg.setting("sample_pairs") == "y" else h, joint_mi)
             mi_ys = sum((joint_mi(y[v], y_fused) for v in y), zero)
-            total = total + cfg.alpha * (samples["total"] + ce + mi_yy) - cfg.beta * mi_ys
-            terms.update(jsd=samples["jsd"], i_samples=samples["i_samples"], balanced_ce=ce, mi_yy=mi_yy, mi_ys=mi_ys)
+            total = total + cfg.alpha * (samples["total"] + ce + mi_pairs) - cfg.beta * mi_ys
+            terms.update(
+                jsd=samples["jsd"], i_samples=samples["i_samples"], balanced_ce=ce, mi_pairs=mi_pairs, mi_ys=mi_ys
+            )
         return total, terms
 
     def prepare_round(self, model: IBNetwork, data: LocalData, generator: torch.Generator) -> dict[str, float]:
