@@ -351,6 +351,21 @@ def test_configs_and_grids_build():
         assert plan_sweep("gib", "synthetic-bdgp", grid, [], trial_cpus=2).actors_per_trial >= 1
 
 
+def test_targets_grid_printed_row_resets_a_configs_learning_rate():
+    """configs/gib/cub.yaml sets lr 3e-3 for the default reading; the grid's printed row must
+    still run Sec. 3.1's 1e-4 (its variant sets gib.lr=null), the tuned row the config's value."""
+    from fedsim.config import load_config, method_config
+    from fedsim.sweep import load_grid
+
+    grid = load_grid("gib", "targets")
+    lrs = {}
+    for trial in grid.trials:
+        if trial["seed"] == 0:
+            cfg = load_config(ROOT / "configs" / "gib" / "cub.yaml", grid.trial_overrides(trial))
+            lrs[trial["gib.reading"]] = method_config(cfg).setting("lr")
+    assert lrs == {"tuned": 3e-3, "printed": 1e-4}
+
+
 GIB_SMALL = {
     "method": "gib",
     "dataset": "synthetic",
