@@ -356,8 +356,8 @@ def ablation_ordering(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str 
     """For an ablation grid (one row axis of named variants): the variants ranked by the first
     metric, ours against the paper's ranking on this dataset, or on the paper's own datasets when
     it has none here."""
-    if len(spec.rows) != 1 or spec.columns or spec.rows[0] not in spec.variants:
-        return None
+    if len(spec.rows) != 1 or spec.columns or spec.rows[0] not in spec.variants or len(table) < 2:
+        return None  # one variant run so far ranks nothing
     axis, metric = spec.rows[0], spec.metrics[0]
 
     def rank(values: dict[str, float]) -> str:

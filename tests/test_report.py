@@ -250,6 +250,7 @@ def test_ablation_ordering_against_the_paper():
     )
     assert "ours: full > ddc_samples > ddc_balls > ddc_only; the paper's, on its own datasets: caltech_2v: " in gib
     assert ablation_ordering(load_grid("afmcc", "table2"), "bdgp", table) is None  # not an ablation grid
+    assert ablation_ordering(load_grid("afmcc", "table3b"), "bdgp", table.head(1)) is None  # one variant run
 
 
 def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
