@@ -95,9 +95,10 @@ class PretrainConfig(Strict):
     sees every client's samples instead of one client's ~1/U share; the last client's model
     seeds everyone. ``rounds: null`` means "as many local rounds as the run's ``rounds``"; 0
     disables pretraining (all clients start from the same seeded random initialisation).
+    Off unless the method's ``run_defaults`` (AFMCC, FMCSC) or the config turns it on.
     """
 
-    enabled: bool = True
+    enabled: bool = False
     schedule: Literal["designated", "chain"] = "designated"
     client: int = Field(0, ge=0)
     rounds: int | None = Field(None, ge=0, le=MAX_COUNT)
@@ -233,7 +234,8 @@ class ExperimentConfig(Strict):
     rounds: int = Field(20, ge=1, le=MAX_COUNT)
     speed_profile: str = Field("uniform", max_length=10_000)
     eval_every: int = Field(5, ge=0, le=MAX_COUNT)
-    evaluation: Literal["fmcsc", "global_kmeans", "argmax"] = "fmcsc"
+    # clustering only; unset: the method's own (its ``run_defaults``). See Federation.evaluate.
+    evaluation: Literal["fmcsc", "global_kmeans", "argmax"] | None = None
     kmeans_n_init: int = Field(10, ge=1, le=1000)
     stop: StopConfig = StopConfig()
     pretrain: PretrainConfig = PretrainConfig()
@@ -519,6 +521,9 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     from fedsim.methods import get_method  # late: a method's module imports torch
 
     method_cls = get_method(method)
+    # The run settings the method's paper needs (pretraining, evaluation protocol, stop rule)
+    # go under the user's values: the core's own defaults name no method's protocol.
+    data = _merged(copy.deepcopy(method_cls.run_defaults), data)
     try:
         params = method_cls.Config.model_validate(section)
     except ValidationError as exc:
@@ -531,6 +536,16 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(_first_error(exc, model=ExperimentConfig)) from None
     _check_finite(cfg.model_dump(exclude={"method_params"}), "")
     return cfg
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section (``base`` is modified and returned)."""
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merged(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def _check_method_params(method: str, params: BaseModel) -> None:

@@ -51,9 +51,19 @@ from fedsim.sweep import (
 )
 from fedsim.tracking import config_params
 
-METHOD_ORDER = ("afmcc", "fmcsc", "cmmc", "msdib", "gib", "fedrecon")
-SKIPPED_GRIDS = {("afmcc", "smoke")}  # the sweep test's grid, not a paper table
+# The order of the report's method sections: tune/grids/report.yaml ``sections``; grid folders
+# it does not list follow, alphabetically.
+SECTIONS_FILE = GRID_DIR / "report.yaml"
 FINDINGS_DIR = "findings"
+
+
+def report_sections() -> list[str]:
+    """Method grid folders in the report's order (SECTIONS_FILE first, then the rest by name)."""
+    from fedsim.config import load_yaml
+
+    listed = list(load_yaml(SECTIONS_FILE).get("sections", [])) if SECTIONS_FILE.is_file() else []
+    methods = [m for m in listed if (GRID_DIR / m).is_dir()]
+    return methods + sorted(p.name for p in GRID_DIR.iterdir() if p.is_dir() and p.name not in methods)
 
 
 @dataclass
@@ -163,7 +173,7 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         finals = {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")}
         row = {
             **point,
-            **{k: finals[k] for k in _score_keys(finals)},
+            **{k: finals[k] for k in _score_keys(finals, spec.method)},
             "wall_time_s": finals.get("wall_time", float("nan")),
             "sim_time": finals.get("sim_time", float("nan")),
             "mlflow_run_id": run.info.run_id,
@@ -216,13 +226,12 @@ def read_sweeps(tracking_uri: str) -> dict[tuple[str, str, str], SweepRecord]:
         if len(parts) != 4 or parts[0] != "sweep":
             continue
         _, method, dataset, grid = parts
-        if (
-            (method, grid) in SKIPPED_GRIDS
-            or dataset.startswith("synthetic")
-            or not (GRID_DIR / method / f"{grid}.yaml").is_file()
-        ):
+        if dataset.startswith("synthetic") or not (GRID_DIR / method / f"{grid}.yaml").is_file():
             continue
-        record = read_sweep(client, exp, load_grid(method, grid), dataset)
+        spec = load_grid(method, grid)
+        if spec.skip_in_report:
+            continue
+        record = read_sweep(client, exp, spec, dataset)
         if record is not None:
             out[(method, dataset, grid)] = record
     for record in out.values():
@@ -640,16 +649,16 @@ def write_report(
     for old in out.glob("*.png"):  # plots of sweeps no longer in the store must not linger
         old.unlink()
     sweeps = read_sweeps(tracking_uri)
-    methods = [m for m in METHOD_ORDER if (GRID_DIR / m).is_dir()]
-    methods += sorted(p.name for p in GRID_DIR.iterdir() if p.is_dir() and p.name not in methods)
+    methods = report_sections()
     body: list[str] = []
     status: list[dict[str, Any]] = []
     for method in methods:
         body += [f"## {method.upper()}", ""]
         for grid in sorted(grid_names(method), key=_grid_order):
-            if (method, grid) in SKIPPED_GRIDS:
+            spec = load_grid(method, grid)
+            if spec.skip_in_report:
                 continue
-            lines, st = _section(load_grid(method, grid), sweeps, out, data_dir, tables)
+            lines, st = _section(spec, sweeps, out, data_dir, tables)
             body += lines
             status += st
     counts = pd.Series([s["state"].split(":")[0] for s in status]).value_counts().to_dict() if status else {}

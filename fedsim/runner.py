@@ -162,18 +162,12 @@ def _rehearse_method(
             f"{cfg.method}'s model has a layer of width 0 ({shorten(empty[0], 40)}); every width in "
             f"{cfg.method}.* must be >= 1"
         )
-    # A method's rules on the whole run (``check_run``), and, for methods that map each
-    # client's modalities to a model slot (FMCSC's view patterns), that every client has one.
-    check_run = getattr(method, "check_run", None)
-    if check_run is not None:
-        try:
-            check_run(cfg.rounds, [tuple(m) for m in client_modalities])
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.method}: {shorten(str(exc), 200)}") from None
-    pattern_of = getattr(method, "pattern_of", None)
-    if pattern_of is not None:
-        for modalities in {tuple(m) for m in client_modalities}:
-            pattern_of(modalities)
+    # A method's rules on the whole run (e.g. CMMC's stages against ``rounds``, FMCSC's view
+    # pattern for every client).
+    try:
+        method.check_run(cfg.rounds, [tuple(m) for m in client_modalities])
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.method}: {shorten(str(exc), 200)}") from None
     return 4 * sum(p.numel() for p in model.parameters())
 
 
@@ -199,28 +193,19 @@ def _check_model_size(cfg: ExperimentConfig, method: Any) -> None:
         )
 
 
+def _client_nodes(described: dict[int, dict[str, Any]]) -> dict[str, list[int]]:
+    nodes: dict[str, list[int]] = {}
+    for cid in sorted(described):
+        nodes.setdefault(str(described[cid]["node_id"]), []).append(cid)
+    return nodes
+
+
 def _check_method(cfg: ExperimentConfig) -> None:
-    """The method can do what the config asks of it (task, model selection)."""
+    """The method can do what the config asks of it (its ``Learner.validate``: task, model
+    selection, its own rules)."""
     from fedsim.methods import get_method
 
-    method_cls = get_method(cfg.method)
-    supervised = bool(getattr(method_cls, "supervised", False))
-    if cfg.task == "classification" and not supervised:
-        raise ConfigError(
-            f"task=classification needs a supervised method; '{cfg.method}' is a clustering method "
-            "(supervised methods: fedrecon, fedavg, fedprox, fedopt)"
-        )
-    if cfg.task == "clustering" and supervised:
-        raise ConfigError(f"'{cfg.method}' is a supervised method; set task=classification")
-    if (
-        cfg.model_selection.runs > 1
-        and cfg.model_selection.criterion == "loss"
-        and not hasattr(method_cls, "selection_loss")
-    ):
-        raise ConfigError(
-            f"model_selection.criterion=loss needs a label-free selection_loss, which '{cfg.method}' "
-            "does not define; use model_selection.criterion=acc (uses labels) or runs=1"
-        )
+    get_method(cfg.method).validate(cfg)
 
 
 @dataclass
@@ -380,6 +365,8 @@ def _federate(
             "num_cpus_per_actor": round(placement.num_cpus, 4),
             "num_gpus_per_actor": round(placement.num_gpus, 4),
             "num_parameters": described[0]["num_parameters"],
+            # where the clients run: Ray node id -> its client ids (a cluster spreads the actors)
+            "client_nodes": _client_nodes(described),
             "run_tag": run_tag,
             "dashboard_url": ray_info.get("dashboard_url"),
             "restart": cfg.restart,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import fnmatch
 import itertools
 import json
 import math
@@ -65,6 +66,7 @@ class GridSpec:
     # values, and the paper's datasets we do not hold (name -> why), listed rather than omitted.
     report_datasets: list[str] = field(default_factory=list)
     not_held: dict[str, str] = field(default_factory=dict)
+    skip_in_report: bool = False  # a grid for tests and laptops (``report: {skip: true}``), no paper table
     # Grid points that are another grid's trials under the same config (CMMC Table 3's full model
     # is Table 1): axis -> value -> that grid's name. Where this grid has no run of such a point,
     # the report takes the other grid's run of the same seed, once their resolved configs agree
@@ -116,6 +118,7 @@ def load_grid(method: str, grid: str) -> GridSpec:
             plot=table.get("plot"),
             report_datasets=list(raw.get("report", {}).get("datasets", [])),
             not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
+            skip_in_report=bool(raw.get("report", {}).get("skip", False)),
             derived_rows={k: dict(v) for k, v in (raw.get("derived_rows", {}) or {}).items()},
             borrow={k: {str(v): str(g) for v, g in m.items()} for k, m in (raw.get("borrow", {}) or {}).items()},
         )
@@ -262,7 +265,7 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     key = trial_key(params)
     done = _finished_trial_summary(ctx["parent_run_id"], key)
     if done is not None:  # finished before the driver died, but Tune had not recorded it yet
-        tune.report(_final_report(done, params))
+        tune.report(_final_report(done, params, ctx["spec"].method))
         return
     overrides = ctx["overrides"] + ctx["spec"].trial_overrides(params)
     cpus, gpus = trial_actor_resources(ctx, build_config(ctx["base"], overrides).num_clients)
@@ -282,7 +285,7 @@ def fedsim_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         ],
     )
     outcome = run_experiment(cfg, callbacks=[TuneReporter()])
-    tune.report(_final_report(outcome.summary, params))
+    tune.report(_final_report(outcome.summary, params, ctx["spec"].method))
 
 
 def trial_actor_resources(ctx: dict[str, Any], num_clients: int) -> tuple[float, float]:
@@ -298,18 +301,19 @@ def trial_actor_resources(ctx: dict[str, Any], num_clients: int) -> tuple[float,
 
 
 # Final scores a trial reports: clustering (acc/nmi/ari/purity), classification (accuracy/macro_f1/
-# uar), and a method's label-free selection loss when it has one.
-SCORE_KEYS = ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar", "selection_loss")
-# A method's extra_metrics (e.g. FedRecon's coherence_*, recon_mse, cross_mse) are reported too.
-# selected_by_<criterion>/<metric>: the restart each model-selection criterion keeps (runner.selected_by).
-EXTRA_SCORE_PREFIXES = ("coherence", "recon_mse", "cross_mse", "fusion_weight_", "selected_by_")
+# uar), selected_by_<criterion>/<metric> (the restart each model-selection criterion keeps;
+# runner.selected_by), and the metrics the method declares (``Learner.metric_names``).
+SCORE_KEYS = ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar", "selected_by_*")
 
 
-def _score_keys(s: dict[str, Any]) -> list[str]:
+def _score_keys(s: dict[str, Any], method: str) -> list[str]:
+    from fedsim.methods import get_method
+
+    patterns = (*SCORE_KEYS, *get_method(method).metric_names)
     return [
         k
         for k in s
-        if (k in SCORE_KEYS or k.startswith(EXTRA_SCORE_PREFIXES))
+        if any(fnmatch.fnmatchcase(k, p) for p in patterns)
         and isinstance(s[k], (int, float))
         and not isinstance(s[k], bool)
     ]
@@ -320,9 +324,9 @@ def trial_key(params: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _final_report(s: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def _final_report(s: dict[str, Any], params: dict[str, Any], method: str) -> dict[str, Any]:
     return {
-        **{k: s[k] for k in _score_keys(s)},
+        **{k: s[k] for k in _score_keys(s, method)},
         "sim_time": s["simulated_time"],
         "wall_time_s": s["wall_time"],
         "uploads": s["uploads"],
@@ -465,7 +469,7 @@ def run_sweep(
         finally:
             # A trial stopped by Ctrl-C (Tune ends the sweep gracefully) never closed its run.
             _mark_stale_children(parent_id)
-        frame = _trial_frame(results)
+        frame = _trial_frame(results, plan.spec.method)
         summary = summarise(plan, frame)
         _log_summary(parent_id, plan, frame, summary)
         errors = [str(r.error) for r in results if r.error is not None]
@@ -530,7 +534,7 @@ def _mark_stale_children(parent_id: str) -> None:
             client.set_terminated(run.info.run_id, "KILLED")
 
 
-def _trial_frame(results: Any) -> pd.DataFrame:
+def _trial_frame(results: Any, method: str) -> pd.DataFrame:
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -539,7 +543,7 @@ def _trial_frame(results: Any) -> pd.DataFrame:
         rows.append(
             {
                 **json.loads(m["done_params"]),
-                **{k: m[k] for k in (*_score_keys(m), "sim_time", "wall_time_s", "mlflow_run_id") if k in m},
+                **{k: m[k] for k in (*_score_keys(m, method), "sim_time", "wall_time_s", "mlflow_run_id") if k in m},
                 "history": m["history"],
             }
         )

@@ -182,8 +182,8 @@ def test_stage_follows_the_round():  # Algorithm 1: E_p, then E_c, then E_f roun
     assert stages == ["pretrain"] * 3 + ["contrastive"] * 2 + ["finetune"] * 4
     assert method.stage(RoundContext(12, "train", 9)) == "finetune"  # group / sim_time stop rules
     assert method.stage(RoundContext(0, "pretrain", 50)) == "pretrain"  # the runtime's pretraining
-    with pytest.raises(ConfigError, match="rounds=9"):  # the driver checks it first (check_run)
-        method.stage(RoundContext(1, "train", 240))
+    with pytest.raises(ConfigError, match="rounds=9"):  # the driver checks it before Ray starts
+        method.check_run(240, [])
 
 
 def _train(method, data, round_, total=6, seed=0, model=None, opt=None):

@@ -69,7 +69,7 @@ def test_misspelt_method_key_and_bad_values_are_refused_before_torch(override, m
 def test_config_keys_read_from_source_match_every_methods_model():
     """The keys read without importing a method (fedsim.methods.config_keys) are exactly its
     pydantic Config's fields, for every built-in method."""
-    from fedsim.methods import BUILTIN_METHODS, config_keys, get_method
+    from fedsim.methods import config_keys, get_method, method_names
 
-    for name in BUILTIN_METHODS:
+    for name in method_names():
         assert config_keys(name) == frozenset(get_method(name).Config.model_fields), name

@@ -252,9 +252,11 @@ def test_trial_reports_carry_method_extra_metrics():
         "history": [],
         "seed": 0,
     }
-    report = _final_report(summary, {"seed": 0})
+    report = _final_report(summary, {"seed": 0}, "fedrecon")
     assert {"accuracy", "uar", "coherence", "coherence_real", "cross_mse"} <= set(report)
     assert "seed" not in report and "acc" not in report
+    # only the metrics the method declares (Learner.metric_names): FedAvg declares none
+    assert not {"coherence", "coherence_real", "cross_mse"} & set(_final_report(summary, {"seed": 0}, "fedavg"))
 
 
 def test_time_to_reach_compares_each_run_with_its_own_seeds_reference():

@@ -1,9 +1,11 @@
-"""Method registry.
+"""Method registry: the ``fedsim.methods`` entry-point group, and nothing else.
 
-A method is one module implementing ``fedsim.methods.base.Method``. The runtime only ever asks
-this registry for a method by the name in the config; it never imports a method module itself.
-Built-in methods are listed below by import path (so a source checkout works without an
-install); third-party methods register under the ``fedsim.methods`` entry-point group.
+A method is one module with a ``fedsim.methods.base.Learner`` subclass, registered by an entry
+point (pyproject.toml ``[project.entry-points."fedsim.methods"]``; a third-party package
+declares its own). The runtime only ever asks this registry for a method by the name in the
+config; it never imports a method module itself. Entry points are read from the installed
+metadata: a source checkout needs ``pip install -e .`` (``make install``) once, and again when
+an entry is added.
 """
 
 from __future__ import annotations
@@ -17,24 +19,10 @@ from pathlib import Path
 
 from fedsim.errors import ConfigError
 
-BUILTIN_METHODS: dict[str, str] = {
-    # federated clustering
-    "afmcc": "fedsim.methods.afmcc:AFMCC",
-    "fmcsc": "fedsim.methods.fmcsc:FMCSC",
-    # centralised clustering methods, also runnable federated with modality-aware FedAvg
-    "cmmc": "fedsim.methods.cmmc:CMMC",
-    "msdib": "fedsim.methods.msdib:MSDIB",
-    "gib": "fedsim.methods.gib:GIB",
-    # supervised, missing modalities (task: classification)
-    "fedrecon": "fedsim.methods.fedrecon:FedRecon",
-    "fedavg": "fedsim.methods.supervised:FedAvg",
-    "fedprox": "fedsim.methods.supervised:FedProx",
-    "fedopt": "fedsim.methods.supervised:FedOpt",
-}
-
 
 def _targets() -> dict[str, str]:
-    targets = dict(BUILTIN_METHODS)
+    """name -> "module:attribute"."""
+    targets: dict[str, str] = {}
     for ep in entry_points(group="fedsim.methods"):
         targets.setdefault(ep.name, ep.value)
     return targets
@@ -46,6 +34,11 @@ def method_names() -> list[str]:
 
 def get_method(name: str) -> type:
     targets = _targets()
+    if not targets:
+        raise ConfigError(
+            "no methods are registered: fedsim's entry points are missing; install it with `make install` "
+            "(pip install -e .)"
+        )
     if name not in targets:
         raise ConfigError(f"unknown method '{name}'; available: {', '.join(sorted(targets))}")
     module_name, _, attr = targets[name].partition(":")

@@ -103,7 +103,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, mlp, unflatten
+from fedsim.methods.base import Learner, LocalData, PeerModel, RoundContext, RoundLosses, mlp, unflatten
 
 
 # The two readings of the paper (``afmcc.reading``). A key set explicitly in a config wins over
@@ -287,11 +287,14 @@ def eq6_log_weights(
 # The method
 
 
-class AFMCC:
-    """AFMCC on the fedsim method protocol (see ``fedsim.methods.base.Method``)."""
+class AFMCC(Learner):
+    """AFMCC on the fedsim method contract (``fedsim.methods.base.Learner``)."""
 
     name: ClassVar[str] = "afmcc"
     Config: ClassVar[type[BaseModel]] = AFMCCConfig
+    # Alg. 1 line 1 (one pretrained model seeds every client) and Sec. 5's evaluation, FMCSC's
+    # protocol (k-means on client 0, the others from its centres)
+    run_defaults: ClassVar[dict[str, Any]] = {"pretrain": {"enabled": True}, "evaluation": "fmcsc"}
 
     def __init__(self, config: AFMCCConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
         self.cfg = config

@@ -1,4 +1,4 @@
-"""The method protocol: what a federated clustering method implements.
+"""The method contract: what a federated clustering method implements (``Learner``).
 
 Modelled on Flower's ``Client``/``Strategy`` split and pfl-research's algorithm objects: a method
 says how to build a model, how one client aggregates what it downloaded, how it trains one local
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -71,19 +72,65 @@ class RoundContext:
     total_rounds: int = 1
 
 
-class Method(Protocol):
-    """A federated clustering method. One instance per client, created inside the actor."""
+class Learner(ABC):
+    """The client-side half of a method: one instance per client, created inside the actor.
+
+    Subclasses implement the abstract methods; every optional hook has a no-op default, so the
+    runtime calls hooks, it never asks whether a method has one. What the core needs to know
+    before Ray starts is declared as class attributes:
+
+    - ``supervised``: the method trains on ``data.labels`` and answers ``predict``
+      (``task: classification``); clustering methods leave it False.
+    - ``run_defaults``: the run settings the method's paper needs, given under the user's config
+      (AFMCC Alg. 1's pretraining, the FMCSC evaluation protocol, a stop rule). The core's own
+      defaults are neutral: no pretraining, no evaluation protocol.
+    - ``metric_names``: the final metrics ``selection_loss`` and ``extra_metrics`` report
+      (``fnmatch`` patterns, e.g. ``coherence_*``); sweeps and the report keep exactly these.
+    - ``evaluates_aggregate``: evaluate on what ``aggregate`` makes of every client's latest
+      upload (FMCSC's per-pattern global models) instead of on the client's own upload.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
+    supervised: ClassVar[bool] = False
+    run_defaults: ClassVar[dict[str, Any]] = {}
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    evaluates_aggregate: bool = False
 
-    def __init__(self, config: BaseModel, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None: ...
+    @classmethod
+    def validate(cls, experiment: Any) -> None:
+        """Refuse a run this method cannot do, before Ray starts (raise ``ConfigError``).
+        ``experiment`` is the validated ``fedsim.config.ExperimentConfig``; a subclass that
+        extends this calls ``super().validate(experiment)``."""
+        from fedsim.errors import ConfigError
 
+        if experiment.task == "classification" and not cls.supervised:
+            raise ConfigError(
+                f"task=classification needs a supervised method; '{cls.name}' is a clustering method "
+                f"(supervised methods: {', '.join(supervised_method_names())})"
+            )
+        if experiment.task == "clustering" and cls.supervised:
+            raise ConfigError(f"'{cls.name}' is a supervised method; set task=classification")
+        if experiment.task == "clustering" and experiment.evaluation is None:
+            raise ConfigError(
+                f"'{cls.name}' declares no evaluation protocol; set evaluation=fmcsc, global_kmeans or argmax"
+            )
+        selection = experiment.model_selection
+        if selection.runs > 1 and selection.criterion == "loss" and "selection_loss" not in cls.metric_names:
+            raise ConfigError(
+                f"model_selection.criterion=loss needs a label-free selection_loss, which '{cls.name}' "
+                "does not define; use model_selection.criterion=acc (uses labels) or runs=1"
+            )
+
+    # -- required ---------------------------------------------------------------------------------
+    @abstractmethod
     def build_model(self, seed: int) -> torch.nn.Module:
         """A freshly initialised model, deterministic in ``seed``."""
 
+    @abstractmethod
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
 
+    @abstractmethod
     def aggregate(
         self, model: torch.nn.Module, data: LocalData, peers: list[PeerModel]
     ) -> tuple[torch.Tensor, dict[int, float]]:
@@ -92,6 +139,7 @@ class Method(Protocol):
         ``model`` holds the client's own current parameters. Returns the flat parameters to load
         and the weight given to each peer (logged per round)."""
 
+    @abstractmethod
     def train_round(
         self,
         model: torch.nn.Module,
@@ -100,22 +148,46 @@ class Method(Protocol):
         generator: torch.Generator,
         context: RoundContext,
     ) -> dict[str, float]:
-        """One round of local training; returns mean losses."""
+        """One round of local training; returns mean losses (``loss``: the mean total)."""
 
+    @abstractmethod
     def embed(self, model: torch.nn.Module, data: LocalData) -> np.ndarray:
         """Features of the client's samples used for k-means evaluation."""
 
-    def soft_assignments(self, model: torch.nn.Module, data: LocalData) -> np.ndarray | None:
-        """Soft cluster assignments (n, K) if the method has them, for argmax evaluation."""
-
+    @abstractmethod
     def round_cost(self, data: LocalData, num_peers: int) -> float:
         """Work units of one round, for the virtual clock (samples x forward-pass equivalents)."""
 
-    # Optional hooks, used when a method defines them:
-    #   supervised: ClassVar[bool] = True  -> may train on data.labels; required by task=classification
-    #   predict(model, data) -> (n, K) class probabilities        (task=classification)
-    #   selection_loss(model, data) -> float, label-free, lower is better   (model_selection)
-    #   extra_metrics(model, data) -> dict[str, float], at the final evaluation, sample-weighted
+    # -- optional hooks (no-op defaults) ----------------------------------------------------------
+    def check_run(self, rounds: int, client_modalities: list[tuple[int, ...]]) -> None:  # noqa: B027
+        """Rules on the whole federation (raise ``ValueError``), checked in the driver before
+        Ray starts: e.g. CMMC's stages against ``rounds``, FMCSC's view pattern per client.
+        Nothing by default."""
+
+    def soft_assignments(self, model: torch.nn.Module, data: LocalData) -> np.ndarray | None:
+        """Soft cluster assignments (n, K), for ``evaluation: argmax``; None if the method has none."""
+        return None
+
+    def predict(self, model: torch.nn.Module, data: LocalData) -> np.ndarray:
+        """(n, K) class probabilities (``task: classification``; ``supervised`` methods)."""
+        raise NotImplementedError(f"'{self.name}' is not a supervised method: it has no predict")
+
+    def selection_loss(self, model: torch.nn.Module, data: LocalData) -> float | None:
+        """A label-free score of the model, lower is better (model selection); None: none.
+        A method that returns one lists ``selection_loss`` in ``metric_names``."""
+        return None
+
+    def extra_metrics(self, model: torch.nn.Module, data: LocalData) -> dict[str, float]:
+        """Metrics at the final evaluation, averaged over clients by sample count; their names
+        match ``metric_names``."""
+        return {}
+
+
+def supervised_method_names() -> list[str]:
+    """The registered methods that train on labels (imports them: for error messages only)."""
+    from fedsim.methods import get_method, method_names
+
+    return [name for name in method_names() if issubclass(cls := get_method(name), Learner) and cls.supervised]
 
 
 def mlp(widths: list[int]) -> torch.nn.Sequential:

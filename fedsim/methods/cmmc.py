@@ -93,7 +93,7 @@ Federated use (no paper does this; fedsim's own extension):
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from fedsim.errors import ConfigError
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, RoundLosses, mlp, modality_aware_average
+from fedsim.methods.base import Learner, LocalData, PeerModel, RoundContext, RoundLosses, mlp, modality_aware_average
 
 Stage = Literal["pretrain", "contrastive", "finetune"]
 
@@ -271,11 +271,15 @@ def match_pseudo_labels(predictions: np.ndarray, pseudo: np.ndarray, n_clusters:
 # The method
 
 
-class CMMC:
-    """CMMC on the fedsim method protocol (see ``fedsim.methods.base.Method``)."""
+class CMMC(Learner):
+    """CMMC on the fedsim method contract (``fedsim.methods.base.Learner``)."""
 
     name: ClassVar[str] = "cmmc"
     Config: ClassVar[type[BaseModel]] = CMMCConfig
+    # Eq. 15's prediction; no run-level pretraining: stage 1 (pretrain_epochs) pretrains the
+    # autoencoders inside the federation's own rounds
+    run_defaults: ClassVar[dict[str, Any]] = {"evaluation": "argmax"}
+    metric_names: ClassVar[tuple[str, ...]] = ("selection_loss",)
 
     def __init__(self, config: CMMCConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
         self.cfg = config
@@ -310,8 +314,7 @@ class CMMC:
 
     # -- stages (Algorithm 1) -------------------------------------------------------------------
     def check_run(self, rounds: int, client_modalities: list[tuple[int, ...]]) -> None:
-        """The run's ``rounds`` are the stages' epochs (called by the driver before Ray starts,
-        and by ``stage``)."""
+        """The run's ``rounds`` are the stages' epochs (checked by the driver before Ray starts)."""
         if rounds != self.cfg.total_epochs:
             raise ConfigError(
                 f"cmmc trains {self.cfg.pretrain_epochs} + {self.cfg.contrastive_epochs} + {self.cfg.finetune_epochs} "
@@ -323,7 +326,6 @@ class CMMC:
         """Alg. 1: rounds 1..E_p pretrain, the next E_c contrast, the rest fine-tune."""
         if context.phase == "pretrain":
             return "pretrain"
-        self.check_run(context.total_rounds, [])
         if context.round <= self.cfg.pretrain_epochs:
             return "pretrain"
         if context.round <= self.cfg.pretrain_epochs + self.cfg.contrastive_epochs:

@@ -90,7 +90,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
-from fedsim.methods.base import LocalData, PeerModel, RoundContext, average_by_owners, minibatches, parameter_segments
+from fedsim.methods.base import (
+    Learner,
+    LocalData,
+    PeerModel,
+    RoundContext,
+    average_by_owners,
+    minibatches,
+    parameter_segments,
+)
 from fedsim.methods.supervised import (
     MultimodalClassifier,
     SupervisedConfig,
@@ -294,12 +302,13 @@ def generate(
 # The method
 
 
-class FedRecon:
+class FedRecon(Learner):
     """FedRecon on the fedsim method protocol (Alg. 1; see the module docstring)."""
 
     name: ClassVar[str] = "fedrecon"
     Config: ClassVar[type[BaseModel]] = FedReconConfig
     supervised: ClassVar[bool] = True
+    metric_names: ClassVar[tuple[str, ...]] = ("recon_mse", "cross_mse", "coherence*")
 
     def __init__(self, config: FedReconConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
         self.cfg = config

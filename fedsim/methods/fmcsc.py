@@ -64,7 +64,7 @@ never uploaded). The runtime's optimizer serves pretraining only; training uses 
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ from torch import nn
 from fedsim.errors import ConfigError
 from fedsim.methods.afmcc import constraint_loss
 from fedsim.methods.base import (
+    Learner,
     LocalData,
     PeerModel,
     RoundContext,
@@ -213,12 +214,15 @@ def reconstruction(x: list[torch.Tensor], out: Outputs) -> torch.Tensor:
 # The method
 
 
-class FMCSC:
-    """FMCSC on the fedsim method protocol (see ``fedsim.methods.base.Method``)."""
+class FMCSC(Learner):
+    """FMCSC on the fedsim method contract (``fedsim.methods.base.Learner``)."""
 
     name: ClassVar[str] = "fmcsc"
     Config: ClassVar[type[BaseModel]] = FMCSCConfig
-    evaluates_aggregate: ClassVar[bool] = True
+    evaluates_aggregate = True
+    # main.py: ONE autoencoder pretrained through the clients in turn, then its valid(): k-means
+    # on client 0, the others from its centres
+    run_defaults: ClassVar[dict[str, Any]] = {"pretrain": {"enabled": True, "schedule": "chain"}, "evaluation": "fmcsc"}
 
     def __init__(self, config: FMCSCConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
         if len(view_dims) < 2:
@@ -246,6 +250,11 @@ class FMCSC:
             f"fmcsc supports clients with all {len(self.view_dims)} views or one view, not views "
             f"{list(modalities)}; use an F:S client_ratio (e.g. '1:1') and no missing_rate"
         )
+
+    def check_run(self, rounds: int, client_modalities: list[tuple[int, ...]]) -> None:
+        """Every client's views are a pattern FMCSC has a slot for."""
+        for modalities in set(client_modalities):
+            self.pattern_of(modalities)
 
     def _inputs(self, data: LocalData, views: tuple[int, ...]) -> list[torch.Tensor]:
         """All V views of the client's samples, those outside ``views`` zero-filled (dataloader.py

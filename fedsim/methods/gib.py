@@ -125,7 +125,7 @@ class GIBConfig(BaseModel):
 
 
 class GIB(IBMethod):
-    """GIB on the fedsim method protocol (see ``fedsim.methods.base.Method``); the network, the
+    """GIB on the fedsim method contract (``fedsim.methods.base.Learner``); the network, the
     epoch loop and the evaluation are ``IBMethod``'s (MSDIB's machinery), the granular balls and
     the objective are GIB's."""
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.methods.base import (
+    Learner,
     LocalData,
     PeerModel,
     RoundContext,
@@ -352,14 +353,17 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 BatchLoss = Callable[[nn.Module, "dict[int, torch.Tensor]", torch.Tensor, "dict[Any, torch.Tensor]"], Any]
 
 
-class IBMethod:
-    """The method-protocol half MSDIB and GIB share (``fedsim.methods.base.Method``). A subclass
+class IBMethod(Learner):
+    """The ``Learner`` half MSDIB and GIB share (``fedsim.methods.base.Learner``). A subclass
     sets ``name`` and ``Config`` and implements ``batch_loss``; its config has ``setting(name)``
     (a reading's value unless the config sets one) for ``lr``, ``lr_step``, ``clip_norm``, ``keep_best``,
     ``batch_size``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # the argmax of the fused DDC head (MSDIB's code evaluates that way)
+    run_defaults: ClassVar[dict[str, Any]] = {"evaluation": "argmax"}
+    metric_names: ClassVar[tuple[str, ...]] = ("selection_loss", "fusion_weight_*")
 
     def __init__(self, config: Any, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
         self.cfg = config

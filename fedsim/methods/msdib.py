@@ -113,7 +113,7 @@ class MSDIBConfig(BaseModel):
 
 
 class MSDIB(IBMethod):
-    """MSDIB on the fedsim method protocol (see ``fedsim.methods.base.Method``); the network, the
+    """MSDIB on the fedsim method contract (``fedsim.methods.base.Learner``); the network, the
     epoch loop and the evaluation are ``IBMethod``'s."""
 
     name: ClassVar[str] = "msdib"

@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fedsim.methods.base import (
+    Learner,
     LocalData,
     PeerModel,
     RoundContext,
@@ -241,7 +242,7 @@ def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
 # The baselines
 
 
-class FedAvg:
+class FedAvg(Learner):
     """FedAvg with zero-filled missing modalities and attention fusion (FedRecon Sec. 5.1)."""
 
     name: ClassVar[str] = "fedavg"

@@ -119,7 +119,9 @@ class ClientActor:
 
     # -- set-up ---------------------------------------------------------------------------------
     def describe(self) -> dict[int, dict[str, Any]]:
-        """Per hosted client: sample count, modalities and the virtual-clock cost of a round."""
+        """Per hosted client: sample count, modalities, the virtual-clock cost of a round, and
+        the Ray node the client runs on."""
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {
             cid: {
                 "n_samples": c.data.n_samples,
@@ -127,8 +129,9 @@ class ClientActor:
                 "round_cost": c.method.round_cost(c.data, self.cfg.num_clients),
                 "pretrain_cost": c.method.round_cost(c.data, 0),
                 "num_parameters": sum(p.numel() for p in c.model.parameters()),
-                "hooks": [h for h in ("predict", "selection_loss", "extra_metrics") if hasattr(c.method, h)],
-                "evaluates_aggregate": bool(getattr(c.method, "evaluates_aggregate", False)),
+                "metric_names": list(c.method.metric_names),
+                "evaluates_aggregate": c.method.evaluates_aggregate,
+                "node_id": node,
             }
             for cid, c in self.clients.items()
         }
@@ -331,10 +334,10 @@ class ClientActor:
         """The method's optional label-free selection loss and extra metrics on this client."""
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         out: dict[str, Any] = {"n_samples": client.data.n_samples, "metrics": {}}
-        if hasattr(client.method, "selection_loss"):
-            out["metrics"]["selection_loss"] = float(client.method.selection_loss(model, client.data))
-        if hasattr(client.method, "extra_metrics"):
-            out["metrics"].update({k: float(v) for k, v in client.method.extra_metrics(model, client.data).items()})
+        selection = client.method.selection_loss(model, client.data)
+        if selection is not None:
+            out["metrics"]["selection_loss"] = float(selection)
+        out["metrics"].update({k: float(v) for k, v in client.method.extra_metrics(model, client.data).items()})
         return out
 
 

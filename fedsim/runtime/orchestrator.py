@@ -154,7 +154,7 @@ class Federation:
         self._latest: dict[str, float] = {}
         self._phase = "train"
         self._pretrain_rounds = (0, 0)
-        self._has_extras = any(h in clients[0].get("hooks", ()) for h in ("selection_loss", "extra_metrics"))
+        self._has_extras = bool(clients[0]["metric_names"])
         self._group = cfg.stop.members(self.u) if cfg.stop.rule == "group" else []
         # DP: each client's noise multiplier, and the training uploads its release bound allows
         # per federation (fedsim.privacy.release_bounds), which the driver enforces
