@@ -50,7 +50,7 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
     dataset, specs = load_federation(cfg)
     speeds = speed_multipliers(cfg.speed_profile, cfg.num_clients, cfg.seed)
     _check_method(cfg)
-    param_bytes = _rehearse_method(cfg, dataset.view_dims, dataset.n_clusters, [s.views for s in specs])
+    param_bytes, server_average = _rehearse_method(cfg, dataset.view_dims, dataset.n_clusters, [s.views for s in specs])
     privacy = None
     if cfg.privacy.enabled:  # every client's release bound and its noise (fedsim.privacy)
         from fedsim.privacy import plan_privacy
@@ -71,6 +71,7 @@ def validate(cfg: ExperimentConfig) -> dict[str, Any]:
         "client_kinds": "".join(s.kind for s in specs),
         "client_modalities": [list(s.views) for s in specs],
         "param_bytes": param_bytes,
+        "server_average": server_average,
         "privacy": privacy,
     }
 
@@ -168,7 +169,7 @@ def _rehearse_method(
         method.check_run(cfg.rounds, [tuple(m) for m in client_modalities])
     except ValueError as exc:
         raise ConfigError(f"{cfg.method}: {shorten(str(exc), 200)}") from None
-    return 4 * sum(p.numel() for p in model.parameters())
+    return 4 * sum(p.numel() for p in model.parameters()), method.server_average(model)
 
 
 def _check_model_size(cfg: ExperimentConfig, method: Any) -> None:
@@ -333,6 +334,7 @@ def _federate(
             restart=cfg.restart,
             checkpoint_dir=_checkpoint_folder(cfg, run_tag),
             max_restarts=cfg.runtime.max_actor_restarts,
+            server_average=facts["server_average"],
         )
         placement = plan_placement(cfg, facts["param_bytes"], shard_bytes)
         actor_of = start_client_actors(cfg, placement, run_tag, created=actors)

@@ -320,32 +320,6 @@ def test_eq6_peer_reference_is_uniform_for_single_modality_clients():
     assert np.allclose([weights[i] for i in range(3)], np.array(eps) / sum(eps), atol=1e-5)
 
 
-def test_modality_aware_average_only_averages_owners_of_a_modality():
-    """FedAvg helper (base.py): a modality's encoder is averaged over the peers that hold it,
-    weighted by sample count; shared parameters over every peer."""
-    from fedsim.methods.base import modality_aware_average, parameter_segments
-
-    torch.manual_seed(0)
-    model = torch.nn.ModuleDict(
-        {"enc0": torch.nn.Linear(2, 2), "enc1": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)}
-    )
-    size = flat_parameters(model).numel()
-    peers = [
-        PeerModel(0, 1, (0, 1), torch.full((size,), 1.0), n_samples=10),
-        PeerModel(1, 1, (0,), torch.full((size,), 4.0), n_samples=30),
-        PeerModel(2, 1, (1,), torch.full((size,), 7.0), n_samples=20),
-    ]
-    out, weights = modality_aware_average(
-        model, peers, lambda n: 0 if n.startswith("enc0") else 1 if n.startswith("enc1") else None
-    )
-    for name, a, b in parameter_segments(model):
-        expected = {"enc0": (10 * 1 + 30 * 4) / 40, "enc1": (10 * 1 + 20 * 7) / 30, "head": (10 + 120 + 140) / 60}[
-            name.split(".")[0]
-        ]
-        assert torch.allclose(out[a:b], torch.full((b - a,), expected)), name
-    assert weights == pytest.approx({0: 10 / 60, 1: 30 / 60, 2: 20 / 60})
-
-
 def test_aggregated_evaluation_clusters_what_eq6_makes_of_everyone_s_uploads():
     """``evaluated_model="aggregated"``: a client is evaluated with Eq. 6 applied to every client's
     latest upload (FMCSC's protocol evaluates the aggregated model), not with its own upload."""

@@ -8,9 +8,11 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from fedsim.config import build_config
 from fedsim.methods import method_names
+from fedsim.methods.base import PeerModel
 from fedsim.runtime.client import ClientActor
 from fedsim.runtime.server import Snapshot, StoreEntry
 from tests.conftest import SMALL_SYNTHETIC
@@ -41,7 +43,14 @@ def _round(actor: ClientActor, round_: int, params: np.ndarray, seq: int, state)
         ((seq, None),) * u,
     )
     passed = None if state is None else pickle.loads(pickle.dumps(state))
-    out, info, after = actor.run_round(0, round_, snapshot, False, 1.0, seq, passed, *[params] * u)
+    average = actor.clients[0].average
+    if average is None:  # peer aggregation: every peer's upload
+        downloads = [params] * u
+    else:  # the server's average of the snapshot, beside the client's own upload
+        peers = [PeerModel(c, round_ - 1, own.modalities, torch.from_numpy(params), own.n_samples) for c in range(u)]
+        values, taken, weights = average.average(peers)
+        downloads = [params, (values.numpy(), taken, weights)]
+    out, info, after = actor.run_round(0, round_, snapshot, False, 1.0, seq, passed, *downloads)
     return out.copy(), info["losses"], after
 
 

@@ -130,14 +130,33 @@ class Learner(ABC):
     @abstractmethod
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
 
-    @abstractmethod
+    # -- the server-side half: how the uploads become a client's starting point ------------------
+    def server_average(self, model: torch.nn.Module) -> ServerAverage | None:
+        """The method's aggregation as a ``ServerAverage`` (FedAvg-like: one weighted average of
+        the latest uploads, which the parameter server computes once per snapshot and every
+        client downloads), or None for peer aggregation: each client downloads every peer's
+        latest upload and combines them in ``aggregate`` (AFMCC's Eq. 6 weighs the peers by the
+        client's own data). ``model`` has the client's architecture."""
+        return None
+
+    def start_from_average(self, model: torch.nn.Module, data: LocalData, averaged: torch.Tensor) -> torch.Tensor:
+        """ServerAverage methods: the round's starting point from the server's average (already
+        merged with the client's own parameters where the average has none). As is by default."""
+        return averaged
+
     def aggregate(
         self, model: torch.nn.Module, data: LocalData, peers: list[PeerModel]
     ) -> tuple[torch.Tensor, dict[int, float]]:
-        """Combine the downloaded models into this client's starting point for the round.
+        """Combine the downloaded models into this client's starting point for the round (peer
+        aggregation; a ServerAverage method gets this from ``server_average`` computed here).
 
         ``model`` holds the client's own current parameters. Returns the flat parameters to load
         and the weight given to each peer (logged per round)."""
+        average = self.server_average(model)
+        if average is None:
+            raise NotImplementedError(f"'{self.name}' defines neither aggregate nor server_average")
+        values, taken, weights = average.average(peers)
+        return self.start_from_average(model, data, average.merge(flat_parameters(model), values, taken)), weights
 
     @abstractmethod
     def train_round(
@@ -234,60 +253,82 @@ def parameter_segments(model: torch.nn.Module) -> list[tuple[str, int, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class ServerAverage:
+    """FedAvg (McMahan et al. 2017) over the latest uploads, for models whose parameters may
+    belong to modalities: the server-side aggregation of FedAvg, FedProx, CMMC, MSDIB, GIB and
+    FedRecon. Computed once per snapshot by the parameter server (``average``); each client
+    downloads the result and ``merge``s it with its own parameters, so a round moves two model
+    buffers instead of one per client.
+
+    ``segments``: (start, end, owners) per parameter in the flat vector; ``owners`` are the
+    modalities a peer must hold for its copy to count (``()`` = every peer; None = not averaged,
+    each client keeps its own value): a client without modality v never trains v's encoder, so
+    its copy carries no information and must not dilute the others'. Weights are sample counts
+    (``weighting="samples"``) or 1 per peer (``"uniform"``, FedRecon Alg. 1's 1/K), renormalised
+    over the owning peers; a parameter no peer owns keeps each client's own value.
+    """
+
+    segments: tuple[tuple[int, int, tuple[int, ...] | None], ...]
+    weighting: str = "samples"
+
+    @classmethod
+    def of(
+        cls,
+        model: torch.nn.Module,
+        owners_of: Callable[[str], tuple[int, ...] | None],
+        weighting: str = "samples",
+    ) -> ServerAverage:
+        if weighting not in ("samples", "uniform"):
+            raise ValueError(f"weighting must be 'samples' or 'uniform', not {weighting!r}")
+        return cls(tuple((s, e, owners_of(name)) for name, s, e in parameter_segments(model)), weighting)
+
+    def average(self, peers: list[PeerModel]) -> tuple[torch.Tensor, list[int], dict[int, float]]:
+        """The averaged values (zero where nothing was averaged), the indices of the segments
+        that were averaged, and each peer's weight on the shared (``()``) parameters."""
+        size = self.segments[-1][1] if self.segments else 0
+        dtype = peers[0].params.dtype
+        values = torch.zeros(size, dtype=dtype)
+        if self.weighting == "samples":
+            base = torch.tensor([float(max(p.n_samples, 1)) for p in peers], dtype=dtype)
+        else:
+            base = torch.ones(len(peers), dtype=dtype)
+        taken: list[int] = []
+        for index, (start, end, owners) in enumerate(self.segments):
+            if owners is None:
+                continue
+            mask = torch.tensor([float(all(v in p.modalities for v in owners)) for p in peers], dtype=dtype)
+            w = base * mask
+            total = float(w.sum())
+            if total == 0.0:
+                continue
+            seg = values[start:end]
+            for peer, wi in zip(peers, (w / total).tolist()):
+                if wi:
+                    seg.add_(peer.params[start:end].to(seg.device), alpha=wi)
+            taken.append(index)
+        return values, taken, {p.client_id: float(w) for p, w in zip(peers, base / base.sum())}
+
+    def merge(self, own: torch.Tensor, values: torch.Tensor, taken: list[int]) -> torch.Tensor:
+        """The client's starting point: the averaged segments, its own values elsewhere."""
+        out = own.clone()
+        for index in taken:
+            start, end, _ = self.segments[index]
+            out[start:end] = values[start:end].to(out.device)
+        return out
+
+
 def average_by_owners(
     model: torch.nn.Module,
     peers: list[PeerModel],
     owners_of: Callable[[str], tuple[int, ...] | None],
     weighting: str = "samples",
 ) -> tuple[torch.Tensor, dict[int, float]]:
-    """FedAvg (McMahan et al. 2017) over the downloaded models, for models whose parameters may
-    belong to modalities.
-
-    ``owners_of(name)`` gives the modalities a peer must hold for its copy of the parameter to
-    count (``()`` = every peer; ``None`` = not averaged, the client keeps its own value): a
-    client without modality v never trains v's encoder, so its copy carries no information and
-    must not dilute the others'. Weights are sample counts (``weighting="samples"``) or 1 per peer
-    (``"uniform"``, FedRecon Alg. 1's 1/K), renormalised over the owning peers; if no peer owns a
-    parameter the client keeps its own value. FedRecon's mappings T_{n,m} need two modalities.
-    Returns the flat parameters and each peer's weight on the shared (``()``) parameters.
-    """
-    own = flat_parameters(model)
-    out = own.clone()
-    if weighting == "samples":
-        base = torch.tensor([float(max(p.n_samples, 1)) for p in peers], dtype=own.dtype)
-    elif weighting == "uniform":
-        base = torch.ones(len(peers), dtype=own.dtype)
-    else:
-        raise ValueError(f"weighting must be 'samples' or 'uniform', not {weighting!r}")
-    for name, start, end in parameter_segments(model):
-        owners = owners_of(name)
-        if owners is None:
-            continue
-        mask = torch.tensor([float(all(v in p.modalities for v in owners)) for p in peers], dtype=own.dtype)
-        w = base * mask
-        total = float(w.sum())
-        if total == 0.0:
-            continue
-        seg = torch.zeros(end - start, dtype=own.dtype, device=own.device)
-        for peer, wi in zip(peers, (w / total).tolist()):
-            if wi:
-                seg.add_(peer.params[start:end].to(own.device), alpha=wi)
-        out[start:end] = seg
-    return out, {p.client_id: float(w) for p, w in zip(peers, base / base.sum())}
-
-
-def modality_aware_average(
-    model: torch.nn.Module, peers: list[PeerModel], modality_of: Callable[[str], int | None]
-) -> tuple[torch.Tensor, dict[int, float]]:
-    """``average_by_owners`` weighted by sample count, where a parameter belongs to at most one
-    modality: ``modality_of(name)`` is v for v's encoder / decoder, None for shared parts
-    (fusion, heads), which are averaged over every peer."""
-
-    def owners_of(name: str) -> tuple[int, ...]:
-        v = modality_of(name)
-        return () if v is None else (v,)
-
-    return average_by_owners(model, peers, owners_of, "samples")
+    """``ServerAverage`` computed on the client, over the downloaded models: the same values,
+    by the same arithmetic, as the parameter server's (see ``ServerAverage``)."""
+    average = ServerAverage.of(model, owners_of, weighting)
+    values, taken, weights = average.average(peers)
+    return average.merge(flat_parameters(model), values, taken), weights
 
 
 class RoundLosses:

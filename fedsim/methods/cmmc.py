@@ -65,7 +65,7 @@ Federated use (no paper does this; fedsim's own extension):
 
 - Every client holds the full architecture (all modalities' autoencoders, both heads) and
   trains the parts its data reaches. ``aggregate`` is modality-aware FedAvg
-  (``fedsim.methods.base.modality_aware_average``): encoder m and decoder m are averaged over
+  (``fedsim.methods.base.ServerAverage``): encoder m and decoder m are averaged over
   the peers that hold modality m (weights by sample count), the shared heads psi_F and psi_L
   over all peers. Aggregation happens at the start of every round, in every stage.
 - Each client walks through the stages by its own round counter; in ``virtual``/``async`` mode
@@ -104,7 +104,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from fedsim.errors import ConfigError
-from fedsim.methods.base import Learner, LocalData, PeerModel, RoundContext, RoundLosses, mlp, modality_aware_average
+from fedsim.methods.base import Learner, LocalData, RoundContext, RoundLosses, ServerAverage, mlp
 
 Stage = Literal["pretrain", "contrastive", "finetune"]
 
@@ -179,6 +179,13 @@ class CMMCNetwork(nn.Module):
 
     def reconstruct(self, z: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         return {v: self.decoders[v](zv) for v, zv in z.items()}
+
+
+def modality_owners(param_name: str) -> tuple[int, ...]:
+    """``ServerAverage`` owners: modality m's encoder and decoder count from clients holding m,
+    the shared modules from every client."""
+    v = modality_of(param_name)
+    return () if v is None else (v,)
 
 
 def modality_of(param_name: str) -> int | None:
@@ -306,11 +313,9 @@ class CMMC(Learner):
         return torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
 
     @torch.no_grad()
-    def aggregate(
-        self, model: CMMCNetwork, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
+    def server_average(self, model: nn.Module) -> ServerAverage:
         """Modality-aware FedAvg (see the module docstring); one peer (centralised) = no change."""
-        return modality_aware_average(model, peers, modality_of)
+        return ServerAverage.of(model, modality_owners)
 
     # -- stages (Algorithm 1) -------------------------------------------------------------------
     def check_run(self, rounds: int, client_modalities: list[tuple[int, ...]]) -> None:

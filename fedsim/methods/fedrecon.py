@@ -93,9 +93,8 @@ from torch import nn
 from fedsim.methods.base import (
     Learner,
     LocalData,
-    PeerModel,
     RoundContext,
-    average_by_owners,
+    ServerAverage,
     minibatches,
     parameter_segments,
 )
@@ -356,14 +355,14 @@ class FedRecon(Learner):
         return segments[0][0], segments[-1][1]
 
     @torch.no_grad()
-    def aggregate(
-        self, model: FedReconModel, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
-        flat, weights = average_by_owners(model, peers, self.owners_of, self.cfg.weighting)
+    def server_average(self, model: nn.Module) -> ServerAverage:
+        return ServerAverage.of(model, self.owners_of, self.cfg.weighting)
+
+    def start_from_average(self, model: nn.Module, data: LocalData, averaged: torch.Tensor) -> torch.Tensor:
         g0, g1 = self._span(model, "generator.")
         f0, f1 = self._span(model, "frozen.")
-        flat[f0:f1] = flat[g0:g1]  # G~_k, T~_k <- G^(t-1), T^(t-1)
-        return flat, weights
+        averaged[f0:f1] = averaged[g0:g1]  # G~_k, T~_k <- G^(t-1), T^(t-1)
+        return averaged
 
     # -- Alg. 1 lines 5-11: the three stages ----------------------------------------------------
     def _stage_vae(

@@ -47,10 +47,9 @@ from torch import nn
 from fedsim.methods.base import (
     Learner,
     LocalData,
-    PeerModel,
     RoundContext,
     RoundLosses,
-    average_by_owners,
+    ServerAverage,
     flat_parameters,
     load_flat_parameters,
 )
@@ -289,7 +288,7 @@ class IBNetwork(nn.Module):
 
     @staticmethod
     def owners_of(name: str) -> tuple[int, ...] | None:
-        """For ``average_by_owners``: view v's encoder belongs to v, the frozen critic is never
+        """For ``ServerAverage``: view v's encoder belongs to v, the frozen critic is never
         averaged, the fusion weights and the head are shared."""
         parts = name.split(".")
         if parts[0] == "encoders":
@@ -382,11 +381,8 @@ class IBMethod(Learner):
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.setting("lr"))
 
-    @torch.no_grad()
-    def aggregate(
-        self, model: IBNetwork, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
-        return average_by_owners(model, peers, IBNetwork.owners_of, "samples")
+    def server_average(self, model: nn.Module) -> ServerAverage:
+        return ServerAverage.of(model, IBNetwork.owners_of, "samples")
 
     # -- one round = one epoch --------------------------------------------------------------------
     def batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:

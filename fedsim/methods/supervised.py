@@ -61,6 +61,7 @@ from fedsim.methods.base import (
     PeerModel,
     RoundContext,
     RoundLosses,
+    ServerAverage,
     average_by_owners,
     flat_parameters,
     minibatches,
@@ -272,11 +273,8 @@ class FedAvg(Learner):
         m = encoder_modality(name)
         return (m,) if m is not None and self.cfg.encoder_aggregation == "holders" else ()
 
-    @torch.no_grad()
-    def aggregate(
-        self, model: nn.Module, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
-        return average_by_owners(model, peers, self.owners_of, self.cfg.weighting)
+    def server_average(self, model: nn.Module) -> ServerAverage | None:
+        return ServerAverage.of(model, self.owners_of, self.cfg.weighting)
 
     # -- training ------------------------------------------------------------------------------
     def entries(self, model: MultimodalClassifier, views: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -350,6 +348,11 @@ class FedOpt(FedAvg):
     def __init__(self, config: FedOptConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
         super().__init__(config, view_dims, n_clusters, num_clients)
         self.server_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x_{t-1}, m, v
+
+    def server_average(self, model: nn.Module) -> ServerAverage | None:
+        """Peer aggregation for now: every client applies the FedAdam step to the average itself,
+        with its own copy of the server optimiser's state (the same on every client in sync mode)."""
+        return None
 
     @torch.no_grad()
     def aggregate(

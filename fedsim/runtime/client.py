@@ -45,6 +45,7 @@ class SimulatedClient:
     method: Any
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    average: Any = None  # the method's ServerAverage, or None (peer aggregation)
 
 
 class ClientActor:
@@ -100,7 +101,7 @@ class ClientActor:
         view_dims, n_clusters = self._shape
         method = method_cls(method_cls.Config(**self.cfg.method_params), view_dims, n_clusters, self.cfg.num_clients)
         model = method.build_model(seed=derive_seed(self.cfg.seed, 1, cid, *self._restart)).to(self.device)
-        return SimulatedClient(data, method, model, method.make_optimizer(model))
+        return SimulatedClient(data, method, model, method.make_optimizer(model), method.server_average(model))
 
     def _resume(self, client_id: int, seq: int, state: dict[str, Any] | None) -> None:
         """Make client ``client_id``'s state the one after its ``seq``-th round (see client_state)."""
@@ -131,6 +132,7 @@ class ClientActor:
                 "num_parameters": sum(p.numel() for p in c.model.parameters()),
                 "metric_names": list(c.method.metric_names),
                 "evaluates_aggregate": c.method.evaluates_aggregate,
+                "server_average": c.average is not None,
                 "node_id": node,
             }
             for cid, c in self.clients.items()
@@ -150,10 +152,12 @@ class ClientActor:
         slowdown: float,
         state_seq: int,
         state: dict[str, Any] | None,
-        *params: np.ndarray,
+        *params: Any,
         noise_multiplier: float | None = None,
     ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
-        """One local round. ``params`` are the flat buffers of ``snapshot.round_inputs(client_id, pretrain)``:
+        """One local round. ``params`` are the flat buffers of ``snapshot.round_inputs(client_id, pretrain, ...)``,
+        followed, for a method the server averages for, by the server's average of the snapshot
+        (``ParameterServer.average``):
         the caller passes their refs as top-level arguments, so Ray fetches them before the
         round starts and no task thread of this (threaded) actor ever blocks in ``ray.get``.
         ``state`` is the client's state after its ``state_seq``-th round, as kept with its last
@@ -167,12 +171,20 @@ class ClientActor:
         torch.set_num_threads(self.cfg.runtime.torch_threads)
         self._resume(client_id, state_seq, state)
         client = self.clients[client_id]
-        peers = self._as_peers(snapshot.round_inputs(client_id, pretrain), params)
+        averaged = client.average is not None and not pretrain
+        downloads: tuple[Any, ...] = params
+        weights: dict[int, float] = {}
+        if averaged:
+            *stored, (values, taken, weights) = params
+            downloads = tuple(stored)
+        peers = self._as_peers(snapshot.round_inputs(client_id, pretrain, client.average is not None), downloads)
         own = next(p for p in peers if p.client_id == client_id)
         load_flat_parameters(client.model, own.params)
-        weights: dict[int, float] = {}
         downloaded = time.perf_counter()
-        if not pretrain:
+        if averaged:
+            merged = client.average.merge(own.params, _as_tensor(values).to(self.device), taken)
+            load_flat_parameters(client.model, client.method.start_from_average(client.model, client.data, merged))
+        elif not pretrain:
             aggregated, weights = client.method.aggregate(client.model, client.data, peers)
             load_flat_parameters(client.model, aggregated)
         aggregated_at = time.perf_counter()
@@ -214,6 +226,9 @@ class ClientActor:
             compute_s=compute,
             waited_s=waited,
             upload_bytes=int(end_params.nbytes),
+            # models this round downloaded: 2 for a method the server averages for (its own
+            # upload and the average), every client's for peer aggregation, 1 when pretraining
+            downloaded_models=len(downloads) + int(averaged),
             # download_s: wrapping the already-fetched buffers (Ray fetched them before the call)
             download_s=downloaded - started,
             aggregate_s=aggregated_at - downloaded,

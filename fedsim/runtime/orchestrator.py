@@ -155,6 +155,10 @@ class Federation:
         self._phase = "train"
         self._pretrain_rounds = (0, 0)
         self._has_extras = bool(clients[0]["metric_names"])
+        # ServerAverage methods: the server averages each snapshot once; every round starting
+        # from that snapshot downloads the result (the ref of the latest snapshot's is kept)
+        self._server_average = bool(clients[0]["server_average"])
+        self._average_ref: tuple[Any, Any] | None = None  # (snapshot key, ref)
         self._group = cfg.stop.members(self.u) if cfg.stop.rule == "group" else []
         # DP: each client's noise multiplier, and the training uploads its release bound allows
         # per federation (fedsim.privacy.release_bounds), which the driver enforces
@@ -238,7 +242,9 @@ class Federation:
         # no thread of the threaded client actor calls ray.get (Ray has had hangs with concurrent
         # ray.get in one process, ray-project/ray#54007). With the old in-actor ray.get, one full
         # test run here hung a round until its timeout; that this was the cause is not proven.
-        params = [e.ref for e in job.snapshot.round_inputs(job.client_id, pretrain)]
+        params = [e.ref for e in job.snapshot.round_inputs(job.client_id, pretrain, self._server_average)]
+        if self._server_average and not pretrain:
+            params.append(self._average_of(job.snapshot))
         # the client's state as kept with its last upload: a top-level argument too (None, or a
         # ref Ray resolves); the actor uses it only when it does not hold that state already
         seq, state = job.snapshot.states[job.client_id]
@@ -248,6 +254,14 @@ class Federation:
         )
         job.attempts += 1
         return job
+
+    def _average_of(self, snapshot: Snapshot) -> Any:
+        """The ref of the server's average of ``snapshot`` (computed once per snapshot). A call
+        on a lost server fails the round's task, which is then re-run like any lost round."""
+        key = (snapshot.commits, tuple(snapshot.versions()))
+        if self._average_ref is None or self._average_ref[0] != key:
+            self._average_ref = (key, self.server.average.remote(snapshot))
+        return self._average_ref[1]
 
     def _launch(self, cid: int, phase: str, sim_start: float, snapshot: Snapshot | None = None) -> RoundJob:
         snap = snapshot if snapshot is not None else self._snapshot()
@@ -278,6 +292,8 @@ class Federation:
                         self.cfg.runtime.start_timeout_s, f"the actor of client {job.client_id} (round {job.round})"
                     )
                 wait.pause(exc)
+                # the loss may be the parameter server's (a round reads its average): ask anew
+                self._average_ref = None
                 self._submit(job)
             except GetTimeoutError as exc:
                 raise TimeoutError(

@@ -42,9 +42,10 @@ class Snapshot:
     def entry(self, client_id: int) -> StoreEntry:
         return self.entries[client_id]
 
-    def round_inputs(self, client_id: int, pretrain: bool) -> list[StoreEntry]:
-        """The entries a round downloads: its own model when pretraining, else every client's."""
-        return [self.entry(client_id)] if pretrain else list(self.entries)
+    def round_inputs(self, client_id: int, pretrain: bool, server_average: bool = False) -> list[StoreEntry]:
+        """The entries a round downloads: its own model when pretraining or when the server
+        averages (the average comes beside it), else every client's (peer aggregation)."""
+        return [self.entry(client_id)] if pretrain or server_average else list(self.entries)
 
 
 @dataclass
@@ -75,8 +76,8 @@ class ServerLost(Exception):
 def _was_restarted() -> bool:
     """Whether Ray restarted this actor. Ray's own property reads its deprecated ``actor_id`` and
     would print a deprecation warning from every server actor; that warning is Ray's, not ours."""
-    if not ray.is_initialized():
-        return False
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return False  # not an actor (the class used in the driver's own process)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
@@ -96,11 +97,14 @@ class ParameterServer:
         run_tag: str = "fedsim",
         n_samples: list[int] | None = None,
         checkpoint_dir: str | None = None,
+        server_average: Any = None,
     ) -> None:
         from fedsim.runtime.checkpoint import ServerCheckpoint
         from fedsim.runtime.telemetry import ServerTelemetry
 
         self._telemetry = ServerTelemetry(run_tag)
+        # the method's ServerAverage (fedsim.methods.base), or None: the clients aggregate
+        self._average = server_average
         self._modalities = [tuple(m) for m in modalities]
         self._n_samples = list(n_samples) if n_samples is not None else [0] * len(modalities)
         u = len(modalities)
@@ -264,6 +268,29 @@ class ParameterServer:
         self._telemetry.on_commit(client_id, record.staleness, upload_bytes, sim_end, phase)
         return record
 
+    def average(self, snapshot: Snapshot) -> tuple[Any, list[int], dict[int, float]]:
+        """The method's ``ServerAverage`` over the snapshot's entries: once per snapshot, for
+        every client whose round starts from it (the driver keeps the result's ref). Computed
+        from the snapshot, not the live store, so a round re-run after a restart or a resume
+        gets the average of what it read."""
+        import numpy as np
+        import torch
+
+        from fedsim.methods.base import PeerModel
+
+        if self._average is None:
+            raise RuntimeError("the method aggregates on its clients; the server has no average to compute")
+        arrays = ray.get([e.ref for e in snapshot.entries])
+        with warnings.catch_warnings():  # object-store arrays are read-only; they are only read
+            warnings.simplefilter("ignore", UserWarning)
+            peers = [
+                PeerModel(e.client_id, e.version, e.modalities, torch.from_numpy(a), e.n_samples)
+                for e, a in zip(snapshot.entries, arrays)
+            ]
+        with torch.no_grad():
+            values, taken, weights = self._average.average(peers)
+        return np.ascontiguousarray(values.numpy()), taken, weights
+
     def record_evaluation(self, scores: dict[str, float]) -> None:
         """The driver reports each evaluation here so it is exported with the run's metrics."""
         self._telemetry.on_evaluation(scores)
@@ -282,6 +309,7 @@ def make_server(
     restart: int = 0,
     checkpoint_dir: str | None = None,
     max_restarts: int = 0,
+    server_average: Any = None,
 ) -> Any:
     # num_cpus=0: the server only moves references; it must never starve the clients of CPUs.
     from fedsim.runtime.names import server_actor_name
@@ -293,5 +321,5 @@ def make_server(
             max_restarts=max_restarts,
             max_task_retries=0,
         )
-        .remote(modalities, run_tag, n_samples, checkpoint_dir)
+        .remote(modalities, run_tag, n_samples, checkpoint_dir, server_average)
     )
