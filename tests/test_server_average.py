@@ -92,3 +92,47 @@ def test_a_round_downloads_two_models_when_the_server_averages(ray_session, smal
     train = log[log["phase"] == "train"]
     assert len(train) == 4 * 2
     assert {info["downloaded_models"] for info in train["info"]} == {downloads}
+
+
+def test_fedopt_steps_once_per_snapshot_on_the_server_and_survives_a_restart(ray_session, tmp_path) -> None:
+    """FedOpt's server optimiser lives on the parameter server: a snapshot asked for twice (a
+    round re-run) gets the same model, a new one one more FedAdam step; a server restarted from
+    its checkpoint continues with the same state."""
+    import ray
+
+    from fedsim.methods.supervised import fedadam_step
+
+    cfg = build_config({"method": "fedopt", "dataset": "synthetic", "task": "classification"})
+    cls = get_method("fedopt")
+    method = cls(cls.Config(**cfg.method_params), (5, 7), 3, 2)
+    model = method.build_model(seed=0)
+    x0 = flat_parameters(model).numpy()
+    average = method.server_average(model)
+
+    def snapshot(arrays: list[np.ndarray], commits: int) -> Snapshot:
+        entries = tuple(StoreEntry(c, commits, (0, 1), ray.put(a), n_samples=10) for c, a in enumerate(arrays))
+        return Snapshot(entries, commits=commits)
+
+    server = ParameterServer([[0, 1], [0, 1]], checkpoint_dir=str(tmp_path), server_average=average)
+    first = server.average(snapshot([x0, x0], 0))
+    rng = np.random.default_rng(0)
+    uploads = [x0 + 0.01 * rng.standard_normal(x0.shape).astype(np.float32) for _ in range(2)]
+    second = server.average(snapshot(uploads, 2))
+    assert np.array_equal(server.average(snapshot(uploads, 2))[0], second[0])  # no second step
+    c = method.cfg
+    x1, m, v = fedadam_step(
+        torch.from_numpy(first[0]),
+        torch.from_numpy((uploads[0] + uploads[1]) / 2),
+        *(torch.zeros(x0.shape),) * 2,
+        c.server_lr,
+        c.beta1,
+        c.beta2,
+        c.tau,
+    )
+    assert np.allclose(second[0], x1.numpy(), atol=1e-6)
+    assert not np.allclose(second[0], (uploads[0] + uploads[1]) / 2)  # a server step, not the average
+
+    restarted = ParameterServer([[0, 1], [0, 1]], checkpoint_dir=str(tmp_path), server_average=average)
+    assert np.array_equal(restarted.average(snapshot(uploads, 2))[0], second[0])
+    more = [u + 0.01 for u in uploads]
+    assert np.array_equal(restarted.average(snapshot(more, 4))[0], server.average(snapshot(more, 4))[0])

@@ -96,6 +96,9 @@ class Learner(ABC):
     run_defaults: ClassVar[dict[str, Any]] = {}
     metric_names: ClassVar[tuple[str, ...]] = ()
     evaluates_aggregate: bool = False
+    # a client that computes the server's model itself (``aggregate`` of a ServerAverage method
+    # with a server optimiser) keeps its copy of the optimiser's state here
+    server_state: Any = None
 
     @classmethod
     def validate(cls, experiment: Any) -> None:
@@ -155,7 +158,8 @@ class Learner(ABC):
         average = self.server_average(model)
         if average is None:
             raise NotImplementedError(f"'{self.name}' defines neither aggregate nor server_average")
-        values, taken, weights = average.average(peers)
+        # a client computing the server's model keeps its own copy of the server optimiser's state
+        values, taken, weights, self.server_state = average.server_model(peers, self.server_state)
         return self.start_from_average(model, data, average.merge(flat_parameters(model), values, taken)), weights
 
     @abstractmethod
@@ -271,6 +275,9 @@ class ServerAverage:
 
     segments: tuple[tuple[int, int, tuple[int, ...] | None], ...]
     weighting: str = "samples"
+    # FedOpt (Reddi et al. 2021): the server's optimiser turns the average into the next server
+    # model; its state lives on the parameter server (``server_model``). None: plain FedAvg.
+    server_optimizer: Any = None
 
     @classmethod
     def of(
@@ -278,10 +285,26 @@ class ServerAverage:
         model: torch.nn.Module,
         owners_of: Callable[[str], tuple[int, ...] | None],
         weighting: str = "samples",
+        server_optimizer: Any = None,
     ) -> ServerAverage:
         if weighting not in ("samples", "uniform"):
             raise ValueError(f"weighting must be 'samples' or 'uniform', not {weighting!r}")
-        return cls(tuple((s, e, owners_of(name)) for name, s, e in parameter_segments(model)), weighting)
+        segments = tuple((s, e, owners_of(name)) for name, s, e in parameter_segments(model))
+        return cls(segments, weighting, server_optimizer)
+
+    def server_model(self, peers: list[PeerModel], state: Any) -> tuple[torch.Tensor, list[int], dict[int, float], Any]:
+        """``average``, then the server optimiser's step from the previous server model with its
+        ``state`` (None before the first step: every entry then holds the common initial model
+        x_0). Returns the values, the averaged segments, the weights and the new state."""
+        values, taken, weights = self.average(peers)
+        if self.server_optimizer is None:
+            return values, taken, weights, None
+        if state is None:
+            x0 = peers[0].params.detach().clone()
+            state = (x0, torch.zeros_like(x0), torch.zeros_like(x0))
+        x_prev, m, v = state
+        x, m, v = self.server_optimizer.step(x_prev, self.merge(x_prev, values, taken), m, v)
+        return x, list(range(len(self.segments))), weights, (x, m, v)
 
     def average(self, peers: list[PeerModel]) -> tuple[torch.Tensor, list[int], dict[int, float]]:
         """The averaged values (zero where nothing was averaged), the indices of the segments

@@ -28,16 +28,10 @@ client's copy, as a plain FedAvg over the whole parameter vector would.
 - FedOpt = FedAdam (Reddi et al. 2021, Alg. 2 with ServerOpt = Adam, no bias correction):
   Delta_t = avg_k x_k - x_{t-1}; m_t = b1 m_{t-1} + (1-b1) Delta_t;
   v_t = b2 v_{t-1} + (1-b2) Delta_t^2; x_t = x_{t-1} + eta m_t / (sqrt(v_t) + tau).
-  fedsim has no central server process that owns a global model: each client aggregates what it
-  downloads. So each client keeps a *replica* of the server optimiser (x_{t-1}, m, v) and applies
-  the server step itself at the start of its round. In ``mode: sync`` with every client taking
-  part in every round, every replica sees the same uploads from the same starting point and
-  computes bit-for-bit the same global step: this is exactly FedAdam. In ``async`` / ``virtual``
-  mode the replicas diverge: a client steps on the average of whatever it downloaded (uploads of
-  different ages, some already counted in an earlier step of its own) relative to its *own*
-  previous global model, so a stale upload is counted again each time it is re-downloaded, and
-  each client's x_t, m and v are its own. A restarted actor loses its replica (x_{t-1} restarts
-  from the client's last upload, m = v = 0).
+  The server step runs on the parameter server (``ServerAverage.server_model`` with ``FedAdam``):
+  once per snapshot, with the one state (x_{t-1}, m, v) the server keeps (and checkpoints), and
+  every client starts its round from x_t. In ``mode: sync`` that is one step per round, FedAdam
+  exactly; in ``async`` / ``virtual`` mode one step per round start, on the latest uploads.
 
 Local optimiser: its state is cleared at the start of every round (Adam moments from the previous
 round would refer to parameters that aggregation has just replaced); minibatches are drawn by the
@@ -47,6 +41,7 @@ runtime's seeded generator.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -58,12 +53,9 @@ from torch import nn
 from fedsim.methods.base import (
     Learner,
     LocalData,
-    PeerModel,
     RoundContext,
     RoundLosses,
     ServerAverage,
-    average_by_owners,
-    flat_parameters,
     minibatches,
 )
 
@@ -221,6 +213,21 @@ def fedadam_step(
     return x_prev + lr * m / (v.sqrt() + tau), m, v
 
 
+@dataclass(frozen=True)
+class FedAdam:
+    """FedOpt's server optimiser (``ServerAverage.server_optimizer``): ``fedadam_step``."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    tau: float
+
+    def step(
+        self, x_prev: torch.Tensor, average: torch.Tensor, m: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return fedadam_step(x_prev, average, m, v, self.lr, self.beta1, self.beta2, self.tau)
+
+
 def encoder_modality(name: str, prefix: str = "encoders.") -> int | None:
     """The modality index of a parameter under ``<prefix><m>.``, else None."""
     if not name.startswith(prefix):
@@ -339,32 +346,14 @@ class FedProx(FedAvg):
 
 
 class FedOpt(FedAvg):
-    """FedOpt with the Adam server optimiser (FedAdam, Reddi et al. 2021), replicated on each
-    client (see the module docstring for what that means in sync and in async modes)."""
+    """FedOpt with the Adam server optimiser (FedAdam, Reddi et al. 2021) on the parameter
+    server (see the module docstring)."""
 
     name: ClassVar[str] = "fedopt"
     Config: ClassVar[type[BaseModel]] = FedOptConfig
 
-    def __init__(self, config: FedOptConfig, view_dims: tuple[int, ...], n_clusters: int, num_clients: int) -> None:
-        super().__init__(config, view_dims, n_clusters, num_clients)
-        self.server_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x_{t-1}, m, v
-
-    def server_average(self, model: nn.Module) -> ServerAverage | None:
-        """Peer aggregation for now: every client applies the FedAdam step to the average itself,
-        with its own copy of the server optimiser's state (the same on every client in sync mode)."""
-        return None
-
-    @torch.no_grad()
-    def aggregate(
-        self, model: nn.Module, data: LocalData, peers: list[PeerModel]
-    ) -> tuple[torch.Tensor, dict[int, float]]:
-        average, weights = average_by_owners(model, peers, self.owners_of, self.cfg.weighting)
-        if self.server_state is None:
-            # Round 1: the client holds the server-seeded initial model x_0 (every client the same).
-            x0 = flat_parameters(model)
-            self.server_state = (x0, torch.zeros_like(x0), torch.zeros_like(x0))
-        x_prev, m, v = self.server_state
+    def server_average(self, model: nn.Module) -> ServerAverage:
+        """FedAvg's average, then FedAdam's step on the parameter server, whose state (x, m, v)
+        stays there: one optimiser for the federation, not a copy per client."""
         c = self.cfg
-        x, m, v = fedadam_step(x_prev, average, m, v, c.server_lr, c.beta1, c.beta2, c.tau)
-        self.server_state = (x, m, v)
-        return x.clone(), weights
+        return ServerAverage.of(model, self.owners_of, c.weighting, FedAdam(c.server_lr, c.beta1, c.beta2, c.tau))

@@ -63,6 +63,10 @@ class UploadRecord:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+# the checkpoint's file of the server optimiser's state (FedOpt) and the last snapshot served
+OPTIMIZER_FILE = "server-optimizer.pkl"
+
+
 class ServerNeedsRefs(Exception):
     """Raised by a parameter server restored from its checkpoint until the driver has put the
     checkpoint's arrays back into the object store (``restored_arrays`` / ``adopt``): objects
@@ -105,6 +109,11 @@ class ParameterServer:
         self._telemetry = ServerTelemetry(run_tag)
         # the method's ServerAverage (fedsim.methods.base), or None: the clients aggregate
         self._average = server_average
+        # the server optimiser's state (FedOpt), and the last snapshot served with its result:
+        # a snapshot asked for again (a round re-run) gets the same model, not a second step
+        self._optimizer_state: Any = None  # numpy arrays (x, m, v)
+        self._served: tuple[Any, Any] | None = None
+        self._pins: list[tuple[int, int]] | None = None  # the last commit's (see _save)
         self._modalities = [tuple(m) for m in modalities]
         self._n_samples = list(n_samples) if n_samples is not None else [0] * len(modalities)
         u = len(modalities)
@@ -130,6 +139,8 @@ class ParameterServer:
             self._entry_files, self._state_files = list(meta["entry_files"]), list(meta["state_files"])
             self._version_files = dict(meta["version_files"])
             self._restored = meta
+            if OPTIMIZER_FILE in meta["files"]:
+                self._optimizer_state, self._served = self._ckpt.load_object(OPTIMIZER_FILE)
         else:
             if self._ckpt is not None:
                 self._ckpt.create()
@@ -187,7 +198,12 @@ class ParameterServer:
                 "seqs": [seq for seq, _ in self._states],
                 "entry_files": self._entry_files,
                 "state_files": self._state_files,
-                "files": [*self._entry_files, *self._state_files, *self._version_files.values()],
+                "files": [
+                    *self._entry_files,
+                    *self._state_files,
+                    *self._version_files.values(),
+                    OPTIMIZER_FILE if self._optimizer_state is not None else None,
+                ],
             }
         )
 
@@ -262,6 +278,7 @@ class ParameterServer:
         )
         self._commits += 1
         self._log.append(record)
+        self._pins = pins
         if self._ckpt is not None:
             self._log_bytes = self._ckpt.append_record(asdict(record), self._log_bytes)
             self._save(pins)
@@ -280,6 +297,9 @@ class ParameterServer:
 
         if self._average is None:
             raise RuntimeError("the method aggregates on its clients; the server has no average to compute")
+        key = (snapshot.commits, tuple(snapshot.versions()))
+        if self._served is not None and self._served[0] == key:
+            return self._served[1]
         arrays = ray.get([e.ref for e in snapshot.entries])
         with warnings.catch_warnings():  # object-store arrays are read-only; they are only read
             warnings.simplefilter("ignore", UserWarning)
@@ -287,9 +307,16 @@ class ParameterServer:
                 PeerModel(e.client_id, e.version, e.modalities, torch.from_numpy(a), e.n_samples)
                 for e, a in zip(snapshot.entries, arrays)
             ]
+        state = None if self._optimizer_state is None else tuple(torch.from_numpy(a) for a in self._optimizer_state)
         with torch.no_grad():
-            values, taken, weights = self._average.average(peers)
-        return np.ascontiguousarray(values.numpy()), taken, weights
+            values, taken, weights, state = self._average.server_model(peers, state)
+        self._optimizer_state = None if state is None else tuple(t.numpy() for t in state)
+        result = (np.ascontiguousarray(values.numpy()), taken, weights)
+        self._served = (key, result)
+        if self._ckpt is not None and self._optimizer_state is not None:
+            self._ckpt.save_object(OPTIMIZER_FILE, (self._optimizer_state, self._served))
+            self._save(self._pins)
+        return result
 
     def record_evaluation(self, scores: dict[str, float]) -> None:
         """The driver reports each evaluation here so it is exported with the run's metrics."""
