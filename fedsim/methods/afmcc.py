@@ -103,7 +103,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.methods.base import Learner, LocalData, PeerModel, RoundContext, RoundLosses, mlp, unflatten
+from fedsim.methods.base import Learner, LocalData, PeerModel, RoundContext, RoundLosses, unflatten
+from fedsim.methods.blocks import mlp
 
 
 # The two readings of the paper (``afmcc.reading``). A key set explicitly in a config wins over

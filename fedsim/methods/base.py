@@ -11,7 +11,6 @@ client's samples, only other clients' parameters as flat float32 vectors.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
@@ -211,17 +210,6 @@ def supervised_method_names() -> list[str]:
     from fedsim.methods import get_method, method_names
 
     return [name for name in method_names() if issubclass(cls := get_method(name), Learner) and cls.supervised]
-
-
-def mlp(widths: list[int]) -> torch.nn.Sequential:
-    """Linear layers of the given widths with ReLU between them and none after the last: the
-    encoders, decoders and heads of AFMCC, CMMC and FMCSC."""
-    layers: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
 
 
 def flat_parameters(model: torch.nn.Module) -> torch.Tensor:

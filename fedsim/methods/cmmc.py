@@ -104,7 +104,8 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from fedsim.errors import ConfigError
-from fedsim.methods.base import Learner, LocalData, RoundContext, RoundLosses, ServerAverage, mlp
+from fedsim.methods.base import Learner, LocalData, RoundContext, RoundLosses, ServerAverage
+from fedsim.methods.blocks import mlp, modality_index
 
 Stage = Literal["pretrain", "contrastive", "finetune"]
 
@@ -191,10 +192,7 @@ def modality_owners(param_name: str) -> tuple[int, ...]:
 def modality_of(param_name: str) -> int | None:
     """Modality of a parameter for modality-aware FedAvg: ``encoders.m.*`` / ``decoders.m.*``
     belong to modality m, the shared contrastive modules to none."""
-    head, _, rest = param_name.partition(".")
-    if head in ("encoders", "decoders"):
-        return int(rest.split(".", 1)[0])
-    return None
+    return modality_index(param_name, ("encoders", "decoders"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,11 +98,11 @@ from fedsim.methods.base import (
     minibatches,
     parameter_segments,
 )
+from fedsim.methods.blocks import kl_to_standard_normal_logvar, mlp, reparameterise_logvar
 from fedsim.methods.supervised import (
     MultimodalClassifier,
     SupervisedConfig,
     make_local_optimizer,
-    mlp,
     reset_optimizer,
     task_loss,
 )
@@ -207,12 +207,6 @@ class FedReconModel(nn.Module):
 # Loss terms (module level so the tests can check them against hand computations)
 
 
-def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag e^logvar) || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - e^logvar_j),
-    per sample (summed over latent dimensions), averaged over the batch."""
-    return (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)).mean()
-
-
 def gaussian_kl(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Tensor, logvar_q: torch.Tensor) -> torch.Tensor:
     """KL(N(mu_p, e^logvar_p) || N(mu_q, e^logvar_q)) for diagonal Gaussians:
     1/2 sum_j (logvar_q - logvar_p + (e^logvar_p + (mu_p - mu_q)^2) / e^logvar_q - 1), batch mean."""
@@ -235,20 +229,14 @@ def decoded_mean(decoded: torch.Tensor, likelihood: str) -> torch.Tensor:
     return torch.sigmoid(decoded) if likelihood == "bernoulli" else decoded
 
 
-def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (seeded)."""
-    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
-    return mu + (0.5 * logvar).exp() * eps
-
-
 def vae_loss(
     vae: ModalityVAE, x: torch.Tensor, likelihood: str, generator: torch.Generator | None
 ) -> dict[str, torch.Tensor]:
     """Eq. 3: -E_q[log p(x|z)] + KL(q(z|x) || p(z)), one reparameterised sample."""
     mu, logvar = vae.encode(x)
-    z = reparameterise(mu, logvar, generator)
+    z = reparameterise_logvar(mu, logvar, generator)
     recon = negative_log_likelihood(x, vae.decode(z), likelihood)
-    kl = gaussian_kl_standard(mu, logvar)
+    kl = kl_to_standard_normal_logvar(mu, logvar)
     return {"loss": recon + kl, "recon": recon, "kl": kl}
 
 
@@ -270,7 +258,7 @@ def mapping_loss(
     decoder; the KL compares N(T(z_m), sigma_m^2) with the target posterior q(z_n|x_n). Only
     ``mapping`` should be trainable here: the caller freezes both VAEs (Alg. 1, stage 2)."""
     mu_m, logvar_m = source.encode(x_source)
-    z_m = reparameterise(mu_m, logvar_m, generator) if input_mode == "sample" else mu_m
+    z_m = reparameterise_logvar(mu_m, logvar_m, generator) if input_mode == "sample" else mu_m
     mapped = mapping(z_m)
     recon = negative_log_likelihood(x_target, target.decode(mapped), likelihood)
     out = {"recon": recon}

@@ -74,6 +74,7 @@ from torch import nn
 
 from fedsim.errors import ConfigError
 from fedsim.methods.afmcc import constraint_loss
+from fedsim.methods.blocks import mlp
 from fedsim.methods.base import (
     Learner,
     LocalData,
@@ -82,7 +83,6 @@ from fedsim.methods.base import (
     RoundLosses,
     flat_parameters,
     minibatches,
-    mlp,
     parameter_segments,
 )
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.methods.blocks import reparameterise
 from fedsim.methods.base import (
     Learner,
     LocalData,
@@ -82,11 +83,6 @@ class VariationalEncoder(nn.Module):
 def split_gaussian(h: torch.Tensor, mu_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, sigma): the first ``mu_dim`` coordinates, softplus of the rest + 1e-7."""
     return h[:, :mu_dim], F.softplus(h[:, mu_dim:]) + SIGMA_FLOOR
-
-
-def reparameterise(mu: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """A sample of N(mu, diag sigma^2) from standard-normal ``noise`` (rsample)."""
-    return mu + sigma * noise
 
 
 class WeightedFusion(nn.Module):

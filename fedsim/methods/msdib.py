@@ -63,6 +63,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.methods.base import LocalData
+from fedsim.methods.blocks import kl_to_standard_normal_sigma
 from fedsim.methods.ddc import ddc_loss
 from fedsim.methods.ib_common import (
     IBMethod,
@@ -142,7 +143,9 @@ class MSDIB(IBMethod):
             terms.update(balanced_ce=ce, jsd=samples["jsd"], i_samples=samples["i_samples"])
         else:
             pair = sum((joint_mi(h[i], h[j]) for i, j in itertools.combinations(sorted(h), 2)), zero)
-            kl = sum((_gaussian_kl(*split_gaussian(h[v], cfg.mu_dim), cfg.kl_reduction) for v in h), zero)
+            kl = sum(
+                (kl_to_standard_normal_sigma(*split_gaussian(h[v], cfg.mu_dim), cfg.kl_reduction) for v in h), zero
+            )
             preserve = -(i_y + (i_h if cfg.ip_feature_term == "mi" else 0.0))
             compress = kl + pair
             terms.update(kl=kl)
@@ -163,10 +166,3 @@ class MSDIB(IBMethod):
     def round_cost(self, data: LocalData, num_peers: int) -> float:
         """Per view: encoder + head forward and backward (3), the critic twice (forward and backward, 6)."""
         return float(9 * data.n_samples * len(data.modalities))
-
-
-def _gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Eq. 11: mean over samples of KL[N(mu, diag sigma^2) || N(0, I)], summed (or averaged) over
-    the coordinates."""
-    per_coordinate = 0.5 * (mu.pow(2) + sigma.pow(2) - 2.0 * torch.log(sigma) - 1.0)
-    return (per_coordinate.sum(dim=1) if reduction == "sum" else per_coordinate.mean(dim=1)).mean()

@@ -40,7 +40,6 @@ runtime's seeded generator.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fedsim.methods.blocks import mlp, modality_index
 from fedsim.methods.base import (
     Learner,
     LocalData,
@@ -97,16 +97,6 @@ class FedOptConfig(SupervisedConfig):
 
 # ---------------------------------------------------------------------------------------------
 # The task model
-
-
-def mlp(widths: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Linear layers with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def attention_fusion(
@@ -228,13 +218,6 @@ class FedAdam:
         return fedadam_step(x_prev, average, m, v, self.lr, self.beta1, self.beta2, self.tau)
 
 
-def encoder_modality(name: str, prefix: str = "encoders.") -> int | None:
-    """The modality index of a parameter under ``<prefix><m>.``, else None."""
-    if not name.startswith(prefix):
-        return None
-    return int(name[len(prefix) :].split(".", 1)[0])
-
-
 def make_local_optimizer(groups: list[dict], cfg: SupervisedConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -277,7 +260,7 @@ class FedAvg(Learner):
 
     # -- aggregation ---------------------------------------------------------------------------
     def owners_of(self, name: str) -> tuple[int, ...]:
-        m = encoder_modality(name)
+        m = modality_index(name)
         return (m,) if m is not None and self.cfg.encoder_aggregation == "holders" else ()
 
     def server_average(self, model: nn.Module) -> ServerAverage | None:
