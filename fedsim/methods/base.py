@@ -248,8 +248,8 @@ def parameter_segments(model: torch.nn.Module) -> list[tuple[str, int, int]]:
 @dataclass(frozen=True)
 class ServerAverage:
     """FedAvg (McMahan et al. 2017) over the latest uploads, for models whose parameters may
-    belong to modalities: the server-side aggregation of FedAvg, FedProx, CMMC, MSDIB, GIB and
-    FedRecon. Computed once per snapshot by the parameter server (``average``); each client
+    belong to modalities: the server-side aggregation of FedAvg, FedProx, FedOpt (with its server
+    optimiser), CMMC, MSDIB, GIB and FedRecon. Computed once per snapshot by the parameter server (``average``); each client
     downloads the result and ``merge``s it with its own parameters, so a round moves two model
     buffers instead of one per client.
 
