@@ -21,7 +21,7 @@ Measured on the 2-core, no-GPU development machine (2026-12-07, after server-sid
 10 rounds: plain 3.74 updates/s, fedsim 4.78 (ratio 1.28; 16.7 s of fedsim's 50.2 s before the
 first round); 40 rounds: plain 3.49, fedsim 5.31 (ratio 1.52). The target 1.80 is not met.
 Past start-up a sync round of the 24 clients takes 3.3-4.1 s of wall time against the loop's
-~6.9 s for the same 24 updates (1.7-2.1x, varying run to run on this machine); start-up
+6.4-6.9 s for the same 24 updates (1.6-2.1x, varying run to run on this machine); start-up
 (validation 3.5 s, Ray 4.6 s, the two actors importing torch and building their shards 6.7 s)
 is what a short run cannot amortise. Serialising an actor's rounds (one per CPU) was tried and
 was slower (4.1 s a round): Ray does not pin actors to cores, and interleaved threads keep both
@@ -59,12 +59,11 @@ WORKLOAD = [
 
 def plain_loop(cfg) -> dict[str, float]:  # noqa: ANN001
     """The federation's rounds in one process: no Ray, no actors, nothing between the steps."""
-    import numpy as np
     import torch
 
     from fedsim.methods import get_method
-    from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
-    from fedsim.runtime.client import derive_seed
+    from fedsim.methods.base import PeerModel, RoundContext, flat_parameters, load_flat_parameters
+    from fedsim.runtime.client import client_shard, derive_seed
     from fedsim.runtime.federation_data import load_federation
 
     started = time.perf_counter()
@@ -73,10 +72,7 @@ def plain_loop(cfg) -> dict[str, float]:  # noqa: ANN001
     cls = get_method(cfg.method)
     clients = []
     for cid, spec in enumerate(specs):
-        views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])) for v in spec.views}
-        data = LocalData(cid, views, dataset.labels[spec.indices].copy(), spec.indices.copy())
-        test = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.test_indices])) for v in spec.views}
-        data.test = LocalData(cid, test, dataset.labels[spec.test_indices].copy(), spec.test_indices.copy())
+        data = client_shard(dataset, spec, cid, torch.device("cpu"))
         method = cls(cls.Config(**cfg.method_params), dataset.view_dims, dataset.n_clusters, cfg.num_clients)
         model = method.build_model(seed=derive_seed(cfg.seed, 1, cid))
         clients.append((data, method, model, method.make_optimizer(model)))

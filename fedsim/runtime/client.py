@@ -34,6 +34,20 @@ from fedsim.runtime.federation_data import load_federation
 from fedsim.runtime.server import Snapshot, StoreEntry
 
 
+def client_shard(dataset: Any, spec: Any, client_id: int, device: torch.device) -> LocalData:
+    """Client ``client_id``'s private samples (its views only) and, for the classification task,
+    its held-out test split, copied out of the loaded ``dataset`` onto ``device``."""
+
+    def part(indices: np.ndarray) -> LocalData:
+        views = {v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][indices])).to(device) for v in spec.views}
+        return LocalData(client_id, views, dataset.labels[indices].copy(), indices.copy())
+
+    data = part(spec.indices)
+    if spec.test_indices is not None:
+        data.test = part(spec.test_indices)
+    return data
+
+
 def derive_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (numpy's SeedSequence, not Python's salted hash)."""
     return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
@@ -74,21 +88,7 @@ class ClientActor:
         # restores the state the parameter server kept with the client's last upload
         self._seq: dict[int, int] = {}
         for cid in client_ids:
-            spec = specs[cid]
-            views = {
-                v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.indices])).to(self.device)
-                for v in spec.views
-            }
-            data = LocalData(cid, views, dataset.labels[spec.indices].copy(), spec.indices.copy())
-            if spec.test_indices is not None:
-                test_views = {
-                    v: torch.from_numpy(np.ascontiguousarray(dataset.views[v][spec.test_indices])).to(self.device)
-                    for v in spec.views
-                }
-                data.test = LocalData(
-                    cid, test_views, dataset.labels[spec.test_indices].copy(), spec.test_indices.copy()
-                )
-            self.clients[cid] = self._fresh_client(cid, data)
+            self.clients[cid] = self._fresh_client(cid, client_shard(dataset, specs[cid], cid, self.device))
             self._seq[cid] = 0
         del dataset  # other clients' samples are dropped here
         # DP (fedsim.privacy): the driver calibrates each client's noise multiplier for its
