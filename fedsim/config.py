@@ -125,6 +125,16 @@ class RuntimeConfig(Strict):
 
     clients_per_actor: int | None = Field(None, ge=1, le=MAX_COUNT)
     clients_per_gpu: int = Field(4, ge=1, le=MAX_COUNT)
+    # models (with their optimiser state) an actor keeps between rounds; null: every hosted
+    # client's. With a bound, the least recently trained are dropped and rebuilt for their next
+    # round from the state kept with their last upload (as after an actor restart), so an
+    # actor's memory grows with the bound, not with its clients (bench/bench_scale.py).
+    resident_clients: int | None = Field(None, ge=1, le=MAX_COUNT)
+    # sync and virtual modes: rounds handed to the actors ahead of the one the driver waits for,
+    # in the order they commit; null: every round as soon as it starts (simulated). A round's
+    # inputs are fixed when it starts, so the results do not depend on this, only the memory:
+    # each round in flight holds a model, its optimiser state and its downloads.
+    rounds_in_flight: int | None = Field(None, ge=1, le=MAX_COUNT)
     num_gpus: float | None = Field(None, ge=0, le=MAX_COUNT)  # GPUs this run may use (sweeps: the trial's share)
     # how often Ray may restart one actor (-1: without limit); a lost actor is waited for up to
     # start_timeout_s each time, and its clients continue exactly where they were

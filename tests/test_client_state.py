@@ -32,25 +32,25 @@ def _config(method: str) -> dict:
     return build_config(raw, overrides).model_dump(mode="json")
 
 
-def _round(actor: ClientActor, round_: int, params: np.ndarray, seq: int, state):
-    """Client 0's round ``round_`` with every peer holding ``params``; the state as Ray passes it
-    (pickled), so nothing aliases the sender's tensors."""
+def _round(actor: ClientActor, round_: int, params: np.ndarray, seq: int, state, client: int = 0):
+    """Client ``client``'s round ``round_`` with every peer holding ``params``; the state as Ray
+    passes it (pickled), so nothing aliases the sender's tensors."""
     u = actor.cfg.num_clients
-    own = actor.clients[0].data
+    own = actor.clients[client].data
     snapshot = Snapshot(
         tuple(StoreEntry(c, round_ - 1, tuple(own.modalities), None, own.n_samples) for c in range(u)),
         0,
         ((seq, None),) * u,
     )
     passed = None if state is None else pickle.loads(pickle.dumps(state))
-    average = actor.clients[0].average
+    average = actor.clients[client].average
     if average is None:  # peer aggregation: every peer's upload
         downloads = [params] * u
     else:  # the server's average of the snapshot, beside the client's own upload
         peers = [PeerModel(c, round_ - 1, own.modalities, torch.from_numpy(params), own.n_samples) for c in range(u)]
         values, taken, weights = average.average(peers)
         downloads = [params, (values.numpy(), taken, weights)]
-    out, info, after = actor.run_round(0, round_, snapshot, False, 1.0, seq, passed, *downloads)
+    out, info, after = actor.run_round(client, round_, snapshot, False, 1.0, seq, passed, *downloads)
     return out.copy(), info["losses"], after
 
 
@@ -84,3 +84,23 @@ def test_restored_client_continues_exactly(method):
     fresh, loss_fresh, _ = _round(first, 1, init, 0, None)
     assert loss_fresh == losses[0]
     np.testing.assert_array_equal(fresh, outs[1])
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("method", ["afmcc", "msdib", "cmmc"])
+def test_an_actor_keeping_one_model_trains_like_one_keeping_all(method):
+    """``runtime.resident_clients: 1``: two clients take turns on one actor, so each round
+    rebuilds the client's model and restores its state; every round equals the resident run's."""
+    cfg = _config(method)
+    bounded = ClientActor({**cfg, "runtime": {**cfg["runtime"], "resident_clients": 1}}, [0, 1])
+    resident = ClientActor(cfg, [0, 1])
+    params = {c: resident.initial_parameters(c) for c in (0, 1)}
+    states: dict[int, object] = {0: None, 1: None}
+    for r in range(1, 4):
+        for c in (0, 1):
+            out, loss, state = _round(resident, r, params[c], r - 1, states[c], client=c)
+            out_b, loss_b, _ = _round(bounded, r, params[c], r - 1, states[c], client=c)
+            assert loss_b == loss, (c, r)
+            np.testing.assert_array_equal(out_b, out)
+            params[c], states[c] = out, pickle.loads(pickle.dumps(state))
+        assert sum(client.model is not None for client in bounded.clients.values()) == 1

@@ -178,6 +178,11 @@ class AFMCCConfig(BaseModel):
     anchor: float = Field(0.0, ge=0, description="weight of the one-modality clients' anchor term (grid table2_anchor)")
     # what a client clusters with: its last upload, or Eq. 6 applied to everyone's latest uploads
     evaluated_model: Literal["uploaded", "aggregated"]
+    # Eq. 6 over every client's latest model (null, the paper) or over the client's own and the
+    # `peers` most recent other uploads: a reading for federations too large to download every
+    # model each round (1,000 clients of BDGP's model: 8.6 GB a round). The most recent uploads
+    # are the freshest models, the ones an asynchronous server would broadcast first.
+    peers: int | None = Field(None, ge=1, description="peers Eq. 6 reads (null: all)")
 
     @model_validator(mode="before")
     @classmethod
@@ -302,8 +307,10 @@ class AFMCC(Learner):
         self.view_dims = tuple(view_dims)
         self.n_clusters = n_clusters
         self.num_clients = num_clients
-        # read by the runtime: evaluate what Eq. 6 makes of every client's latest upload
+        # read by the runtime: evaluate what Eq. 6 makes of every client's latest upload, and
+        # how many peers Eq. 6 reads
         self.evaluates_aggregate = config.evaluated_model == "aggregated"
+        self.max_peers = config.peers
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, seed: int) -> MultiModalAutoencoder:

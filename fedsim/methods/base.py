@@ -87,6 +87,9 @@ class Learner(ABC):
       (``fnmatch`` patterns, e.g. ``coherence_*``); sweeps and the report keep exactly these.
     - ``evaluates_aggregate``: evaluate on what ``aggregate`` makes of every client's latest
       upload (FMCSC's per-pattern global models) instead of on the client's own upload.
+    - ``max_peers`` (an instance attribute, it may come from the config): peer aggregation
+      reads the client's own upload and at most this many others, the most recent
+      (``Snapshot.round_inputs``); None reads every client's, O(U) models a round.
     """
 
     name: ClassVar[str]
@@ -95,6 +98,7 @@ class Learner(ABC):
     run_defaults: ClassVar[dict[str, Any]] = {}
     metric_names: ClassVar[tuple[str, ...]] = ()
     evaluates_aggregate: bool = False
+    max_peers: int | None = None
     # a client that computes the server's model itself (``aggregate`` of a ServerAverage method
     # with a server optimiser) keeps its copy of the optimiser's state here
     server_state: Any = None

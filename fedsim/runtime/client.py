@@ -16,7 +16,9 @@ and evaluations, run concurrently.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +59,9 @@ def derive_seed(*parts: int) -> int:
 class SimulatedClient:
     data: LocalData
     method: Any
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    # None while not resident (``runtime.resident_clients``): rebuilt for the client's next round
+    model: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer | None
     average: Any = None  # the method's ServerAverage, or None (peer aggregation)
 
 
@@ -87,9 +90,19 @@ class ClientActor:
         # otherwise (this actor was restarted, or a round's upload was never committed) first
         # restores the state the parameter server kept with the client's last upload
         self._seq: dict[int, int] = {}
+        # resident models, least recently trained first, and the clients in a round now (a
+        # threaded actor runs several): only an idle client's model may be dropped
+        self._resident: OrderedDict[int, None] = OrderedDict()
+        self._busy: set[int] = set()
+        self._lock = threading.Lock()
+        self._n_params: dict[int, int] = {}
         for cid in client_ids:
-            self.clients[cid] = self._fresh_client(cid, client_shard(dataset, specs[cid], cid, self.device))
+            client = self._fresh_client(cid, client_shard(dataset, specs[cid], cid, self.device))
+            assert client.model is not None
+            self.clients[cid] = client
             self._seq[cid] = 0
+            self._n_params[cid] = sum(p.numel() for p in client.model.parameters())
+            self._settle(cid)
         del dataset  # other clients' samples are dropped here
         # DP (fedsim.privacy): the driver calibrates each client's noise multiplier for its
         # release bound and passes it with every round; the actor clips and adds the noise
@@ -100,23 +113,45 @@ class ClientActor:
         method_cls = get_method(self.cfg.method)
         view_dims, n_clusters = self._shape
         method = method_cls(method_cls.Config(**self.cfg.method_params), view_dims, n_clusters, self.cfg.num_clients)
-        model = method.build_model(seed=derive_seed(self.cfg.seed, 1, cid, *self._restart)).to(self.device)
+        model = method.build_model(seed=self._model_seed(cid)).to(self.device)
         return SimulatedClient(data, method, model, method.make_optimizer(model), method.server_average(model))
 
     def _resume(self, client_id: int, seq: int, state: dict[str, Any] | None) -> None:
-        """Make client ``client_id``'s state the one after its ``seq``-th round (see client_state)."""
-        if self._seq[client_id] == seq:
+        """Make client ``client_id``'s state the one after its ``seq``-th round (see client_state),
+        rebuilding its model if it was not resident."""
+        client = self.clients[client_id]
+        if client.model is not None and self._seq[client_id] == seq:
             return
         if state is None:  # before its first round: a fresh client, as __init__ built it
             if seq:
                 raise RuntimeError(f"client {client_id}: the state after round {seq} is missing")
-            self.clients[client_id] = self._fresh_client(client_id, self.clients[client_id].data)
+            self.clients[client_id] = self._fresh_client(client_id, client.data)
         else:
             if state["seq"] != seq:
                 raise RuntimeError(f"client {client_id}: got the state after round {state['seq']}, expected {seq}")
-            client = self.clients[client_id]
+            if client.model is None:  # the parameters come from the store; the rest from ``state``
+                client.model = client.method.build_model(seed=self._model_seed(client_id)).to(self.device)
+                client.optimizer = client.method.make_optimizer(client.model)
             client_state.restore(state, client.model, client.optimizer, client.method, self.device)
         self._seq[client_id] = seq
+
+    def _model_seed(self, client_id: int) -> int:
+        return derive_seed(self.cfg.seed, 1, client_id, *self._restart)
+
+    def _settle(self, client_id: int) -> None:
+        """Client ``client_id`` has just trained (or been built): it becomes the most recently
+        used resident, and past ``runtime.resident_clients`` the least recently used idle
+        clients' models and optimisers are dropped (their next round rebuilds them)."""
+        limit = self.cfg.runtime.resident_clients
+        with self._lock:
+            self._busy.discard(client_id)
+            self._resident[client_id] = None
+            self._resident.move_to_end(client_id)
+            if limit is None:
+                return
+            for cid in [c for c in self._resident if c not in self._busy][: max(0, len(self._resident) - limit)]:
+                del self._resident[cid]
+                self.clients[cid].model = self.clients[cid].optimizer = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def describe(self) -> dict[int, dict[str, Any]]:
@@ -127,19 +162,27 @@ class ClientActor:
             cid: {
                 "n_samples": c.data.n_samples,
                 "modalities": c.data.modalities,
-                "round_cost": c.method.round_cost(c.data, self.cfg.num_clients),
+                "round_cost": c.method.round_cost(c.data, self._peers_read(c.method)),
                 "pretrain_cost": c.method.round_cost(c.data, 0),
-                "num_parameters": sum(p.numel() for p in c.model.parameters()),
+                "num_parameters": self._n_params[cid],
                 "metric_names": list(c.method.metric_names),
                 "evaluates_aggregate": c.method.evaluates_aggregate,
                 "server_average": c.average is not None,
+                "max_peers": c.method.max_peers,
                 "node_id": node,
             }
             for cid, c in self.clients.items()
         }
 
+    def _peers_read(self, method: Any) -> int:
+        """How many models a training round reads for peer aggregation (its own included)."""
+        u = self.cfg.num_clients
+        return u if method.max_peers is None else min(u, method.max_peers + 1)
+
     def initial_parameters(self, client_id: int) -> np.ndarray:
-        return flat_parameters(self.clients[client_id].model).cpu().numpy()
+        client = self.clients[client_id]
+        model = client.model if client.model is not None else client.method.build_model(self._model_seed(client_id))
+        return flat_parameters(model).cpu().numpy()
 
     # -- one local round (AFMCC Alg. 2, or Alg. 1's pretraining when ``pretrain``) --------------
     @ray.method(num_returns=3)
@@ -163,21 +206,46 @@ class ClientActor:
         ``state`` is the client's state after its ``state_seq``-th round, as kept with its last
         upload (None before its first); the third return value is its state after this round.
         With privacy on, every upload (pretraining too) is a release: its update is clipped and
-        noised at ``noise_multiplier``, the driver's calibration for this client."""
-        started = time.perf_counter()
+        noised at ``noise_multiplier``, the driver's calibration for this client. ``snapshot``
+        holds the entries the round reads (the driver sends ``Snapshot.part``; a whole snapshot
+        works too)."""
         # The actor's task threads are new OpenMP threads, whose thread count is a per-thread
         # setting: pin it here too, or a threaded actor's reductions split differently from a
         # one-client actor's and the losses differ in the last bits with the placement.
         torch.set_num_threads(self.cfg.runtime.torch_threads)
+        with self._lock:
+            self._busy.add(client_id)
+        try:
+            return self._round(
+                client_id, round_, snapshot, pretrain, slowdown, state_seq, state, params, noise_multiplier
+            )
+        finally:
+            self._settle(client_id)
+
+    def _round(
+        self,
+        client_id: int,
+        round_: int,
+        snapshot: Snapshot,
+        pretrain: bool,
+        slowdown: float,
+        state_seq: int,
+        state: dict[str, Any] | None,
+        params: tuple[Any, ...],
+        noise_multiplier: float | None,
+    ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+        started = time.perf_counter()
         self._resume(client_id, state_seq, state)
         client = self.clients[client_id]
+        assert client.model is not None and client.optimizer is not None
         averaged = client.average is not None and not pretrain
         downloads: tuple[Any, ...] = params
         weights: dict[int, float] = {}
         if averaged:
             *stored, (values, taken, weights) = params
             downloads = tuple(stored)
-        peers = self._as_peers(snapshot.round_inputs(client_id, pretrain, client.average is not None), downloads)
+        inputs = snapshot.round_inputs(client_id, pretrain, client.average is not None, client.method.max_peers)
+        peers = self._as_peers(inputs, downloads)
         own = next(p for p in peers if p.client_id == client_id)
         load_flat_parameters(client.model, own.params)
         downloaded = time.perf_counter()
@@ -275,7 +343,7 @@ class ClientActor:
         model = client.method.build_model(seed=0).to(self.device)
         load_flat_parameters(model, _as_tensor(params).to(self.device))
         if snapshot is not None:
-            peers = self._as_peers(list(snapshot.entries), peer_params)
+            peers = self._as_peers(snapshot.round_inputs(client_id, False, False, client.method.max_peers), peer_params)
             aggregated, _ = client.method.aggregate(model, client.data, peers)
             load_flat_parameters(model, aggregated)
         return client, model

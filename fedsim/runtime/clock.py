@@ -24,6 +24,10 @@ class VirtualClock:
         self.now = max(self.now, finish_time)
         return finish_time, client_id
 
+    def upcoming(self, n: int) -> list[int]:
+        """The clients of the next ``n`` events, in the order they will be popped."""
+        return [client_id for _, client_id in heapq.nsmallest(n, self._events)]
+
     def peek(self) -> float | None:
         return self._events[0][0] if self._events else None
 

@@ -159,6 +159,14 @@ class Federation:
         # from that snapshot downloads the result (the ref of the latest snapshot's is kept)
         self._server_average = bool(clients[0]["server_average"])
         self._average_ref: tuple[Any, Any] | None = None  # (snapshot key, ref)
+        # peer aggregation over a bounded number of peers (the method's ``max_peers``)
+        self._max_peers: int | None = clients[0].get("max_peers")
+        # the last snapshot and the commit count it was read at: the store changes only by a
+        # commit (or a seeding, or a server restart, which drop it), so rounds started between
+        # two commits share one snapshot instead of asking the server for U entries each
+        self._snapshot_at: tuple[int, Snapshot] | None = None
+        # sync and virtual modes: how many rounds are handed to the actors ahead (None: all)
+        self._window = cfg.runtime.rounds_in_flight if cfg.mode != "async" else None
         self._group = cfg.stop.members(self.u) if cfg.stop.rule == "group" else []
         # DP: each client's noise multiplier, and the training uploads its release bound allows
         # per federation (fedsim.privacy.release_bounds), which the driver enforces
@@ -206,14 +214,17 @@ class Federation:
             try:
                 return _get(call(), self.cfg.runtime.round_timeout_s, "the parameter server")
             except ServerNeedsRefs:
+                self._snapshot_at = None
                 self._readopt()
             except ACTOR_LOST as exc:
+                self._snapshot_at = None
                 if wait is None:
                     self.server_restarts += 1
                     wait = RestartWait(self.cfg.runtime.start_timeout_s, "the parameter server")
                 wait.pause(exc)
 
     def _seed_all(self, ref: Any) -> None:
+        self._snapshot_at = None
         self._server(lambda: self.server.seed_all.remote([ref]))
 
     def _readopt(self) -> None:
@@ -232,7 +243,9 @@ class Federation:
         return self.clients[cid][key] / self.speeds[cid]
 
     def _snapshot(self) -> Snapshot:
-        return self._server(lambda: self.server.snapshot.remote())
+        if self._snapshot_at is None or self._snapshot_at[0] != self.total_uploads:
+            self._snapshot_at = (self.total_uploads, self._server(lambda: self.server.snapshot.remote()))
+        return self._snapshot_at[1]
 
     def _submit(self, job: RoundJob) -> RoundJob:
         # Real modes wait out the speed difference; the fastest client never waits.
@@ -242,7 +255,8 @@ class Federation:
         # no thread of the threaded client actor calls ray.get (Ray has had hangs with concurrent
         # ray.get in one process, ray-project/ray#54007). With the old in-actor ray.get, one full
         # test run here hung a round until its timeout; that this was the cause is not proven.
-        params = [e.ref for e in job.snapshot.round_inputs(job.client_id, pretrain, self._server_average)]
+        inputs = job.snapshot.round_inputs(job.client_id, pretrain, self._server_average, self._max_peers)
+        params = [e.ref for e in inputs]
         if self._server_average and not pretrain:
             params.append(self._average_of(job.snapshot))
         # the client's state as kept with its last upload: a top-level argument too (None, or a
@@ -250,7 +264,15 @@ class Federation:
         seq, state = job.snapshot.states[job.client_id]
         sigma = self._privacy.noise_multipliers[job.client_id] if self._privacy is not None else None
         job.flat_ref, job.info_ref, job.state_ref = self.actor_of[job.client_id].run_round.remote(
-            job.client_id, job.round, job.snapshot, pretrain, slowdown, seq, state, *params, noise_multiplier=sigma
+            job.client_id,
+            job.round,
+            job.snapshot.part(inputs),
+            pretrain,
+            slowdown,
+            seq,
+            state,
+            *params,
+            noise_multiplier=sigma,
         )
         job.attempts += 1
         return job
@@ -273,7 +295,15 @@ class Federation:
             sim_start,
             sim_start + self._duration(cid, phase),
         )
-        return self._submit(job)
+        return self._submit(job) if self._window is None else job
+
+    def _ahead(self, jobs: list[RoundJob]) -> None:
+        """Hand the first ``runtime.rounds_in_flight`` of ``jobs`` (in commit order) that are not
+        running yet to the actors."""
+        if self._window is not None:
+            for job in jobs[: self._window]:
+                if job.info_ref is None and job.replayed is None:
+                    self._submit(job)
 
     def _resolve(self, job: RoundJob) -> dict[str, Any]:
         """Wait for a round; if its actor died, re-run the same round on the same snapshot and the
@@ -281,6 +311,8 @@ class Federation:
         gap nor a double, and the round's result is the one it would have had)."""
         if job.replayed is not None:
             return dict(job.replayed["info"])
+        if job.info_ref is None:  # not handed to its actor yet (``runtime.rounds_in_flight``)
+            self._submit(job)
         wait: RestartWait | None = None
         while True:
             try:
@@ -310,7 +342,7 @@ class Federation:
                 [job.flat_ref, job.state_ref],
                 job.round,
                 job.phase,
-                job.snapshot,
+                job.snapshot.without_refs(),
                 job.sim_start,
                 job.sim_end,
                 info["upload_bytes"],
@@ -341,7 +373,16 @@ class Federation:
         if self._checkpoint_folder is None:
             return
         inflight = [
-            InFlight(j.client_id, j.round, j.phase, j.sim_start, j.sim_end, j.snapshot.versions(), j.snapshot.commits)
+            InFlight(
+                j.client_id,
+                j.round,
+                j.phase,
+                j.sim_start,
+                j.sim_end,
+                j.snapshot.versions(),
+                j.snapshot.commits,
+                [e.commit for e in j.snapshot.entries],
+            )
             for j in self._inflight.values()
         ]
         save_driver_state(
@@ -382,8 +423,8 @@ class Federation:
         jobs = []
         for f in state.inflight:
             entries = tuple(
-                StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples)
-                for c, v in enumerate(f.versions)
+                StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples, commit)
+                for c, (v, commit) in enumerate(zip(f.versions, f.entry_commits))
             )
             job = RoundJob(
                 f.client_id, f.round, f.phase, Snapshot(entries, f.commits, current.states), f.sim_start, f.sim_end
@@ -394,7 +435,7 @@ class Federation:
                 f.phase,
             ):
                 job.replayed = replay
-            else:
+            elif self._window is None:
                 self._submit(job)
             jobs.append(job)
         return jobs
@@ -496,7 +537,10 @@ class Federation:
                 continue
             snapshot = self._snapshot()  # the barrier: everyone reads the same state
             jobs = [self._launch(c, "train", t, snapshot) for c in participants]
-            infos = [self._resolve(job) for job in jobs]
+            infos = []
+            for i, job in enumerate(jobs):
+                self._ahead(jobs[i:])
+                infos.append(self._resolve(job))
             for job, info in zip(jobs, infos):
                 job.sim_end = round_end
                 self._commit(job, info)
@@ -537,6 +581,8 @@ class Federation:
                     start(cid, self.sim_time)
         while len(clock):
             self._save_driver()  # the clock's state between two steps: what a resumed run starts from
+            if self._window is not None:
+                self._ahead([inflight[c] for c in clock.upcoming(self._window)])
             finish, cid = clock.pop()
             job = inflight.pop(cid)
             if self._over_budget(finish) or self._spent(cid):
@@ -577,9 +623,16 @@ class Federation:
         snapshot = self._snapshot()
         cfg = self.cfg
         refs = {c: snapshot.entry(c).ref for c in range(self.u)}  # top-level: Ray passes each array
-        # Methods evaluated on their aggregate (FMCSC's per-pattern global models) also get every
-        # client's latest upload, as top-level refs like a round's.
-        agg: tuple[Any, ...] = (snapshot, *refs.values()) if self.clients[0].get("evaluates_aggregate") else ()
+        # Methods evaluated on their aggregate (FMCSC's per-pattern global models) also get the
+        # peers' latest uploads a round would read, as top-level refs like a round's.
+        aggregate = bool(self.clients[0].get("evaluates_aggregate"))
+
+        def agg_of(c: int) -> tuple[Any, ...]:
+            if not aggregate:
+                return ()
+            inputs = snapshot.round_inputs(c, False, False, self._max_peers)
+            return (snapshot.part(inputs), *(e.ref for e in inputs))
+
         if cfg.task == "classification":
             parts = self._with_retry(
                 lambda: self._eval_get([self.actor_of[c].classify.remote(c, refs[c]) for c in range(self.u)])
@@ -593,13 +646,13 @@ class Federation:
                 def run() -> list[dict[str, Any]]:
                     first = self._eval_get(
                         self.actor_of[0].cluster.remote(
-                            0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg
+                            0, refs[0], None, self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg_of(0)
                         )
                     )
                     rest = self._eval_get(
                         [
                             self.actor_of[c].cluster.remote(
-                                c, refs[c], first["centres"], self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg
+                                c, refs[c], first["centres"], self.n_clusters, cfg.kmeans_n_init, cfg.seed, *agg_of(c)
                             )
                             for c in range(1, self.u)
                         ]
@@ -610,7 +663,9 @@ class Federation:
                 pred = np.concatenate([p["labels_pred"] for p in parts])
             elif cfg.evaluation == "global_kmeans":
                 parts = self._with_retry(
-                    lambda: self._eval_get([self.actor_of[c].embed.remote(c, refs[c], *agg) for c in range(self.u)])
+                    lambda: self._eval_get(
+                        [self.actor_of[c].embed.remote(c, refs[c], *agg_of(c)) for c in range(self.u)]
+                    )
                 )
                 pred = global_kmeans(
                     np.concatenate([p["features"] for p in parts]),
@@ -621,7 +676,7 @@ class Federation:
             else:
                 parts = self._with_retry(
                     lambda: self._eval_get(
-                        [self.actor_of[c].soft_assignments.remote(c, refs[c], *agg) for c in range(self.u)]
+                        [self.actor_of[c].soft_assignments.remote(c, refs[c], *agg_of(c)) for c in range(self.u)]
                     )
                 )
                 pred = argmax_assignments(np.concatenate([p["probabilities"] for p in parts]))
@@ -635,7 +690,9 @@ class Federation:
             )
         if final and self._has_extras:
             extras = self._with_retry(
-                lambda: self._eval_get([self.actor_of[c].final_extras.remote(c, refs[c], *agg) for c in range(self.u)])
+                lambda: self._eval_get(
+                    [self.actor_of[c].final_extras.remote(c, refs[c], *agg_of(c)) for c in range(self.u)]
+                )
             )
             weights = np.array([e["n_samples"] for e in extras], dtype=float)
             for key in sorted({k for e in extras for k in e["metrics"]}):

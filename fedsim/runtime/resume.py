@@ -35,6 +35,7 @@ class InFlight:
     sim_end: float
     versions: list[int]
     commits: int
+    entry_commits: list[int]  # the commit that wrote each entry read (bounded peers choose by it)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import ray
@@ -22,8 +22,9 @@ class StoreEntry:
     client_id: int
     version: int
     modalities: tuple[int, ...]
-    ref: Any  # ray.ObjectRef of a flat float32 numpy array
+    ref: Any  # ray.ObjectRef of a flat float32 numpy array (None in what a round is sent)
     n_samples: int = 0
+    commit: int = -1  # the server's commit that wrote it (-1: a seed, written by no upload)
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,38 @@ class Snapshot:
         return [e.version for e in self.entries]
 
     def entry(self, client_id: int) -> StoreEntry:
-        return self.entries[client_id]
+        if client_id < len(self.entries) and self.entries[client_id].client_id == client_id:
+            return self.entries[client_id]
+        return next(e for e in self.entries if e.client_id == client_id)  # a round's part (``part``)
 
-    def round_inputs(self, client_id: int, pretrain: bool, server_average: bool = False) -> list[StoreEntry]:
+    def round_inputs(
+        self, client_id: int, pretrain: bool, server_average: bool = False, max_peers: int | None = None
+    ) -> list[StoreEntry]:
         """The entries a round downloads: its own model when pretraining or when the server
-        averages (the average comes beside it), else every client's (peer aggregation)."""
-        return [self.entry(client_id)] if pretrain or server_average else list(self.entries)
+        averages (the average comes beside it), else the peers' (peer aggregation): every
+        client's, or with ``max_peers`` its own and the ``max_peers`` most recent other uploads
+        (latest commit first; among entries no upload wrote yet, the clients after it in
+        cyclic order), in client order."""
+        if pretrain or server_average:
+            return [self.entry(client_id)]
+        if max_peers is None or max_peers >= len(self.entries) - 1:
+            return list(self.entries)
+        u = max(e.client_id for e in self.entries) + 1
+        others = sorted(
+            (e for e in self.entries if e.client_id != client_id),
+            key=lambda e: (-e.commit, (e.client_id - client_id) % u),
+        )[:max_peers]
+        return sorted([self.entry(client_id), *others], key=lambda e: e.client_id)
+
+    def part(self, entries: list[StoreEntry]) -> Snapshot:
+        """What one round or evaluation call is sent: just the entries it reads, without their
+        refs (those go as top-level arguments), so a call's size does not grow with the
+        federation."""
+        return Snapshot(tuple(replace(e, ref=None) for e in entries), self.commits)
+
+    def without_refs(self) -> Snapshot:
+        """The snapshot as a commit records it (versions and clock, no refs to pass along)."""
+        return Snapshot(tuple(replace(e, ref=None) for e in self.entries), self.commits)
 
 
 @dataclass
@@ -176,9 +203,9 @@ class ParameterServer:
         assert self._restored is not None
         entry_refs, state_refs = wrapped_refs
         meta = self._restored
-        for c, (version, ref) in enumerate(zip(meta["versions"], entry_refs)):
+        for c, (version, commit, ref) in enumerate(zip(meta["versions"], meta["entry_commits"], entry_refs)):
             self._entries[c] = (
-                None if ref is None else StoreEntry(c, version, self._modalities[c], ref, self._n_samples[c])
+                None if ref is None else StoreEntry(c, version, self._modalities[c], ref, self._n_samples[c], commit)
             )
         self._states = [(seq, ref) for seq, ref in zip(meta["seqs"], state_refs)]
         self._restored = None
@@ -195,6 +222,7 @@ class ParameterServer:
                 "start": self._start,
                 "log_bytes": self._log_bytes,
                 "versions": [e.version if e is not None else 0 for e in self._entries],
+                "entry_commits": [e.commit if e is not None else -1 for e in self._entries],
                 "seqs": [seq for seq, _ in self._states],
                 "entry_files": self._entry_files,
                 "state_files": self._state_files,
@@ -261,7 +289,7 @@ class ParameterServer:
             self._version_files[(client_id, version)] = entry_name
         self._states[client_id] = (seq_c, state_ref)
         self._entries[client_id] = StoreEntry(
-            client_id, version, self._modalities[client_id], ref, self._n_samples[client_id]
+            client_id, version, self._modalities[client_id], ref, self._n_samples[client_id], self._commits
         )
         record = UploadRecord(
             client_id=client_id,
