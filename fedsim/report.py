@@ -38,17 +38,8 @@ import pandas as pd
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
 from fedsim.config import build_config
 from fedsim.errors import ConfigError
-from fedsim.sweep import (
-    GRID_DIR,
-    ROOT,
-    GridSpec,
-    _score_keys,
-    grid_names,
-    load_grid,
-    summarise_grid,
-    sweep_base,
-    write_plots,
-)
+from fedsim.sweep import _score_keys, summarise_grid, sweep_base, write_plots
+from fedsim.sweeps.grid import GRID_DIR, ROOT, GridSpec, grid_names, load_grid, override_strings
 from fedsim.tracking import config_params
 
 # The order of the report's method sections: tune/grids/report.yaml ``sections``; grid folders
@@ -110,10 +101,7 @@ def _command(spec: GridSpec, dataset: str, parent: Any, client: Any) -> str:
         ]
         known = {
             f"dataset={dataset}",
-            *[
-                f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                for k, v in {**spec.fixed, **spec.datasets.get(dataset, {})}.items()
-            ],
+            *override_strings({**spec.fixed, **spec.datasets.get(dataset, {})}),
         }
         extra = [o for o in overrides if o not in known]
     except Exception:  # noqa: BLE001 - no grid.json: assume no extra overrides
@@ -229,7 +217,7 @@ def read_sweeps(tracking_uri: str) -> dict[tuple[str, str, str], SweepRecord]:
         if dataset.startswith("synthetic") or not (GRID_DIR / method / f"{grid}.yaml").is_file():
             continue
         spec = load_grid(method, grid)
-        if spec.skip_in_report:
+        if spec.report.skip:
             continue
         record = read_sweep(client, exp, spec, dataset)
         if record is not None:
@@ -346,10 +334,10 @@ def _fmt(x: Any, digits: int = 1) -> str:
 def gap_rows(spec: GridSpec, table: pd.DataFrame) -> list[tuple[str, str, float, float]]:
     """(row label, metric, ours - paper, paper std) where ours falls short of the paper by more
     than the paper's reported std (0 where the paper prints no std)."""
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    keys = spec.table.keys
     out = []
     for _, r in table.iterrows():
-        for m in spec.metrics:
+        for m in spec.table.metrics:
             paper = r.get(f"{m}_paper")
             if paper is None or (isinstance(paper, float) and math.isnan(paper)):
                 continue
@@ -365,9 +353,9 @@ def ablation_ordering(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str 
     """For an ablation grid (one row axis of named variants): the variants ranked by the first
     metric, ours against the paper's ranking on this dataset, or on the paper's own datasets when
     it has none here."""
-    if len(spec.rows) != 1 or spec.columns or spec.rows[0] not in spec.variants or len(table) < 2:
+    if len(spec.table.rows) != 1 or spec.table.columns or spec.table.rows[0] not in spec.variants or len(table) < 2:
         return None  # one variant run so far ranks nothing
-    axis, metric = spec.rows[0], spec.metrics[0]
+    axis, metric = spec.table.rows[0], spec.table.metrics[0]
 
     def rank(values: dict[str, float]) -> str:
         return " > ".join(k for k, _ in sorted(values.items(), key=lambda kv: -kv[1]))
@@ -393,17 +381,17 @@ def ablation_ordering(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str 
 
 
 def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    has_paper = any(table[f"{m}_paper"].notna().any() for m in spec.metrics)
+    keys = spec.table.keys
+    has_paper = any(table[f"{m}_paper"].notna().any() for m in spec.table.metrics)
     header = [*keys, "n"]
-    for m in spec.metrics:
+    for m in spec.table.metrics:
         header += [f"{m.upper()} ours"] + ([f"{m.upper()} paper", "Δ"] if has_paper else [])
     extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
     header += extra
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
         cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
-        for m in spec.metrics:
+        for m in spec.table.metrics:
             cells.append(f"{_fmt(r[f'{m}_mean'])} ± {_fmt(r[f'{m}_std'])}")
             if has_paper:
                 paper, std = r[f"{m}_paper"], r[f"{m}_paper_std"]
@@ -419,18 +407,20 @@ def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
 
 def paper_plot(spec: GridSpec, table: pd.DataFrame, path: Path) -> Path | None:
     """Grouped bars: ours (mean +- std) against the paper's value, per table row and metric."""
-    if not any(table[f"{m}_paper"].notna().any() for m in spec.metrics):
+    if not any(table[f"{m}_paper"].notna().any() for m in spec.table.metrics):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    keys = spec.table.keys
     labels = [" / ".join(str(r[k]) for k in keys) or "all" for _, r in table.iterrows()]
-    fig, axes = plt.subplots(1, len(spec.metrics), figsize=(3.2 * len(spec.metrics) + 1, 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(spec.table.metrics), figsize=(3.2 * len(spec.table.metrics) + 1, 3.4), squeeze=False
+    )
     x = np.arange(len(labels))
-    for ax, m in zip(axes[0], spec.metrics):
+    for ax, m in zip(axes[0], spec.table.metrics):
         ours = table[f"{m}_mean"].to_numpy(float)
         paper = pd.to_numeric(table[f"{m}_paper"], errors="coerce").to_numpy(float)
         ax.bar(x - 0.2, ours, 0.4, yerr=table[f"{m}_std"].to_numpy(float), capsize=3, label="fedsim")
@@ -458,7 +448,7 @@ def _grid_order(name: str) -> tuple[int, str]:
 
 
 def _datasets_for(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord]) -> list[str]:
-    names = [*spec.report_datasets, *spec.paper, *spec.datasets]
+    names = [*spec.report.datasets, *spec.paper, *spec.datasets]
     names += [d for (m, d, g) in sweeps if m == spec.method and g == spec.name]
     return [d for d in dict.fromkeys(names) if not d.startswith("synthetic")]
 
@@ -525,7 +515,7 @@ def _section(
         if ordering:
             lines += [ordering, ""]
         gaps = gap_rows(spec, table)
-        cells = sum(int(table[f"{m}_paper"].notna().sum()) for m in spec.metrics)
+        cells = sum(int(table[f"{m}_paper"].notna().sum()) for m in spec.table.metrics)
         if gaps:
             any_gap = True
             worst = min(gaps, key=lambda g: g[2])
@@ -548,10 +538,10 @@ def _section(
                 "trials": f"{n}/{record.planned}",
             }
         )
-    if unavailable or spec.not_held:
+    if unavailable or spec.report.not_held:
         lines.append(
             "Not available here, so not run: "
-            + "; ".join(unavailable + [f"`{k}`: {v}" for k, v in spec.not_held.items()])
+            + "; ".join(unavailable + [f"`{k}`: {v}" for k, v in spec.report.not_held.items()])
             + "."
         )
         lines.append("")
@@ -656,7 +646,7 @@ def write_report(
         body += [f"## {method.upper()}", ""]
         for grid in sorted(grid_names(method), key=_grid_order):
             spec = load_grid(method, grid)
-            if spec.skip_in_report:
+            if spec.report.skip:
                 continue
             lines, st = _section(spec, sweeps, out, data_dir, tables)
             body += lines

@@ -18,10 +18,8 @@ unfinished ones rerun, and MLflow runs the dead driver left RUNNING are marked K
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import fnmatch
-import itertools
 import json
 import math
 import os
@@ -34,100 +32,10 @@ import numpy as np
 import pandas as pd
 
 from fedsim.config import build_config, load_yaml
-from fedsim.errors import ConfigError, FedsimError, shorten
+from fedsim.errors import FedsimError, shorten
+from fedsim.sweeps.grid import ROOT, GridSpec, load_grid, override_strings, restrict_grid
 
-ROOT = Path(__file__).resolve().parents[1]
-GRID_DIR = ROOT / "tune" / "grids"
 HEAD_BUNDLE_CPUS = 0.01
-
-
-@dataclass
-class GridSpec:
-    name: str
-    method: str
-    reproduces: str
-    config: str  # path template with {dataset}
-    grid: dict[str, list[Any]]
-    fixed: dict[str, Any] = field(default_factory=dict)
-    rows: list[str] = field(default_factory=list)
-    columns: str | None = None
-    metrics: list[str] = field(default_factory=lambda: ["acc", "nmi", "ari"])
-    paper: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    time_to_reach: dict[str, Any] | None = None  # Table 3d: {"reference": {"mode": "sync"}}
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset extra overrides
-    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # named axis values
-    # Table rows read off each trial rather than trained per row: axis -> row value -> metric
-    # prefix, e.g. {"selection": {"label_free": "selected_by_loss"}}: that row's ACC is the trial's
-    # ``selected_by_loss/acc`` (the restart the label-free criterion keeps; runner.selected_by).
-    derived_rows: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Line plot of the first metric (mean +- std over seeds): {"x": axis, "lines": axis, "panels": axis}
-    plot: dict[str, str] | None = None
-    # For the reproduction report: datasets of ours to run the grid on beyond those with paper
-    # values, and the paper's datasets we do not hold (name -> why), listed rather than omitted.
-    report_datasets: list[str] = field(default_factory=list)
-    not_held: dict[str, str] = field(default_factory=dict)
-    skip_in_report: bool = False  # a grid for tests and laptops (``report: {skip: true}``), no paper table
-    # Grid points that are another grid's trials under the same config (CMMC Table 3's full model
-    # is Table 1): axis -> value -> that grid's name. Where this grid has no run of such a point,
-    # the report takes the other grid's run of the same seed, once their resolved configs agree
-    # (fedsim/report.py, borrow_rows); the sweep still runs the point when asked.
-    borrow: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def trial_overrides(self, params: dict[str, Any]) -> list[str]:
-        """A trial's overrides: ``key=value`` per axis, or a named variant's overrides."""
-        out: list[str] = []
-        for key, value in params.items():
-            if key in self.variants:
-                out += _override_strings(self.variants[key][value])
-            else:
-                out += _override_strings({key: value})
-        return out
-
-    @property
-    def trials(self) -> list[dict[str, Any]]:
-        keys = list(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
-
-
-def grid_names(method: str) -> list[str]:
-    return sorted(p.stem for p in (GRID_DIR / method).glob("*.yaml"))
-
-
-def load_grid(method: str, grid: str) -> GridSpec:
-    path = GRID_DIR / method / f"{grid}.yaml"
-    if not path.is_file():
-        known = ", ".join(grid_names(method)) or "none"
-        raise ConfigError(f"no grid '{grid}' for method '{method}' (looked for {path}); available: {known}")
-    raw = load_yaml(path)
-    table = raw.get("table", {})
-    try:
-        return GridSpec(
-            name=grid,
-            method=method,
-            reproduces=raw["reproduces"],
-            config=raw.get("config", f"configs/{method}/{{dataset}}.yaml"),
-            grid={k: list(v) for k, v in raw["grid"].items()},
-            fixed=raw.get("set", {}) or {},
-            rows=list(table.get("rows", [])),
-            columns=table.get("columns"),
-            metrics=list(table.get("metrics", ["acc", "nmi", "ari"])),
-            paper=raw.get("paper", {}) or {},
-            time_to_reach=raw.get("time_to_reach"),
-            datasets=raw.get("datasets", {}) or {},
-            variants=raw.get("variants", {}) or {},
-            plot=table.get("plot"),
-            report_datasets=list(raw.get("report", {}).get("datasets", [])),
-            not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
-            skip_in_report=bool(raw.get("report", {}).get("skip", False)),
-            derived_rows={k: dict(v) for k, v in (raw.get("derived_rows", {}) or {}).items()},
-            borrow={k: {str(v): str(g) for v, g in m.items()} for k, m in (raw.get("borrow", {}) or {}).items()},
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
-
-
-def _override_strings(values: dict[str, Any]) -> list[str]:
-    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
 
 
 @dataclass
@@ -153,27 +61,6 @@ class SweepPlan:
         return f"make sweep DATASET={self.dataset} METHOD={self.spec.method} GRID={self.spec.name}{only}{extra}"
 
 
-def restrict_grid(spec: GridSpec, only: list[str]) -> GridSpec:
-    """The grid with some axes cut to the listed values: ``only`` holds ``axis=v1,v2`` strings
-    (e.g. ``client_ratio=1:1`` runs Table 2's F/S 1:1 row with all its seeds)."""
-    grid = dict(spec.grid)
-    for item in only:
-        axis, sep, values = item.partition("=")
-        if not sep or axis not in grid:
-            raise ConfigError(
-                f"--only '{item}': expected axis=value[,value...] with an axis of grid "
-                f"'{spec.name}' ({', '.join(grid)})"
-            )
-        wanted = values.split(",")
-        kept = [v for v in grid[axis] if str(v) in wanted]
-        if len(kept) != len(wanted):
-            raise ConfigError(
-                f"--only '{item}': axis '{axis}' of grid '{spec.name}' has values {[str(v) for v in spec.grid[axis]]}"
-            )
-        grid[axis] = kept
-    return dataclasses.replace(spec, grid=grid)
-
-
 def sweep_base(
     spec: GridSpec, dataset: str, extra: list[str] | tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], list[str]]:
@@ -185,8 +72,8 @@ def sweep_base(
     base = load_yaml(ROOT / base_path if (ROOT / base_path).is_file() else base_path)
     overrides = [
         f"dataset={dataset}",
-        *(_override_strings(spec.fixed)),
-        *(_override_strings(spec.datasets.get(dataset, {}))),
+        *(override_strings(spec.fixed)),
+        *(override_strings(spec.datasets.get(dataset, {}))),
         *extra,
     ]
     return base, overrides
@@ -558,7 +445,7 @@ def summarise(plan: SweepPlan, frame: pd.DataFrame) -> pd.DataFrame:
 def summarise_grid(spec: GridSpec, dataset: str, frame: pd.DataFrame) -> pd.DataFrame:
     """``summarise`` for a grid and dataset (the report rebuilds tables from MLflow with it).
     ``{m}_paper`` / ``{m}_paper_std`` hold the paper's mean and std (NaN where not printed)."""
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
+    keys = spec.table.keys
     if frame.empty:
         return pd.DataFrame()
     frame = expand_derived_rows(spec, frame)
@@ -570,7 +457,7 @@ def summarise_grid(spec: GridSpec, dataset: str, frame: pd.DataFrame) -> pd.Data
         row: dict[str, Any] = dict(zip(keys, key))
         row["n"] = len(g)
         cell = paper.get("|".join(str(k) for k in key) if key else "all", {})
-        for m in spec.metrics:
+        for m in spec.table.metrics:
             row[f"{m}_mean"] = 100 * g[m].mean()
             row[f"{m}_std"] = 100 * g[m].std(ddof=0)
             value = cell.get(m)
@@ -590,11 +477,11 @@ def expand_derived_rows(spec: GridSpec, frame: pd.DataFrame) -> pd.DataFrame:
     for axis, values in spec.derived_rows.items():
         parts = []
         for value, prefix in values.items():
-            cols = {f"{prefix}/{m}": m for m in spec.metrics if f"{prefix}/{m}" in frame}
-            if len(cols) < len(spec.metrics):
+            cols = {f"{prefix}/{m}": m for m in spec.table.metrics if f"{prefix}/{m}" in frame}
+            if len(cols) < len(spec.table.metrics):
                 continue
-            part = frame.drop(columns=spec.metrics, errors="ignore").rename(columns=cols)
-            part = part[part[spec.metrics].notna().all(axis=1)]
+            part = frame.drop(columns=spec.table.metrics, errors="ignore").rename(columns=cols)
+            part = part[part[spec.table.metrics].notna().all(axis=1)]
             parts.append(part.assign(**{axis: value}))
         frame = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0].assign(**{axis: []})
     return frame
@@ -604,14 +491,14 @@ def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame)
     """Table 3d: the simulated time each run needed to reach the final ACC of the reference (sync)
     run of the same seed and row, averaged over seeds per row of the table (NaN where a run never
     reached it; "not reached" where none did). ``target_acc``: the reference runs' mean ACC."""
-    ref_key, ref_value = next(iter(spec.time_to_reach["reference"].items()))
-    col = spec.columns
+    ref_key, ref_value = spec.time_to_reach.axis_value
+    col = spec.table.columns
     if "seed" not in frame.columns:
         frame = frame.assign(seed=0)
     times, targets = [], []
     for _, row in table.iterrows():
         same = frame
-        for k in spec.rows:
+        for k in spec.table.rows:
             same = same[same[k] == row[k]]
         ref = same[same[ref_key] == ref_value]
         ref_acc = {seed: float(acc) for seed, acc in zip(ref["seed"], ref["acc"])}
@@ -631,8 +518,12 @@ def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame)
 
 def to_markdown(plan: SweepPlan, table: pd.DataFrame) -> str:
     spec = plan.spec
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    header = [*keys, "n"] + [f"{m.upper()} ours" for m in spec.metrics] + [f"{m.upper()} paper" for m in spec.metrics]
+    keys = spec.table.keys
+    header = (
+        [*keys, "n"]
+        + [f"{m.upper()} ours" for m in spec.table.metrics]
+        + [f"{m.upper()} paper" for m in spec.table.metrics]
+    )
     extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
     header += extra
     lines = [
@@ -643,12 +534,12 @@ def to_markdown(plan: SweepPlan, table: pd.DataFrame) -> str:
     ]
     for _, r in table.iterrows():
         cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
-        cells += [f"{r[f'{m}_mean']:.1f} ± {r[f'{m}_std']:.1f}" for m in spec.metrics]
+        cells += [f"{r[f'{m}_mean']:.1f} ± {r[f'{m}_std']:.1f}" for m in spec.table.metrics]
         cells += [
             "—"
             if r[f"{m}_paper"] is None or (isinstance(r[f"{m}_paper"], float) and math.isnan(r[f"{m}_paper"]))
             else f"{r[f'{m}_paper']}"
-            for m in spec.metrics
+            for m in spec.table.metrics
         ]
         cells += [f"{r[c]:.4g}" for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
@@ -659,9 +550,9 @@ def _line_plot(plt: Any, spec: GridSpec, frame: pd.DataFrame, d: Path) -> None:
     """Every metric of the table against ``plot.x``, one line per ``plot.lines`` value, one panel
     per ``plot.panels`` value; mean +- std over the seeds (e.g. FedRecon: accuracy vs missing
     rate, one line per method, one panel per Dirichlet alpha)."""
-    x, lines, panels = spec.plot.get("x"), spec.plot.get("lines"), spec.plot.get("panels")
+    x, lines, panels = spec.table.plot.x, spec.table.plot.lines, spec.table.plot.panels
     panel_values = list(dict.fromkeys(frame[panels])) if panels else [None]
-    for metric in spec.metrics:
+    for metric in spec.table.metrics:
         fig, axes = plt.subplots(1, len(panel_values), figsize=(4.5 * len(panel_values), 3.6), squeeze=False)
         for ax, pv in zip(axes[0], panel_values):
             sub = frame[frame[panels] == pv] if panels else frame
@@ -699,7 +590,7 @@ def write_plots(spec: GridSpec, frame: pd.DataFrame, d: Path, prefix: str = "") 
     axes = [k for k in spec.grid if k != "seed" and len(spec.grid[k]) > 1]
     if len(axes) == 2 and not frame.empty:
         a, b = axes
-        metric = spec.metrics[0]
+        metric = spec.table.metrics[0]
         pivot = frame.groupby([a, b])[metric].mean().unstack(b) * 100
         fig, ax = plt.subplots(figsize=(5, 4))
         im = ax.imshow(pivot.values, cmap="viridis")
@@ -711,7 +602,7 @@ def write_plots(spec: GridSpec, frame: pd.DataFrame, d: Path, prefix: str = "") 
         fig.tight_layout()
         fig.savefig(d / f"heatmap_{metric}.png", dpi=120)
         plt.close(fig)
-    if spec.plot and not frame.empty:
+    if spec.table.plot and not frame.empty:
         _line_plot(plt, spec, frame, d)
     if "mode" in frame and "acc" in frame and not frame.empty:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -744,9 +635,7 @@ def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd
         for path in d.iterdir():
             client.log_artifact(parent_id, str(path))
     for _, r in table.iterrows():
-        label = "_".join(
-            str(r[k]).replace(":", "-") for k in plan.spec.rows + ([plan.spec.columns] if plan.spec.columns else [])
-        )
-        for m in plan.spec.metrics:
+        label = "_".join(str(r[k]).replace(":", "-") for k in plan.spec.table.keys)
+        for m in plan.spec.table.metrics:
             client.log_metric(parent_id, f"{m}_mean_{label}"[:250], float(r[f"{m}_mean"]))
     client.set_terminated(parent_id, "FINISHED")

@@ -237,7 +237,7 @@ def test_ablation_ordering_against_the_paper():
     import pandas as pd
 
     from fedsim.report import ablation_ordering
-    from fedsim.sweep import load_grid
+    from fedsim.sweeps.grid import load_grid
 
     table = pd.DataFrame({"ablation": ["full", "no_A", "no_B", "no_C"], "acc_mean": [75.0, 55.0, 70.0, 74.0]})
     text = ablation_ordering(load_grid("afmcc", "table3b"), "bdgp", table)
@@ -259,7 +259,8 @@ def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
     the resolved config. Ray placement does not count; a key the run predates counts only at its
     default; any other difference keeps the run out, and the report says which key."""
     from fedsim.config import build_config
-    from fedsim.sweep import load_grid, sweep_base
+    from fedsim.sweep import sweep_base
+    from fedsim.sweeps.grid import load_grid
     from fedsim.tracking import config_params
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -309,7 +310,8 @@ def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
 
 def test_only_runs_part_of_a_grid_with_its_own_state():
     from fedsim.errors import ConfigError
-    from fedsim.sweep import load_grid, plan_sweep, restrict_grid
+    from fedsim.sweep import plan_sweep
+    from fedsim.sweeps.grid import load_grid, restrict_grid
 
     spec = restrict_grid(load_grid("afmcc", "table2"), ["client_ratio=1:1,1:2", "seed=0"])
     assert spec.trials == [{"client_ratio": "1:1", "seed": 0}, {"client_ratio": "1:2", "seed": 0}]

@@ -15,7 +15,8 @@ import pytest
 
 from fedsim.errors import ConfigError
 from fedsim.config import build_config
-from fedsim.sweep import load_grid, out_of_memory_error, plan_sweep, sweep_base
+from fedsim.sweep import out_of_memory_error, plan_sweep, sweep_base
+from fedsim.sweeps.grid import load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
