@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -32,14 +31,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
 from fedsim.config import build_config
 from fedsim.errors import ConfigError
-from fedsim.sweep import _score_keys, summarise_grid, sweep_base, write_plots
+from fedsim.sweep import sweep_base
 from fedsim.sweeps.grid import GRID_DIR, ROOT, GridSpec, grid_names, load_grid, override_strings
+from fedsim.sweeps.results import (
+    ablation_ordering,
+    gap_rows,
+    paper_plot,
+    score_keys,
+    summarise_grid,
+    table_markdown,
+    write_plots,
+)
 from fedsim.tracking import config_params
 
 # The order of the report's method sections: tune/grids/report.yaml ``sections``; grid folders
@@ -161,7 +168,7 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         finals = {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")}
         row = {
             **point,
-            **{k: finals[k] for k in _score_keys(finals, spec.method)},
+            **{k: finals[k] for k in score_keys(finals, spec.method)},
             "wall_time_s": finals.get("wall_time", float("nan")),
             "sim_time": finals.get("sim_time", float("nan")),
             "mlflow_run_id": run.info.run_id,
@@ -321,121 +328,6 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
             + (f"; the run(s) predate {', '.join(predates)}, at the default here" if predates else "")
         )
     record.frame = pd.DataFrame(_in_grid_order(spec, record.frame.to_dict("records") + rows))
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables and plots
-
-
-def _fmt(x: Any, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def gap_rows(spec: GridSpec, table: pd.DataFrame) -> list[tuple[str, str, float, float]]:
-    """(row label, metric, ours - paper, paper std) where ours falls short of the paper by more
-    than the paper's reported std (0 where the paper prints no std)."""
-    keys = spec.table.keys
-    out = []
-    for _, r in table.iterrows():
-        for m in spec.table.metrics:
-            paper = r.get(f"{m}_paper")
-            if paper is None or (isinstance(paper, float) and math.isnan(paper)):
-                continue
-            std = r.get(f"{m}_paper_std")
-            std = 0.0 if std is None or math.isnan(std) else float(std)
-            diff = float(r[f"{m}_mean"]) - float(paper)
-            if -diff > std:
-                out.append((" / ".join(str(r[k]) for k in keys) or "all", m.upper(), diff, std))
-    return out
-
-
-def ablation_ordering(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str | None:
-    """For an ablation grid (one row axis of named variants): the variants ranked by the first
-    metric, ours against the paper's ranking on this dataset, or on the paper's own datasets when
-    it has none here."""
-    if len(spec.table.rows) != 1 or spec.table.columns or spec.table.rows[0] not in spec.variants or len(table) < 2:
-        return None  # one variant run so far ranks nothing
-    axis, metric = spec.table.rows[0], spec.table.metrics[0]
-
-    def rank(values: dict[str, float]) -> str:
-        return " > ".join(k for k, _ in sorted(values.items(), key=lambda kv: -kv[1]))
-
-    def paper_values(cells: dict[str, Any]) -> dict[str, float]:
-        out = {}
-        for row, cell in cells.items():
-            v = cell.get(metric) if isinstance(cell, dict) else None
-            if v is not None:
-                out[row] = float(v[0] if isinstance(v, list) else v)
-        return out
-
-    ours = rank(dict(zip(table[axis].astype(str), table[f"{metric}_mean"])))
-    text = f"{metric.upper()} ordering of the {axis} variants, ours: {ours}"
-    here = paper_values(spec.paper.get(dataset, {}))
-    if len(here) == len(table) and len(set(here.values())) > 1:
-        paper = rank(here)
-        return text + f"; paper: {paper} ({'the same' if paper == ours else 'different'})."
-    elsewhere = {d: rank(paper_values(c)) for d, c in spec.paper.items() if len(set(paper_values(c).values())) > 1}
-    if elsewhere:
-        text += "; the paper's, on its own datasets: " + "; ".join(f"{d}: {r}" for d, r in elsewhere.items())
-    return text + "."
-
-
-def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
-    keys = spec.table.keys
-    has_paper = any(table[f"{m}_paper"].notna().any() for m in spec.table.metrics)
-    header = [*keys, "n"]
-    for m in spec.table.metrics:
-        header += [f"{m.upper()} ours"] + ([f"{m.upper()} paper", "Δ"] if has_paper else [])
-    extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
-    header += extra
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in table.iterrows():
-        cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
-        for m in spec.table.metrics:
-            cells.append(f"{_fmt(r[f'{m}_mean'])} ± {_fmt(r[f'{m}_std'])}")
-            if has_paper:
-                paper, std = r[f"{m}_paper"], r[f"{m}_paper_std"]
-                paper = float("nan") if paper is None else float(paper)
-                cells.append("—" if math.isnan(paper) else _fmt(paper) + ("" if math.isnan(std) else f" ± {_fmt(std)}"))
-                diff = float(r[f"{m}_mean"]) - paper
-                short = not math.isnan(diff) and -diff > (0.0 if math.isnan(std) else std)
-                cells.append("—" if math.isnan(diff) else f"{diff:+.1f}{' ⚠' if short else ''}")
-        cells += ["not reached" if c == "sim_time_to_target" and math.isnan(r[c]) else f"{r[c]:.4g}" for c in extra]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def paper_plot(spec: GridSpec, table: pd.DataFrame, path: Path) -> Path | None:
-    """Grouped bars: ours (mean +- std) against the paper's value, per table row and metric."""
-    if not any(table[f"{m}_paper"].notna().any() for m in spec.table.metrics):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = spec.table.keys
-    labels = [" / ".join(str(r[k]) for k in keys) or "all" for _, r in table.iterrows()]
-    fig, axes = plt.subplots(
-        1, len(spec.table.metrics), figsize=(3.2 * len(spec.table.metrics) + 1, 3.4), squeeze=False
-    )
-    x = np.arange(len(labels))
-    for ax, m in zip(axes[0], spec.table.metrics):
-        ours = table[f"{m}_mean"].to_numpy(float)
-        paper = pd.to_numeric(table[f"{m}_paper"], errors="coerce").to_numpy(float)
-        ax.bar(x - 0.2, ours, 0.4, yerr=table[f"{m}_std"].to_numpy(float), capsize=3, label="fedsim")
-        ax.bar(
-            x + 0.2, paper, 0.4, yerr=np.nan_to_num(table[f"{m}_paper_std"].to_numpy(float)), capsize=3, label="paper"
-        )
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel(f"{m.upper()} (%)")
-        ax.set_ylim(0, 100)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(spec.reproduces, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

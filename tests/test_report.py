@@ -236,7 +236,7 @@ def test_a_damaged_archive_is_one_clear_line(tmp_path):
 def test_ablation_ordering_against_the_paper():
     import pandas as pd
 
-    from fedsim.report import ablation_ordering
+    from fedsim.sweeps.results import ablation_ordering
     from fedsim.sweeps.grid import load_grid
 
     table = pd.DataFrame({"ablation": ["full", "no_A", "no_B", "no_C"], "acc_mean": [75.0, 55.0, 70.0, 74.0]})

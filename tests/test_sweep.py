@@ -237,7 +237,7 @@ def test_trials_with_fewer_clients_fit_the_placement_bundles():
 
 def test_trial_reports_carry_method_extra_metrics():
     """A grid may tabulate a method's extra metrics (FedRecon's coherence); they must reach the
-    trial's report, or summarise() fails on the missing column."""
+    trial's report, or summarise_grid() fails on the missing column."""
     from fedsim.sweep import _final_report
 
     summary = {
@@ -264,7 +264,7 @@ def test_time_to_reach_compares_each_run_with_its_own_seeds_reference():
     """Table 3d: each asynchronous run is timed to its own seed's synchronous final ACC."""
     import pandas as pd
 
-    from fedsim.sweep import _add_time_to_reach
+    from fedsim.sweeps.results import _add_time_to_reach
 
     spec = load_grid("afmcc", "table3d")
 
