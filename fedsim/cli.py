@@ -262,8 +262,8 @@ def _run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     import time
 
-    from fedsim.sweep import plan_sweep, run_sweep
     from fedsim.sweeps.results import summary_markdown
+    from fedsim.sweeps.tune_runner import plan_sweep, run_sweep
 
     started = time.perf_counter()
     plan = plan_sweep(

@@ -1,9 +1,10 @@
 """The reproduction report: the papers' tables beside ours, rebuilt from MLflow alone.
 
 ``make report`` (``fedsim report``) reads every sweep in the MLflow store (experiments named
-``sweep/<method>/<dataset>/<grid>``, see fedsim/sweep.py), rebuilds each grid's table from the
-trial runs' final metrics (never from re-typed numbers), and writes ``reports/REPRODUCTION.md``
-with PNG plots beside it. For each grid file in tune/grids and each dataset the grid names
+``sweep/<method>/<dataset>/<grid>``, see fedsim/sweeps/tune_runner.py), rebuilds each grid's
+table from the trial runs' final metrics (never from re-typed numbers), and writes
+``reports/REPRODUCTION.md`` with PNG plots beside it. This module reads the sweeps and composes
+the document; the tables and plots are fedsim/sweeps/results.py's, the ones a sweep logs. For each grid file in tune/grids and each dataset the grid names
 (paper values, ``report.datasets``) or that has runs, it writes one of:
 
 - the table: ours (mean +- std over seeds, percent), the paper's value, the difference, the
@@ -36,7 +37,6 @@ import pandas as pd
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
 from fedsim.config import build_config
 from fedsim.errors import ConfigError
-from fedsim.sweep import sweep_base
 from fedsim.sweeps.grid import GRID_DIR, ROOT, GridSpec, grid_names, load_grid, override_strings
 from fedsim.sweeps.results import (
     ablation_ordering,
@@ -47,6 +47,7 @@ from fedsim.sweeps.results import (
     table_markdown,
     write_plots,
 )
+from fedsim.sweeps.tune_runner import sweep_base
 from fedsim.tracking import config_params
 
 # The order of the report's method sections: tune/grids/report.yaml ``sections``; grid folders

@@ -335,8 +335,8 @@ def test_evaluation_is_the_fused_heads_argmax():
 
 def test_configs_and_grids_build():
     from fedsim.config import load_config
-    from fedsim.sweep import plan_sweep
     from fedsim.sweeps.grid import load_grid
+    from fedsim.sweeps.tune_runner import plan_sweep
 
     names = sorted(p.stem for p in (ROOT / "configs" / "gib").glob("*.yaml"))
     assert {"hdigit", "scene15", "cub", "bdgp", "mnist_usps", "reuters", "handwritten", "bdgp_federated"} <= set(names)

@@ -1,9 +1,7 @@
-"""Sweeps: the papers' grids on Ray Tune, tracked in MLflow.
+"""The Tune runner: a grid (fedsim/sweeps/grid.py) run on Ray Tune, tracked in MLflow.
 
-A grid is a data file, ``tune/grids/<method>/<grid>.yaml``, naming the paper table or figure it
-reproduces, the base config (``configs/<method>/<dataset>.yaml``), the grid axes, fixed
-overrides, how to lay out the summary table and the paper's numbers per dataset. The runner
-needs no change for a new grid or method.
+``plan_sweep`` checks that every trial's config builds before anything starts; ``run_sweep``
+runs the trials and logs the summary (fedsim/sweeps/results.py) on the sweep's MLflow run.
 
 Each trial is a Ray Tune function trainable that runs one federation (``run_experiment``) and
 creates its own client actors; ``tune.with_resources`` reserves a placement group with one
@@ -39,6 +37,8 @@ HEAD_BUNDLE_CPUS = 0.01
 
 @dataclass
 class SweepPlan:
+    """One grid on one dataset, checked and sized: what ``run_sweep`` runs."""
+
     spec: GridSpec
     dataset: str
     base: dict[str, Any]
@@ -86,7 +86,7 @@ def plan_sweep(
     trial_cpus: float | None = None,
     trial_gpus: float = 0.0,
     storage: str | Path = "results/sweeps",
-    only: list[str] = (),
+    only: list[str] | tuple[str, ...] = (),
 ) -> SweepPlan:
     """Validate the whole grid before anything starts: every trial's config must build. ``only``
     runs part of the grid (``restrict_grid``); its trials count towards the same table."""
