@@ -13,12 +13,15 @@ import fnmatch
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
-from fedsim.sweeps.grid import GridSpec
+from fedsim.sweeps.grid import GridSpec, LinePlot
+
+if TYPE_CHECKING:
+    from fedsim.methods.base import Learner
 
 # Final scores a trial reports: clustering (acc/nmi/ari/purity), classification (accuracy/macro_f1/
 # uar), selected_by_<criterion>/<metric> (the restart each model-selection criterion keeps;
@@ -30,7 +33,8 @@ def score_keys(s: dict[str, Any], method: str) -> list[str]:
     """The keys of ``s`` (a trial's summary or final metrics) that are numeric final scores."""
     from fedsim.methods import get_method
 
-    patterns = (*SCORE_KEYS, *get_method(method).metric_names)
+    learner = cast("type[Learner]", get_method(method))
+    patterns = (*SCORE_KEYS, *learner.metric_names)
     return [
         k
         for k in s
@@ -90,6 +94,7 @@ def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame)
     """Table 3d: the simulated time each run needed to reach the final ACC of the reference (sync)
     run of the same seed and row, averaged over seeds per row of the table (NaN where a run never
     reached it; "not reached" where none did). ``target_acc``: the reference runs' mean ACC."""
+    assert spec.time_to_reach is not None  # summarise_grid calls this for such grids only
     ref_key, ref_value = spec.time_to_reach.axis_value
     col = spec.table.columns
     if "seed" not in frame.columns:
@@ -146,13 +151,13 @@ def summary_markdown(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _line_plot(plt: Any, spec: GridSpec, frame: pd.DataFrame, d: Path) -> None:
+def _line_plot(plt: Any, plot: LinePlot, metrics: list[str], frame: pd.DataFrame, d: Path) -> None:
     """Every metric of the table against ``plot.x``, one line per ``plot.lines`` value, one panel
     per ``plot.panels`` value; mean +- std over the seeds (e.g. FedRecon: accuracy vs missing
     rate, one line per method, one panel per Dirichlet alpha)."""
-    x, lines, panels = spec.table.plot.x, spec.table.plot.lines, spec.table.plot.panels
+    x, lines, panels = plot.x, plot.lines, plot.panels
     panel_values = list(dict.fromkeys(frame[panels])) if panels else [None]
-    for metric in spec.table.metrics:
+    for metric in metrics:
         fig, axes = plt.subplots(1, len(panel_values), figsize=(4.5 * len(panel_values), 3.6), squeeze=False)
         for ax, pv in zip(axes[0], panel_values):
             sub = frame[frame[panels] == pv] if panels else frame
@@ -203,7 +208,7 @@ def write_plots(spec: GridSpec, frame: pd.DataFrame, d: Path, prefix: str = "") 
         fig.savefig(d / f"heatmap_{metric}.png", dpi=120)
         plt.close(fig)
     if spec.table.plot and not frame.empty:
-        _line_plot(plt, spec, frame, d)
+        _line_plot(plt, spec.table.plot, spec.table.metrics, frame, d)
     if "mode" in frame and "acc" in frame and not frame.empty:
         fig, ax = plt.subplots(figsize=(6, 4))
         for _, r in frame.iterrows():
