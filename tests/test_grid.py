@@ -70,6 +70,8 @@ def test_nested_keys_values_and_axes_are_checked(tmp_path, extra, expected):
     assert expected in str(info.value)
 
 
-def test_a_missing_required_key_is_named(tmp_path):
+def test_a_missing_required_key_or_an_empty_axis_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"mine.yaml'?: key 'reproduces' is missing"):
         read_grid(_grid(tmp_path, SMALL.replace("reproduces: a test grid\n", "")))
+    with pytest.raises(ConfigError, match=r"mine.yaml'?: key 'grid': axis 'seed' has no values"):
+        read_grid(_grid(tmp_path, SMALL.replace("seed: [0, 1]", "seed: []")))

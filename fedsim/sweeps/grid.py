@@ -140,9 +140,11 @@ class GridSpec(Strict):
     @field_validator("grid")
     @classmethod
     def _axes_have_values(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not value:
+            raise ValueError("needs at least one axis, e.g. {seed: [0, 1, 2]}")
         empty = [axis for axis, values in value.items() if not values]
-        if not value or empty:
-            raise ValueError(f"every axis needs at least one value{f' ({empty[0]} has none)' if empty else ''}")
+        if empty:
+            raise ValueError(f"axis '{empty[0]}' has no values")
         return value
 
     @model_validator(mode="after")
@@ -163,7 +165,7 @@ class GridSpec(Strict):
             if axis not in axes:
                 raise ValueError(f"{key} names '{axis}', which is no axis of the grid ({', '.join(axes)})")
         for axis, variants in self.variants.items():
-            missing = [v for v in self.grid.get(axis, []) if v not in variants]
+            missing = [v for v in self.grid.get(axis, []) if isinstance(v, (list, dict)) or v not in variants]
             if missing:
                 raise ValueError(
                     f"grid.{axis} value {missing[0]!r} is not one of variants.{axis} ({', '.join(map(str, variants))})"
