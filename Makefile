@@ -42,7 +42,7 @@ lint: install
 	@$(BIN)/ruff check fedsim tests bench
 	@echo "make lint: ruff format --check $(FORMATTED)"
 	@$(BIN)/ruff format --check $(FORMATTED)
-	@echo "make lint: mypy on pyproject [tool.mypy] files (fedsim/runtime, fedsim/methods/base.py, fedsim/data/userdata.py, fedsim/data/inspect.py, fedsim/privacy.py)"
+	@echo "make lint: mypy on pyproject [tool.mypy] files (fedsim/runtime, fedsim/methods/base.py, fedsim/data/userdata.py, fedsim/data/inspect.py, fedsim/privacy.py, fedsim/sweeps/grid.py, fedsim/sweeps/results.py)"
 	@$(BIN)/mypy
 
 run: install

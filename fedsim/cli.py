@@ -262,7 +262,8 @@ def _run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     import time
 
-    from fedsim.sweep import plan_sweep, run_sweep, to_markdown
+    from fedsim.sweeps.results import summary_markdown
+    from fedsim.sweeps.tune_runner import plan_sweep, run_sweep
 
     started = time.perf_counter()
     plan = plan_sweep(
@@ -282,7 +283,8 @@ def _sweep(args: argparse.Namespace) -> int:
         flush=True,
     )
     out = run_sweep(plan, max_failures=args.max_failures, fresh=args.fresh, max_concurrent=args.max_concurrent)
-    print("\n" + (to_markdown(plan, out["table"]) if not out["table"].empty else "no trial finished"))
+    table = out["table"]
+    print("\n" + (summary_markdown(plan.spec, plan.dataset, table) if not table.empty else "no trial finished"))
     print(
         f"MLflow experiment '{out['experiment']}', summary run {out['parent_run_id']}"
         f"{' (resumed)' if out['resumed'] else ''}; wall time {time.perf_counter() - started:.0f} s"

@@ -1,9 +1,10 @@
 """The reproduction report: the papers' tables beside ours, rebuilt from MLflow alone.
 
 ``make report`` (``fedsim report``) reads every sweep in the MLflow store (experiments named
-``sweep/<method>/<dataset>/<grid>``, see fedsim/sweep.py), rebuilds each grid's table from the
-trial runs' final metrics (never from re-typed numbers), and writes ``reports/REPRODUCTION.md``
-with PNG plots beside it. For each grid file in tune/grids and each dataset the grid names
+``sweep/<method>/<dataset>/<grid>``, see fedsim/sweeps/tune_runner.py), rebuilds each grid's
+table from the trial runs' final metrics (never from re-typed numbers), and writes
+``reports/REPRODUCTION.md`` with PNG plots beside it. This module reads the sweeps and composes
+the document; the tables and plots are fedsim/sweeps/results.py's, the ones a sweep logs. For each grid file in tune/grids and each dataset the grid names
 (paper values, ``report.datasets``) or that has runs, it writes one of:
 
 - the table: ours (mean +- std over seeds, percent), the paper's value, the difference, the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -32,23 +32,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fedsim.archive import export_sweeps, import_archive, original_id, read_archive
 from fedsim.config import build_config
 from fedsim.errors import ConfigError
-from fedsim.sweep import (
-    GRID_DIR,
-    ROOT,
-    GridSpec,
-    _score_keys,
-    grid_names,
-    load_grid,
+from fedsim.sweeps.grid import GRID_DIR, ROOT, GridSpec, grid_names, load_grid, override_strings
+from fedsim.sweeps.results import (
+    ablation_ordering,
+    gap_rows,
+    paper_plot,
+    score_keys,
     summarise_grid,
-    sweep_base,
+    table_markdown,
     write_plots,
 )
+from fedsim.sweeps.tune_runner import sweep_base
 from fedsim.tracking import config_params
 
 # The order of the report's method sections: tune/grids/report.yaml ``sections``; grid folders
@@ -110,10 +109,7 @@ def _command(spec: GridSpec, dataset: str, parent: Any, client: Any) -> str:
         ]
         known = {
             f"dataset={dataset}",
-            *[
-                f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                for k, v in {**spec.fixed, **spec.datasets.get(dataset, {})}.items()
-            ],
+            *override_strings({**spec.fixed, **spec.datasets.get(dataset, {})}),
         }
         extra = [o for o in overrides if o not in known]
     except Exception:  # noqa: BLE001 - no grid.json: assume no extra overrides
@@ -173,7 +169,7 @@ def read_sweep(client: Any, experiment: Any, spec: GridSpec, dataset: str) -> Sw
         finals = {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")}
         row = {
             **point,
-            **{k: finals[k] for k in _score_keys(finals, spec.method)},
+            **{k: finals[k] for k in score_keys(finals, spec.method)},
             "wall_time_s": finals.get("wall_time", float("nan")),
             "sim_time": finals.get("sim_time", float("nan")),
             "mlflow_run_id": run.info.run_id,
@@ -229,7 +225,7 @@ def read_sweeps(tracking_uri: str) -> dict[tuple[str, str, str], SweepRecord]:
         if dataset.startswith("synthetic") or not (GRID_DIR / method / f"{grid}.yaml").is_file():
             continue
         spec = load_grid(method, grid)
-        if spec.skip_in_report:
+        if spec.report.skip:
             continue
         record = read_sweep(client, exp, spec, dataset)
         if record is not None:
@@ -336,119 +332,6 @@ def borrow_rows(client: Any, record: SweepRecord, sweeps: dict[tuple[str, str, s
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables and plots
-
-
-def _fmt(x: Any, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def gap_rows(spec: GridSpec, table: pd.DataFrame) -> list[tuple[str, str, float, float]]:
-    """(row label, metric, ours - paper, paper std) where ours falls short of the paper by more
-    than the paper's reported std (0 where the paper prints no std)."""
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    out = []
-    for _, r in table.iterrows():
-        for m in spec.metrics:
-            paper = r.get(f"{m}_paper")
-            if paper is None or (isinstance(paper, float) and math.isnan(paper)):
-                continue
-            std = r.get(f"{m}_paper_std")
-            std = 0.0 if std is None or math.isnan(std) else float(std)
-            diff = float(r[f"{m}_mean"]) - float(paper)
-            if -diff > std:
-                out.append((" / ".join(str(r[k]) for k in keys) or "all", m.upper(), diff, std))
-    return out
-
-
-def ablation_ordering(spec: GridSpec, dataset: str, table: pd.DataFrame) -> str | None:
-    """For an ablation grid (one row axis of named variants): the variants ranked by the first
-    metric, ours against the paper's ranking on this dataset, or on the paper's own datasets when
-    it has none here."""
-    if len(spec.rows) != 1 or spec.columns or spec.rows[0] not in spec.variants or len(table) < 2:
-        return None  # one variant run so far ranks nothing
-    axis, metric = spec.rows[0], spec.metrics[0]
-
-    def rank(values: dict[str, float]) -> str:
-        return " > ".join(k for k, _ in sorted(values.items(), key=lambda kv: -kv[1]))
-
-    def paper_values(cells: dict[str, Any]) -> dict[str, float]:
-        out = {}
-        for row, cell in cells.items():
-            v = cell.get(metric) if isinstance(cell, dict) else None
-            if v is not None:
-                out[row] = float(v[0] if isinstance(v, list) else v)
-        return out
-
-    ours = rank(dict(zip(table[axis].astype(str), table[f"{metric}_mean"])))
-    text = f"{metric.upper()} ordering of the {axis} variants, ours: {ours}"
-    here = paper_values(spec.paper.get(dataset, {}))
-    if len(here) == len(table) and len(set(here.values())) > 1:
-        paper = rank(here)
-        return text + f"; paper: {paper} ({'the same' if paper == ours else 'different'})."
-    elsewhere = {d: rank(paper_values(c)) for d, c in spec.paper.items() if len(set(paper_values(c).values())) > 1}
-    if elsewhere:
-        text += "; the paper's, on its own datasets: " + "; ".join(f"{d}: {r}" for d, r in elsewhere.items())
-    return text + "."
-
-
-def table_markdown(spec: GridSpec, table: pd.DataFrame) -> str:
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    has_paper = any(table[f"{m}_paper"].notna().any() for m in spec.metrics)
-    header = [*keys, "n"]
-    for m in spec.metrics:
-        header += [f"{m.upper()} ours"] + ([f"{m.upper()} paper", "Δ"] if has_paper else [])
-    extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
-    header += extra
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in table.iterrows():
-        cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
-        for m in spec.metrics:
-            cells.append(f"{_fmt(r[f'{m}_mean'])} ± {_fmt(r[f'{m}_std'])}")
-            if has_paper:
-                paper, std = r[f"{m}_paper"], r[f"{m}_paper_std"]
-                paper = float("nan") if paper is None else float(paper)
-                cells.append("—" if math.isnan(paper) else _fmt(paper) + ("" if math.isnan(std) else f" ± {_fmt(std)}"))
-                diff = float(r[f"{m}_mean"]) - paper
-                short = not math.isnan(diff) and -diff > (0.0 if math.isnan(std) else std)
-                cells.append("—" if math.isnan(diff) else f"{diff:+.1f}{' ⚠' if short else ''}")
-        cells += ["not reached" if c == "sim_time_to_target" and math.isnan(r[c]) else f"{r[c]:.4g}" for c in extra]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def paper_plot(spec: GridSpec, table: pd.DataFrame, path: Path) -> Path | None:
-    """Grouped bars: ours (mean +- std) against the paper's value, per table row and metric."""
-    if not any(table[f"{m}_paper"].notna().any() for m in spec.metrics):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    labels = [" / ".join(str(r[k]) for k in keys) or "all" for _, r in table.iterrows()]
-    fig, axes = plt.subplots(1, len(spec.metrics), figsize=(3.2 * len(spec.metrics) + 1, 3.4), squeeze=False)
-    x = np.arange(len(labels))
-    for ax, m in zip(axes[0], spec.metrics):
-        ours = table[f"{m}_mean"].to_numpy(float)
-        paper = pd.to_numeric(table[f"{m}_paper"], errors="coerce").to_numpy(float)
-        ax.bar(x - 0.2, ours, 0.4, yerr=table[f"{m}_std"].to_numpy(float), capsize=3, label="fedsim")
-        ax.bar(
-            x + 0.2, paper, 0.4, yerr=np.nan_to_num(table[f"{m}_paper_std"].to_numpy(float)), capsize=3, label="paper"
-        )
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel(f"{m.upper()} (%)")
-        ax.set_ylim(0, 100)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(spec.reproduces, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
 # The report
 
 
@@ -458,7 +341,7 @@ def _grid_order(name: str) -> tuple[int, str]:
 
 
 def _datasets_for(spec: GridSpec, sweeps: dict[tuple[str, str, str], SweepRecord]) -> list[str]:
-    names = [*spec.report_datasets, *spec.paper, *spec.datasets]
+    names = [*spec.report.datasets, *spec.paper, *spec.datasets]
     names += [d for (m, d, g) in sweeps if m == spec.method and g == spec.name]
     return [d for d in dict.fromkeys(names) if not d.startswith("synthetic")]
 
@@ -525,7 +408,7 @@ def _section(
         if ordering:
             lines += [ordering, ""]
         gaps = gap_rows(spec, table)
-        cells = sum(int(table[f"{m}_paper"].notna().sum()) for m in spec.metrics)
+        cells = sum(int(table[f"{m}_paper"].notna().sum()) for m in spec.table.metrics)
         if gaps:
             any_gap = True
             worst = min(gaps, key=lambda g: g[2])
@@ -548,10 +431,10 @@ def _section(
                 "trials": f"{n}/{record.planned}",
             }
         )
-    if unavailable or spec.not_held:
+    if unavailable or spec.report.not_held:
         lines.append(
             "Not available here, so not run: "
-            + "; ".join(unavailable + [f"`{k}`: {v}" for k, v in spec.not_held.items()])
+            + "; ".join(unavailable + [f"`{k}`: {v}" for k, v in spec.report.not_held.items()])
             + "."
         )
         lines.append("")
@@ -656,7 +539,7 @@ def write_report(
         body += [f"## {method.upper()}", ""]
         for grid in sorted(grid_names(method), key=_grid_order):
             spec = load_grid(method, grid)
-            if spec.skip_in_report:
+            if spec.report.skip:
                 continue
             lines, st = _section(spec, sweeps, out, data_dir, tables)
             body += lines

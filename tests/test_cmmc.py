@@ -441,7 +441,8 @@ def test_configs_build_and_match_the_stages():
 
 
 def test_grids_reproduce_the_paper():
-    from fedsim.sweep import load_grid, plan_sweep
+    from fedsim.sweeps.grid import load_grid
+    from fedsim.sweeps.tune_runner import plan_sweep
 
     from fedsim.config import build_config, load_yaml
 

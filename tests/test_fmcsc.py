@@ -23,7 +23,8 @@ from fedsim.methods.base import (
     parameter_segments,
 )
 from fedsim.methods.fmcsc import FMCSC, FMCSCConfig, histogram_mutual_information, moon_loss, nt_xent
-from fedsim.sweep import load_grid, sweep_base
+from fedsim.sweeps.grid import load_grid
+from fedsim.sweeps.tune_runner import sweep_base
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (6, 4)

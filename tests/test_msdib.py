@@ -276,7 +276,7 @@ def test_tiny_federated_run(ray_session):
 
 
 def test_grids_match_the_paper_layout():
-    from fedsim.sweep import load_grid
+    from fedsim.sweeps.grid import load_grid
 
     table2 = load_grid("msdib", "table2")
     assert len(table2.trials) == 12  # 4 Table 2 rows x 3 seeds

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep(client, name, parent_tags, trials, grid_json=None):
-    """A summary run and FINISHED child runs, as fedsim.sweep logs them."""
+    """A summary run and FINISHED child runs, as the Tune runner logs them."""
     found = client.get_experiment_by_name(name)
     exp = found.experiment_id if found is not None else client.create_experiment(name)
     parent = client.create_run(exp, run_name="summary", tags=parent_tags)
@@ -45,7 +45,7 @@ MNIST_USPS_SWEEP = "make sweep DATASET=mnist_usps METHOD=afmcc GRID=table2"
 
 
 def _populate(uri):
-    """A store with three sweeps as fedsim.sweep logs them (see the assertions below)."""
+    """A store with three sweeps as the Tune runner logs them (see the assertions below)."""
     client = mlflow.MlflowClient(tracking_uri=uri)
     # Table 2 on BDGP, 2 of its 15 trials (one named the old way, one tagged), still RUNNING; the
     # user passed an extra override, known only from grid.json.
@@ -236,8 +236,8 @@ def test_a_damaged_archive_is_one_clear_line(tmp_path):
 def test_ablation_ordering_against_the_paper():
     import pandas as pd
 
-    from fedsim.report import ablation_ordering
-    from fedsim.sweep import load_grid
+    from fedsim.sweeps.results import ablation_ordering
+    from fedsim.sweeps.grid import load_grid
 
     table = pd.DataFrame({"ablation": ["full", "no_A", "no_B", "no_C"], "acc_mean": [75.0, 55.0, 70.0, 74.0]})
     text = ablation_ordering(load_grid("afmcc", "table3b"), "bdgp", table)
@@ -259,7 +259,8 @@ def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
     the resolved config. Ray placement does not count; a key the run predates counts only at its
     default; any other difference keeps the run out, and the report says which key."""
     from fedsim.config import build_config
-    from fedsim.sweep import load_grid, sweep_base
+    from fedsim.sweeps.grid import load_grid
+    from fedsim.sweeps.tune_runner import sweep_base
     from fedsim.tracking import config_params
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -309,7 +310,8 @@ def test_a_borrowed_row_needs_the_same_resolved_config(tmp_path):
 
 def test_only_runs_part_of_a_grid_with_its_own_state():
     from fedsim.errors import ConfigError
-    from fedsim.sweep import load_grid, plan_sweep, restrict_grid
+    from fedsim.sweeps.grid import load_grid, restrict_grid
+    from fedsim.sweeps.tune_runner import plan_sweep
 
     spec = restrict_grid(load_grid("afmcc", "table2"), ["client_ratio=1:1,1:2", "seed=0"])
     assert spec.trials == [{"client_ratio": "1:1", "seed": 0}, {"client_ratio": "1:2", "seed": 0}]

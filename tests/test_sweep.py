@@ -15,7 +15,8 @@ import pytest
 
 from fedsim.errors import ConfigError
 from fedsim.config import build_config
-from fedsim.sweep import load_grid, out_of_memory_error, plan_sweep, sweep_base
+from fedsim.sweeps.grid import load_grid
+from fedsim.sweeps.tune_runner import out_of_memory_error, plan_sweep, sweep_base
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +214,7 @@ def test_trials_with_fewer_clients_fit_the_placement_bundles():
     placement group has a bundle per actor of the largest trial; the 1-client trial's actor asks
     for one bundle's share, and the clients_per_actor grouping gives each actor one bundle."""
     from fedsim.runtime.cluster import plan_placement
-    from fedsim.sweep import trial_actor_resources
+    from fedsim.sweeps.tune_runner import trial_actor_resources
 
     plan = plan_sweep("msdib", "synthetic-bdgp", "federated", [], trial_cpus=2)
     assert plan.actors_per_trial == 2 and plan.clients_per_actor == 6
@@ -236,8 +237,8 @@ def test_trials_with_fewer_clients_fit_the_placement_bundles():
 
 def test_trial_reports_carry_method_extra_metrics():
     """A grid may tabulate a method's extra metrics (FedRecon's coherence); they must reach the
-    trial's report, or summarise() fails on the missing column."""
-    from fedsim.sweep import _final_report
+    trial's report, or summarise_grid() fails on the missing column."""
+    from fedsim.sweeps.tune_runner import _final_report
 
     summary = {
         "accuracy": 0.9,
@@ -263,7 +264,7 @@ def test_time_to_reach_compares_each_run_with_its_own_seeds_reference():
     """Table 3d: each asynchronous run is timed to its own seed's synchronous final ACC."""
     import pandas as pd
 
-    from fedsim.sweep import _add_time_to_reach
+    from fedsim.sweeps.results import _add_time_to_reach
 
     spec = load_grid("afmcc", "table3d")
 

@@ -1,9 +1,7 @@
-"""Sweeps: the papers' grids on Ray Tune, tracked in MLflow.
+"""The Tune runner: a grid (fedsim/sweeps/grid.py) run on Ray Tune, tracked in MLflow.
 
-A grid is a data file, ``tune/grids/<method>/<grid>.yaml``, naming the paper table or figure it
-reproduces, the base config (``configs/<method>/<dataset>.yaml``), the grid axes, fixed
-overrides, how to lay out the summary table and the paper's numbers per dataset. The runner
-needs no change for a new grid or method.
+``plan_sweep`` checks that every trial's config builds before anything starts; ``run_sweep``
+runs the trials and logs the summary (fedsim/sweeps/results.py) on the sweep's MLflow run.
 
 Each trial is a Ray Tune function trainable that runs one federation (``run_experiment``) and
 creates its own client actors; ``tune.with_resources`` reserves a placement group with one
@@ -18,10 +16,7 @@ unfinished ones rerun, and MLflow runs the dead driver left RUNNING are marked K
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import fnmatch
-import itertools
 import json
 import math
 import os
@@ -30,108 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fedsim.config import build_config, load_yaml
-from fedsim.errors import ConfigError, FedsimError, shorten
+from fedsim.errors import FedsimError, shorten
+from fedsim.sweeps.grid import ROOT, GridSpec, load_grid, override_strings, restrict_grid
+from fedsim.sweeps.results import score_keys, summarise_grid, summary_markdown, write_plots
 
-ROOT = Path(__file__).resolve().parents[1]
-GRID_DIR = ROOT / "tune" / "grids"
 HEAD_BUNDLE_CPUS = 0.01
 
 
 @dataclass
-class GridSpec:
-    name: str
-    method: str
-    reproduces: str
-    config: str  # path template with {dataset}
-    grid: dict[str, list[Any]]
-    fixed: dict[str, Any] = field(default_factory=dict)
-    rows: list[str] = field(default_factory=list)
-    columns: str | None = None
-    metrics: list[str] = field(default_factory=lambda: ["acc", "nmi", "ari"])
-    paper: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    time_to_reach: dict[str, Any] | None = None  # Table 3d: {"reference": {"mode": "sync"}}
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset extra overrides
-    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # named axis values
-    # Table rows read off each trial rather than trained per row: axis -> row value -> metric
-    # prefix, e.g. {"selection": {"label_free": "selected_by_loss"}}: that row's ACC is the trial's
-    # ``selected_by_loss/acc`` (the restart the label-free criterion keeps; runner.selected_by).
-    derived_rows: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Line plot of the first metric (mean +- std over seeds): {"x": axis, "lines": axis, "panels": axis}
-    plot: dict[str, str] | None = None
-    # For the reproduction report: datasets of ours to run the grid on beyond those with paper
-    # values, and the paper's datasets we do not hold (name -> why), listed rather than omitted.
-    report_datasets: list[str] = field(default_factory=list)
-    not_held: dict[str, str] = field(default_factory=dict)
-    skip_in_report: bool = False  # a grid for tests and laptops (``report: {skip: true}``), no paper table
-    # Grid points that are another grid's trials under the same config (CMMC Table 3's full model
-    # is Table 1): axis -> value -> that grid's name. Where this grid has no run of such a point,
-    # the report takes the other grid's run of the same seed, once their resolved configs agree
-    # (fedsim/report.py, borrow_rows); the sweep still runs the point when asked.
-    borrow: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def trial_overrides(self, params: dict[str, Any]) -> list[str]:
-        """A trial's overrides: ``key=value`` per axis, or a named variant's overrides."""
-        out: list[str] = []
-        for key, value in params.items():
-            if key in self.variants:
-                out += _override_strings(self.variants[key][value])
-            else:
-                out += _override_strings({key: value})
-        return out
-
-    @property
-    def trials(self) -> list[dict[str, Any]]:
-        keys = list(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
-
-
-def grid_names(method: str) -> list[str]:
-    return sorted(p.stem for p in (GRID_DIR / method).glob("*.yaml"))
-
-
-def load_grid(method: str, grid: str) -> GridSpec:
-    path = GRID_DIR / method / f"{grid}.yaml"
-    if not path.is_file():
-        known = ", ".join(grid_names(method)) or "none"
-        raise ConfigError(f"no grid '{grid}' for method '{method}' (looked for {path}); available: {known}")
-    raw = load_yaml(path)
-    table = raw.get("table", {})
-    try:
-        return GridSpec(
-            name=grid,
-            method=method,
-            reproduces=raw["reproduces"],
-            config=raw.get("config", f"configs/{method}/{{dataset}}.yaml"),
-            grid={k: list(v) for k, v in raw["grid"].items()},
-            fixed=raw.get("set", {}) or {},
-            rows=list(table.get("rows", [])),
-            columns=table.get("columns"),
-            metrics=list(table.get("metrics", ["acc", "nmi", "ari"])),
-            paper=raw.get("paper", {}) or {},
-            time_to_reach=raw.get("time_to_reach"),
-            datasets=raw.get("datasets", {}) or {},
-            variants=raw.get("variants", {}) or {},
-            plot=table.get("plot"),
-            report_datasets=list(raw.get("report", {}).get("datasets", [])),
-            not_held=dict(raw.get("report", {}).get("not_held", {}) or {}),
-            skip_in_report=bool(raw.get("report", {}).get("skip", False)),
-            derived_rows={k: dict(v) for k, v in (raw.get("derived_rows", {}) or {}).items()},
-            borrow={k: {str(v): str(g) for v, g in m.items()} for k, m in (raw.get("borrow", {}) or {}).items()},
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"grid file {path} is malformed ({exc}); see tune/README.md for the format") from None
-
-
-def _override_strings(values: dict[str, Any]) -> list[str]:
-    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
-
-
-@dataclass
 class SweepPlan:
+    """One grid on one dataset, checked and sized: what ``run_sweep`` runs."""
+
     spec: GridSpec
     dataset: str
     base: dict[str, Any]
@@ -153,27 +60,6 @@ class SweepPlan:
         return f"make sweep DATASET={self.dataset} METHOD={self.spec.method} GRID={self.spec.name}{only}{extra}"
 
 
-def restrict_grid(spec: GridSpec, only: list[str]) -> GridSpec:
-    """The grid with some axes cut to the listed values: ``only`` holds ``axis=v1,v2`` strings
-    (e.g. ``client_ratio=1:1`` runs Table 2's F/S 1:1 row with all its seeds)."""
-    grid = dict(spec.grid)
-    for item in only:
-        axis, sep, values = item.partition("=")
-        if not sep or axis not in grid:
-            raise ConfigError(
-                f"--only '{item}': expected axis=value[,value...] with an axis of grid "
-                f"'{spec.name}' ({', '.join(grid)})"
-            )
-        wanted = values.split(",")
-        kept = [v for v in grid[axis] if str(v) in wanted]
-        if len(kept) != len(wanted):
-            raise ConfigError(
-                f"--only '{item}': axis '{axis}' of grid '{spec.name}' has values {[str(v) for v in spec.grid[axis]]}"
-            )
-        grid[axis] = kept
-    return dataclasses.replace(spec, grid=grid)
-
-
 def sweep_base(
     spec: GridSpec, dataset: str, extra: list[str] | tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], list[str]]:
@@ -185,8 +71,8 @@ def sweep_base(
     base = load_yaml(ROOT / base_path if (ROOT / base_path).is_file() else base_path)
     overrides = [
         f"dataset={dataset}",
-        *(_override_strings(spec.fixed)),
-        *(_override_strings(spec.datasets.get(dataset, {}))),
+        *(override_strings(spec.fixed)),
+        *(override_strings(spec.datasets.get(dataset, {}))),
         *extra,
     ]
     return base, overrides
@@ -200,7 +86,7 @@ def plan_sweep(
     trial_cpus: float | None = None,
     trial_gpus: float = 0.0,
     storage: str | Path = "results/sweeps",
-    only: list[str] = (),
+    only: list[str] | tuple[str, ...] = (),
 ) -> SweepPlan:
     """Validate the whole grid before anything starts: every trial's config must build. ``only``
     runs part of the grid (``restrict_grid``); its trials count towards the same table."""
@@ -300,25 +186,6 @@ def trial_actor_resources(ctx: dict[str, Any], num_clients: int) -> tuple[float,
     return ctx["actor_cpus"] * share, ctx["actor_gpus"] * share
 
 
-# Final scores a trial reports: clustering (acc/nmi/ari/purity), classification (accuracy/macro_f1/
-# uar), selected_by_<criterion>/<metric> (the restart each model-selection criterion keeps;
-# runner.selected_by), and the metrics the method declares (``Learner.metric_names``).
-SCORE_KEYS = ("acc", "nmi", "ari", "purity", "accuracy", "macro_f1", "uar", "selected_by_*")
-
-
-def _score_keys(s: dict[str, Any], method: str) -> list[str]:
-    from fedsim.methods import get_method
-
-    patterns = (*SCORE_KEYS, *get_method(method).metric_names)
-    return [
-        k
-        for k in s
-        if any(fnmatch.fnmatchcase(k, p) for p in patterns)
-        and isinstance(s[k], (int, float))
-        and not isinstance(s[k], bool)
-    ]
-
-
 def trial_key(params: dict[str, Any]) -> str:
     """A stable id of a grid point, tagged on its MLflow run (``fedsim.trial``)."""
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -326,7 +193,7 @@ def trial_key(params: dict[str, Any]) -> str:
 
 def _final_report(s: dict[str, Any], params: dict[str, Any], method: str) -> dict[str, Any]:
     return {
-        **{k: s[k] for k in _score_keys(s, method)},
+        **{k: s[k] for k in score_keys(s, method)},
         "sim_time": s["simulated_time"],
         "wall_time_s": s["wall_time"],
         "uploads": s["uploads"],
@@ -470,7 +337,7 @@ def run_sweep(
             # A trial stopped by Ctrl-C (Tune ends the sweep gracefully) never closed its run.
             _mark_stale_children(parent_id)
         frame = _trial_frame(results, plan.spec.method)
-        summary = summarise(plan, frame)
+        summary = summarise_grid(plan.spec, plan.dataset, frame)
         _log_summary(parent_id, plan, frame, summary)
         errors = [str(r.error) for r in results if r.error is not None]
         return {
@@ -543,192 +410,11 @@ def _trial_frame(results: Any, method: str) -> pd.DataFrame:
         rows.append(
             {
                 **json.loads(m["done_params"]),
-                **{k: m[k] for k in (*_score_keys(m, method), "sim_time", "wall_time_s", "mlflow_run_id") if k in m},
+                **{k: m[k] for k in (*score_keys(m, method), "sim_time", "wall_time_s", "mlflow_run_id") if k in m},
                 "history": m["history"],
             }
         )
     return pd.DataFrame(rows)
-
-
-def summarise(plan: SweepPlan, frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std over the non-table axes (seeds), in percent, with the paper's value beside."""
-    return summarise_grid(plan.spec, plan.dataset, frame)
-
-
-def summarise_grid(spec: GridSpec, dataset: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """``summarise`` for a grid and dataset (the report rebuilds tables from MLflow with it).
-    ``{m}_paper`` / ``{m}_paper_std`` hold the paper's mean and std (NaN where not printed)."""
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    if frame.empty:
-        return pd.DataFrame()
-    frame = expand_derived_rows(spec, frame)
-    groups = frame.groupby(keys, sort=False) if keys else [((), frame)]
-    paper = spec.paper.get(dataset, {})  # none for synthetic stand-ins: not the paper's data
-    rows = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        row: dict[str, Any] = dict(zip(keys, key))
-        row["n"] = len(g)
-        cell = paper.get("|".join(str(k) for k in key) if key else "all", {})
-        for m in spec.metrics:
-            row[f"{m}_mean"] = 100 * g[m].mean()
-            row[f"{m}_std"] = 100 * g[m].std(ddof=0)
-            value = cell.get(m)
-            row[f"{m}_paper"] = value[0] if isinstance(value, list) else value
-            row[f"{m}_paper_std"] = value[1] if isinstance(value, list) else float("nan")
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if spec.time_to_reach:
-        table = _add_time_to_reach(spec, frame, table)
-    return table
-
-
-def expand_derived_rows(spec: GridSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """One copy of the trials per derived row value (``GridSpec.derived_rows``), its metrics
-    taken from the value's prefix: ``acc`` <- ``<prefix>/acc``. Trials without the prefixed
-    metrics (logged before the runner recorded them) count in no derived row."""
-    for axis, values in spec.derived_rows.items():
-        parts = []
-        for value, prefix in values.items():
-            cols = {f"{prefix}/{m}": m for m in spec.metrics if f"{prefix}/{m}" in frame}
-            if len(cols) < len(spec.metrics):
-                continue
-            part = frame.drop(columns=spec.metrics, errors="ignore").rename(columns=cols)
-            part = part[part[spec.metrics].notna().all(axis=1)]
-            parts.append(part.assign(**{axis: value}))
-        frame = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0].assign(**{axis: []})
-    return frame
-
-
-def _add_time_to_reach(spec: GridSpec, frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Table 3d: the simulated time each run needed to reach the final ACC of the reference (sync)
-    run of the same seed and row, averaged over seeds per row of the table (NaN where a run never
-    reached it; "not reached" where none did). ``target_acc``: the reference runs' mean ACC."""
-    ref_key, ref_value = next(iter(spec.time_to_reach["reference"].items()))
-    col = spec.columns
-    if "seed" not in frame.columns:
-        frame = frame.assign(seed=0)
-    times, targets = [], []
-    for _, row in table.iterrows():
-        same = frame
-        for k in spec.rows:
-            same = same[same[k] == row[k]]
-        ref = same[same[ref_key] == ref_value]
-        ref_acc = {seed: float(acc) for seed, acc in zip(ref["seed"], ref["acc"])}
-        targets.append(100 * float(ref["acc"].mean()) if len(ref) else float("nan"))
-        mine = same[same[col] == row[col]] if col else same
-        reach = []
-        for seed, hist in zip(mine["seed"], mine["history"]):
-            if seed not in ref_acc:
-                continue
-            points = [h["sim_time"] for h in json.loads(hist) if h["acc"] >= ref_acc[seed] - 1e-12]
-            reach.append(min(points) if points else float("nan"))
-        times.append(float(np.nanmean(reach)) if reach and not all(np.isnan(reach)) else float("nan"))
-    table["target_acc"] = targets
-    table["sim_time_to_target"] = times
-    return table
-
-
-def to_markdown(plan: SweepPlan, table: pd.DataFrame) -> str:
-    spec = plan.spec
-    keys = spec.rows + ([spec.columns] if spec.columns else [])
-    header = [*keys, "n"] + [f"{m.upper()} ours" for m in spec.metrics] + [f"{m.upper()} paper" for m in spec.metrics]
-    extra = [c for c in ("target_acc", "sim_time_to_target") if c in table]
-    header += extra
-    lines = [
-        f"**{spec.reproduces}** — dataset `{plan.dataset}`; mean ± std over seeds, percent",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for _, r in table.iterrows():
-        cells = [str(r[k]) for k in keys] + [str(int(r["n"]))]
-        cells += [f"{r[f'{m}_mean']:.1f} ± {r[f'{m}_std']:.1f}" for m in spec.metrics]
-        cells += [
-            "—"
-            if r[f"{m}_paper"] is None or (isinstance(r[f"{m}_paper"], float) and math.isnan(r[f"{m}_paper"]))
-            else f"{r[f'{m}_paper']}"
-            for m in spec.metrics
-        ]
-        cells += [f"{r[c]:.4g}" for c in extra]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _line_plot(plt: Any, spec: GridSpec, frame: pd.DataFrame, d: Path) -> None:
-    """Every metric of the table against ``plot.x``, one line per ``plot.lines`` value, one panel
-    per ``plot.panels`` value; mean +- std over the seeds (e.g. FedRecon: accuracy vs missing
-    rate, one line per method, one panel per Dirichlet alpha)."""
-    x, lines, panels = spec.plot.get("x"), spec.plot.get("lines"), spec.plot.get("panels")
-    panel_values = list(dict.fromkeys(frame[panels])) if panels else [None]
-    for metric in spec.metrics:
-        fig, axes = plt.subplots(1, len(panel_values), figsize=(4.5 * len(panel_values), 3.6), squeeze=False)
-        for ax, pv in zip(axes[0], panel_values):
-            sub = frame[frame[panels] == pv] if panels else frame
-            for lv in list(dict.fromkeys(sub[lines])) if lines else [None]:
-                part = sub[sub[lines] == lv] if lines else sub
-                stats = part.groupby(x)[metric].agg(["mean", "std"]).sort_index()
-                ax.errorbar(
-                    stats.index,
-                    100 * stats["mean"],
-                    yerr=100 * stats["std"].fillna(0),
-                    marker="o",
-                    capsize=3,
-                    label=str(lv) if lines else metric,
-                )
-            ax.set_xlabel(x)
-            ax.set_ylabel(f"{metric} (%)")
-            if panels:
-                ax.set_title(f"{panels}={pv}")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(d / f"{metric}_vs_{x}.png", dpi=120)
-        plt.close(fig)
-
-
-def write_plots(spec: GridSpec, frame: pd.DataFrame, d: Path, prefix: str = "") -> list[Path]:
-    """The grid's plots as PNGs in ``d`` (file names start with ``prefix``): a heatmap of the first
-    metric for 2-D grids, the grid's line plot (``table.plot``), and ACC against simulated time for
-    grids with a ``mode`` axis (``frame`` then needs a ``history`` column). Returns the files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    before = set(d.iterdir())
-    axes = [k for k in spec.grid if k != "seed" and len(spec.grid[k]) > 1]
-    if len(axes) == 2 and not frame.empty:
-        a, b = axes
-        metric = spec.metrics[0]
-        pivot = frame.groupby([a, b])[metric].mean().unstack(b) * 100
-        fig, ax = plt.subplots(figsize=(5, 4))
-        im = ax.imshow(pivot.values, cmap="viridis")
-        ax.set_xticks(range(len(pivot.columns)), [str(c) for c in pivot.columns])
-        ax.set_yticks(range(len(pivot.index)), [str(i) for i in pivot.index])
-        ax.set_xlabel(b)
-        ax.set_ylabel(a)
-        fig.colorbar(im, label=f"{metric} (%)")
-        fig.tight_layout()
-        fig.savefig(d / f"heatmap_{metric}.png", dpi=120)
-        plt.close(fig)
-    if spec.plot and not frame.empty:
-        _line_plot(plt, spec, frame, d)
-    if "mode" in frame and "acc" in frame and not frame.empty:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for _, r in frame.iterrows():
-            hist = json.loads(r["history"])
-            label = ", ".join(f"{k}={r[k]}" for k in spec.grid if k != "seed")
-            ax.plot([h["sim_time"] for h in hist], [100 * h["acc"] for h in hist], marker=".", label=label)
-        ax.set_xlabel("simulated time (work units)")
-        ax.set_ylabel("ACC (%)")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(d / "acc_vs_sim_time.png", dpi=120)
-        plt.close(fig)
-    made = sorted(set(d.iterdir()) - before)
-    if prefix:
-        made = [p.rename(p.with_name(prefix + p.name)) for p in made]
-    return made
 
 
 def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd.DataFrame) -> None:
@@ -739,14 +425,14 @@ def _log_summary(parent_id: str, plan: SweepPlan, frame: pd.DataFrame, table: pd
         d = Path(tmp)
         table.to_parquet(d / "summary.parquet")
         frame.drop(columns=["history"], errors="ignore").to_parquet(d / "trials.parquet")
-        (d / "summary.md").write_text(to_markdown(plan, table) if not table.empty else "no finished trials\n")
+        (d / "summary.md").write_text(
+            summary_markdown(plan.spec, plan.dataset, table) if not table.empty else "no finished trials\n"
+        )
         write_plots(plan.spec, frame, d)
         for path in d.iterdir():
             client.log_artifact(parent_id, str(path))
     for _, r in table.iterrows():
-        label = "_".join(
-            str(r[k]).replace(":", "-") for k in plan.spec.rows + ([plan.spec.columns] if plan.spec.columns else [])
-        )
-        for m in plan.spec.metrics:
+        label = "_".join(str(r[k]).replace(":", "-") for k in plan.spec.table.keys)
+        for m in plan.spec.table.metrics:
             client.log_metric(parent_id, f"{m}_mean_{label}"[:250], float(r[f"{m}_mean"]))
     client.set_terminated(parent_id, "FINISHED")
