@@ -14,14 +14,16 @@ a large federation fit a small machine:
   not every client's (at 1,000 BDGP clients every model is 8.6 GB a round);
 - ``runtime.resident_clients``: an actor keeps ``--resident`` models live and rebuilds the
   others for their round from the state kept with their last upload;
+- ``runtime.rounds_in_flight``: the driver hands ``--in-flight`` rounds ahead to the actors,
+  not all 1,000 of the clients that start at time 0 (each round in flight holds a model);
 - Ray's object store capped at ``--object-store-gib``: the store of models and optimiser states
   (1,000 x 26 MB) spills to disk, and a round reads back what it needs.
 
 Pretraining is one designated round (Alg. 1 as printed; the lineage's chain through 1,000
 clients would be the run), there is no checkpoint and no MLflow run, and the evaluation is the
-final FMCSC one. Memory is the machine's: used memory (total - available, psutil) sampled every
-0.2 s, its peak during the run minus its value before Ray started, so the object store's shared
-memory, every actor and the driver are in it. Time per round is the training phase's wall time
+final FMCSC one. Memory is the peak of the summed PSS of the bench process and every process it
+started (``MemoryWatch``): Ray's own processes, the actors and the object store's shared memory
+are in it, the pages of objects spilled to disk are not. Time per round is the training phase's wall time
 divided by the rounds (every client once per round). Prints one JSON line per point and a
 Markdown table. Not a unit test: a 1,000-client point takes many minutes on 2 cores.
 """
@@ -49,30 +51,44 @@ MODELS = {
 
 
 class MemoryWatch:
-    """The machine's used memory (total - available), sampled on a thread; ``peak`` since start."""
+    """The memory of this process and every process it started (Ray's GCS and raylet, the
+    actors, the object store's shared memory), as the sum of their proportional set sizes
+    (PSS: a shared page counts once, split among the processes mapping it), sampled on a
+    thread every ``every_s`` seconds. Processes outside this tree (another Ray on the same
+    machine) are not counted. ``peak`` is the largest sum, ``parts`` its split by process title."""
 
-    def __init__(self, every_s: float = 0.2) -> None:
+    def __init__(self, every_s: float = 1.0) -> None:
         import psutil
 
-        self._vm = psutil.virtual_memory
-        self.baseline = self.used()
-        self.peak = self.baseline
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self.peak = 0
+        self.parts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
         self._thread.start()
 
-    def used(self) -> int:
-        vm = self._vm()
-        return int(vm.total - vm.available)
+    def sample(self) -> tuple[int, dict[str, int]]:
+        parts: dict[str, int] = {}
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                pss = int(proc.memory_full_info().pss)
+                title = "driver" if proc.pid == self._me.pid else proc.name().split(".")[0][:40]
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                continue
+            parts[title] = parts.get(title, 0) + pss
+        return sum(parts.values()), parts
 
     def _run(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
-            self.peak = max(self.peak, self.used())
+            total, parts = self.sample()
+            if total > self.peak:
+                self.peak, self.parts = total, parts
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
-        return self.peak - self.baseline
+        return self.peak
 
 
 class RoundTimer(Callback):
@@ -131,6 +147,8 @@ def run_point(args: argparse.Namespace, clients: int) -> dict[str, Any]:
             "runtime": {
                 "checkpoint_dir": None,
                 "resident_clients": args.resident,
+                "clients_per_actor": -(-clients // args.actors),
+                "rounds_in_flight": args.in_flight,
                 "round_timeout_s": 3600,
                 "start_timeout_s": 1800,
             },
@@ -151,9 +169,11 @@ def run_point(args: argparse.Namespace, clients: int) -> dict[str, Any]:
         "actors": outcome.summary["federation"]["actors"],
         "peers": args.peers,
         "resident": args.resident,
+        "in_flight": args.in_flight,
         "rounds": args.rounds,
         "uploads": outcome.summary["uploads"],
         "peak_gib": round(peak / GIB, 2),
+        "peak_parts_gib": {k: round(v / GIB, 2) for k, v in sorted(watch.parts.items(), key=lambda kv: -kv[1])[:8]},
         "mib_per_client": round(peak / 2**20 / clients, 2),
         "round_s": round(train_s / args.rounds, 1),
         "update_ms": round(1000 * train_s / max(1, timer.uploads - 1), 1),
@@ -170,8 +190,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds per client")
     parser.add_argument("--peers", type=int, default=8, help="afmcc.peers")
     parser.add_argument("--resident", type=int, default=2, help="runtime.resident_clients")
+    parser.add_argument("--in-flight", type=int, default=4, help="runtime.rounds_in_flight")
     parser.add_argument("--object-store-gib", type=float, default=2.0)
     parser.add_argument("--cpus", type=float, default=2)
+    parser.add_argument("--actors", type=int, default=2, help="client actors (one per CPU)")
     args = parser.parse_args()
     rows = []
     for clients in args.clients:

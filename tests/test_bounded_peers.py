@@ -48,6 +48,8 @@ def test_afmcc_with_two_peers_downloads_three_models_a_round(ray_session, small_
     train = log[log["phase"] == "train"]
     assert len(train) == 6 * 2
     assert {info["downloaded_models"] for info in train["info"]} == {3}
-    for cid, info in zip(train["client_id"], train["info"]):
+    for cid, info, read in zip(train["client_id"], train["info"], train["versions_read"]):
         assert cid in info["aggregation_weights"] and len(info["aggregation_weights"]) == 3
+        # the log records what the round read: {client: version} of its three entries
+        assert set(read) == set(info["aggregation_weights"])
     assert 0.0 <= outcome.summary["acc"] <= 1.0

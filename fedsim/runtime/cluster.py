@@ -378,7 +378,8 @@ def start_client_actors(
             num_gpus=placement.num_gpus,
             max_restarts=cfg.runtime.max_actor_restarts,
             max_task_retries=0,  # the orchestrator re-runs a lost round itself, on the same snapshot
-            max_concurrency=len(group) + 2,  # rounds of every hosted client, plus evaluations
+            # rounds of every hosted client (or as many as the driver hands ahead), plus evaluations
+            max_concurrency=min(len(group), cfg.runtime.rounds_in_flight or len(group)) + 2,
             name=client_actor_name(run_tag, group, cfg.restart),
         ).remote(config, group, placement.device, run_tag)
         actors.append(actor)

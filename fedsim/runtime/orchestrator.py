@@ -342,7 +342,8 @@ class Federation:
                 [job.flat_ref, job.state_ref],
                 job.round,
                 job.phase,
-                job.snapshot.without_refs(),
+                job.snapshot.commits,
+                self._versions_read(job),
                 job.sim_start,
                 job.sim_end,
                 info["upload_bytes"],
@@ -350,6 +351,7 @@ class Federation:
                 self._pins(job),
             )
         )
+        self._mirror(job, record)
         self.total_uploads += 1
         self.sim_time = max(self.sim_time, job.sim_end)
         if job.phase == "train":
@@ -360,6 +362,31 @@ class Federation:
             self.evaluate()
         self._maybe_inject_fault()
         return record
+
+    def _versions_read(self, job: RoundJob) -> list[int] | dict[int, int]:
+        """What the upload log records as read: every entry's version, or, for a round of
+        bounded peer aggregation, {client: version} of the entries it read (O(peers), not O(U))."""
+        if self._max_peers is None or self._max_peers >= self.u - 1 or job.phase != "train" or self._server_average:
+            return job.snapshot.versions()
+        return {e.client_id: e.version for e in job.snapshot.round_inputs(job.client_id, False, False, self._max_peers)}
+
+    def _mirror(self, job: RoundJob, record: UploadRecord) -> None:
+        """Apply a commit to the driver's copy of the store, as the server applied it (the new
+        entry and the client's state), so the next round's snapshot needs no call to the
+        server: at 10,000 clients that call moves 10,000 entries a commit."""
+        held = self._snapshot_at
+        if held is None or held[0] != self.total_uploads or job.replayed is not None:
+            self._snapshot_at = None  # the server's copy is read again when next needed
+            return
+        snapshot, c = held[1], job.client_id
+        old = snapshot.entry(c)
+        entries = list(snapshot.entries)
+        entries[c] = StoreEntry(
+            c, record.version_written, old.modalities, job.flat_ref, old.n_samples, self.total_uploads
+        )
+        states = list(snapshot.states)
+        states[c] = (states[c][0] + 1, job.state_ref)
+        self._snapshot_at = (self.total_uploads + 1, Snapshot(tuple(entries), self.total_uploads + 1, tuple(states)))
 
     def _pins(self, job: RoundJob) -> list[tuple[int, int]] | None:
         """Virtual mode: the (client, version) pairs the rounds in flight read, this one included,

@@ -9,6 +9,7 @@ simulated start/end time, wall time and staleness (uploads committed by others i
 
 from __future__ import annotations
 
+import heapq
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -58,10 +59,11 @@ class Snapshot:
         if max_peers is None or max_peers >= len(self.entries) - 1:
             return list(self.entries)
         u = max(e.client_id for e in self.entries) + 1
-        others = sorted(
+        others = heapq.nsmallest(
+            max_peers,
             (e for e in self.entries if e.client_id != client_id),
             key=lambda e: (-e.commit, (e.client_id - client_id) % u),
-        )[:max_peers]
+        )
         return sorted([self.entry(client_id), *others], key=lambda e: e.client_id)
 
     def part(self, entries: list[StoreEntry]) -> Snapshot:
@@ -70,17 +72,15 @@ class Snapshot:
         federation."""
         return Snapshot(tuple(replace(e, ref=None) for e in entries), self.commits)
 
-    def without_refs(self) -> Snapshot:
-        """The snapshot as a commit records it (versions and clock, no refs to pass along)."""
-        return Snapshot(tuple(replace(e, ref=None) for e in self.entries), self.commits)
-
 
 @dataclass
 class UploadRecord:
     client_id: int
     round: int
     phase: str  # "pretrain" | "train"
-    versions_read: list[int]
+    # the version of every client's entry when the round started, or, for a round of bounded
+    # peer aggregation, {client: version} of the entries it read
+    versions_read: list[int] | dict[int, int]
     version_written: int
     sim_start: float
     sim_end: float
@@ -261,7 +261,8 @@ class ParameterServer:
         wrapped_ref: list[Any],
         round_: int,
         phase: str,
-        read: Snapshot,
+        read_commits: int,
+        versions_read: list[int] | dict[int, int],
         sim_start: float,
         sim_end: float,
         upload_bytes: int,
@@ -271,7 +272,9 @@ class ParameterServer:
         """Store an upload, the ``seq``-th commit (0-based, the driver's count). ``wrapped_ref``:
         [the flat parameters' ref, the client's state's ref] (wrapped in a list so Ray passes the
         refs, not the values); the state is kept beside the upload so a restarted client actor
-        continues from it. A commit already applied (its answer was lost) returns its record."""
+        continues from it. ``read_commits`` is the commit count of the snapshot the round read
+        (its staleness is counted from it). A commit already applied (its answer was lost)
+        returns its record."""
         self._ready()
         if seq < self._commits:
             return self._log[seq]
@@ -295,11 +298,11 @@ class ParameterServer:
             client_id=client_id,
             round=round_,
             phase=phase,
-            versions_read=read.versions(),
+            versions_read=versions_read,
             version_written=version,
             sim_start=sim_start,
             sim_end=sim_end,
-            staleness=self._commits - read.commits,
+            staleness=self._commits - read_commits,
             wall_time=time.time() - self._start,
             upload_bytes=upload_bytes,
             info=info,
