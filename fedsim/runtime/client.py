@@ -73,8 +73,8 @@ class ClientActor:
     ) -> None:
         from fedsim.runtime.telemetry import ClientTelemetry
 
-        self.telemetry = ClientTelemetry(run_tag)
         cfg = ExperimentConfig(**config)
+        self.telemetry = ClientTelemetry(run_tag, cfg.num_clients)
         self.cfg = cfg
         # Ray sets OMP_NUM_THREADS from the actor's CPU share, which depends on the placement;
         # pinning the count keeps results independent of how clients were spread over actors.
