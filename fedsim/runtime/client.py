@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +155,16 @@ class ClientActor:
                 del self._resident[cid]
                 self.clients[cid].model = self.clients[cid].optimizer = None
 
+    @contextmanager
+    def _training(self, client_id: int) -> Iterator[None]:
+        """Client ``client_id`` is in a round: its model may not be dropped until it ends."""
+        with self._lock:
+            self._busy.add(client_id)
+        try:
+            yield
+        finally:
+            self._settle(client_id)
+
     # -- set-up ---------------------------------------------------------------------------------
     def describe(self) -> dict[int, dict[str, Any]]:
         """Per hosted client: sample count, modalities, the virtual-clock cost of a round, and
@@ -213,98 +225,78 @@ class ClientActor:
         # setting: pin it here too, or a threaded actor's reductions split differently from a
         # one-client actor's and the losses differ in the last bits with the placement.
         torch.set_num_threads(self.cfg.runtime.torch_threads)
-        with self._lock:
-            self._busy.add(client_id)
-        try:
-            return self._round(
-                client_id, round_, snapshot, pretrain, slowdown, state_seq, state, params, noise_multiplier
+        with self._training(client_id):
+            started = time.perf_counter()
+            self._resume(client_id, state_seq, state)
+            client = self.clients[client_id]
+            assert client.model is not None and client.optimizer is not None
+            averaged = client.average is not None and not pretrain
+            downloads: tuple[Any, ...] = params
+            weights: dict[int, float] = {}
+            if averaged:
+                *stored, (values, taken, weights) = params
+                downloads = tuple(stored)
+            inputs = snapshot.round_inputs(client_id, pretrain, client.average is not None, client.method.max_peers)
+            peers = self._as_peers(inputs, downloads)
+            own = next(p for p in peers if p.client_id == client_id)
+            load_flat_parameters(client.model, own.params)
+            downloaded = time.perf_counter()
+            if averaged:
+                merged = client.average.merge(own.params, _as_tensor(values).to(self.device), taken)
+                load_flat_parameters(client.model, client.method.start_from_average(client.model, client.data, merged))
+            elif not pretrain:
+                aggregated, weights = client.method.aggregate(client.model, client.data, peers)
+                load_flat_parameters(client.model, aggregated)
+            aggregated_at = time.perf_counter()
+            # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
+            mechanism = self._mechanism(noise_multiplier)
+            start_params = flat_parameters(client.model).cpu().numpy() if mechanism is not None else None
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart)
             )
-        finally:
-            self._settle(client_id)
-
-    def _round(
-        self,
-        client_id: int,
-        round_: int,
-        snapshot: Snapshot,
-        pretrain: bool,
-        slowdown: float,
-        state_seq: int,
-        state: dict[str, Any] | None,
-        params: tuple[Any, ...],
-        noise_multiplier: float | None,
-    ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
-        started = time.perf_counter()
-        self._resume(client_id, state_seq, state)
-        client = self.clients[client_id]
-        assert client.model is not None and client.optimizer is not None
-        averaged = client.average is not None and not pretrain
-        downloads: tuple[Any, ...] = params
-        weights: dict[int, float] = {}
-        if averaged:
-            *stored, (values, taken, weights) = params
-            downloads = tuple(stored)
-        inputs = snapshot.round_inputs(client_id, pretrain, client.average is not None, client.method.max_peers)
-        peers = self._as_peers(inputs, downloads)
-        own = next(p for p in peers if p.client_id == client_id)
-        load_flat_parameters(client.model, own.params)
-        downloaded = time.perf_counter()
-        if averaged:
-            merged = client.average.merge(own.params, _as_tensor(values).to(self.device), taken)
-            load_flat_parameters(client.model, client.method.start_from_average(client.model, client.data, merged))
-        elif not pretrain:
-            aggregated, weights = client.method.aggregate(client.model, client.data, peers)
-            load_flat_parameters(client.model, aggregated)
-        aggregated_at = time.perf_counter()
-        # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
-        mechanism = self._mechanism(noise_multiplier)
-        start_params = flat_parameters(client.model).cpu().numpy() if mechanism is not None else None
-        generator = torch.Generator().manual_seed(
-            derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart)
-        )
-        context = RoundContext(
-            round_, "pretrain" if pretrain else "train", self.cfg.pretrain_rounds if pretrain else self.cfg.rounds
-        )
-        losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
-        trained_at = time.perf_counter()
-        end_params = flat_parameters(client.model).cpu().numpy()
-        info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
-        if mechanism is not None:
-            assert start_params is not None
-            # Fresh noise for every release: a training round by its round, a pretraining round
-            # (all have round 0) by the client's round count, and a model-selection restart by
-            # its index. Two releases sharing one noise vector would give away the difference of
-            # their updates exactly. A re-run of a lost round draws the same noise, so it
-            # releases the same vector again, which costs nothing.
-            seed = (
-                derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart)
-                if pretrain
-                else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart)
+            context = RoundContext(
+                round_, "pretrain" if pretrain else "train", self.cfg.pretrain_rounds if pretrain else self.cfg.rounds
             )
-            end_params, info["privacy"] = mechanism.privatize(start_params, end_params, np.random.default_rng(seed))
-            info["privacy"]["noise_multiplier"] = mechanism.noise_multiplier
-            load_flat_parameters(client.model, torch.from_numpy(end_params))
-        compute = time.perf_counter() - started
-        # Async mode: a client of relative speed m takes 1/m as long; it waits out the difference
-        # so the asynchrony is real (and visible in the Ray dashboard's timeline).
-        waited = compute * (slowdown - 1.0) if slowdown > 1.0 else 0.0
-        if waited:
-            time.sleep(waited)
-        info.update(
-            compute_s=compute,
-            waited_s=waited,
-            upload_bytes=int(end_params.nbytes),
-            # models this round downloaded: 2 for a method the server averages for (its own
-            # upload and the average), every client's for peer aggregation, 1 when pretraining
-            downloaded_models=len(downloads) + int(averaged),
-            # download_s: wrapping the already-fetched buffers (Ray fetched them before the call)
-            download_s=downloaded - started,
-            aggregate_s=aggregated_at - downloaded,
-            train_s=trained_at - aggregated_at,
-        )
-        self.telemetry.on_round(client_id, info)
-        self._seq[client_id] = state_seq + 1
-        return end_params, info, client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
+            losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
+            trained_at = time.perf_counter()
+            end_params = flat_parameters(client.model).cpu().numpy()
+            info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
+            if mechanism is not None:
+                assert start_params is not None
+                # Fresh noise for every release: a training round by its round, a pretraining round
+                # (all have round 0) by the client's round count, and a model-selection restart by
+                # its index. Two releases sharing one noise vector would give away the difference of
+                # their updates exactly. A re-run of a lost round draws the same noise, so it
+                # releases the same vector again, which costs nothing.
+                seed = (
+                    derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart)
+                    if pretrain
+                    else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart)
+                )
+                end_params, info["privacy"] = mechanism.privatize(start_params, end_params, np.random.default_rng(seed))
+                info["privacy"]["noise_multiplier"] = mechanism.noise_multiplier
+                load_flat_parameters(client.model, torch.from_numpy(end_params))
+            compute = time.perf_counter() - started
+            # Async mode: a client of relative speed m takes 1/m as long; it waits out the difference
+            # so the asynchrony is real (and visible in the Ray dashboard's timeline).
+            waited = compute * (slowdown - 1.0) if slowdown > 1.0 else 0.0
+            if waited:
+                time.sleep(waited)
+            info.update(
+                compute_s=compute,
+                waited_s=waited,
+                upload_bytes=int(end_params.nbytes),
+                # models this round downloaded: 2 for a method the server averages for (its own
+                # upload and the average), every client's for peer aggregation, 1 when pretraining
+                downloaded_models=len(downloads) + int(averaged),
+                # download_s: wrapping the already-fetched buffers (Ray fetched them before the call)
+                download_s=downloaded - started,
+                aggregate_s=aggregated_at - downloaded,
+                train_s=trained_at - aggregated_at,
+            )
+            self.telemetry.on_round(client_id, info)
+            self._seq[client_id] = state_seq + 1
+            return end_params, info, client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
 
     def _mechanism(self, noise_multiplier: float | None) -> Any:
         """The Gaussian mechanism for this round's upload, or None without privacy."""
