@@ -310,9 +310,13 @@ class MLflowTracker(Callback):
 
 
 def write_upload_log(log: Any, path: Path) -> None:
-    """The upload log as parquet (``info``, a dict per upload, as a JSON string)."""
+    """The upload log as parquet (``info``, a dict per upload, as a JSON string; so is
+    ``versions_read`` in a run of bounded peer aggregation, whose rounds record {client: version}
+    beside the pretraining rounds' lists, which no one parquet type holds)."""
     log = log.copy()
     log["info"] = log["info"].map(lambda d: json.dumps(d, default=float))
+    if "versions_read" in log and any(isinstance(v, dict) for v in log["versions_read"]):
+        log["versions_read"] = log["versions_read"].map(json.dumps)
     log.to_parquet(path)
 
 

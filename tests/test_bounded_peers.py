@@ -4,9 +4,13 @@ downloads does not grow with the federation."""
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 
 from fedsim.runtime.server import Snapshot, StoreEntry
+from fedsim.tracking import write_upload_log
 
 
 def _snapshot(commits: list[int]) -> Snapshot:
@@ -39,11 +43,34 @@ def test_what_a_round_is_sent_is_its_inputs_without_refs_and_reads_the_same():
     assert part.entry(5).client_id == 5
 
 
+def test_an_upload_log_with_bounded_rounds_is_written_as_parquet(tmp_path):
+    """Pretraining rounds record every version (a list), bounded rounds {client: version}: no
+    one parquet type holds both, so the column is written as JSON."""
+    log = pd.DataFrame({"client_id": [0, 1], "versions_read": [[0, 0, 0], {0: 1, 2: 3}], "info": [{}, {"a": 1}]})
+    write_upload_log(log, tmp_path / "log.parquet")
+    back = pd.read_parquet(tmp_path / "log.parquet")
+    assert [json.loads(v) for v in back["versions_read"]] == [[0, 0, 0], {"0": 1, "2": 3}]
+
+
 @pytest.mark.timeout(300)
-def test_afmcc_with_two_peers_downloads_three_models_a_round(ray_session, small_config) -> None:
+def test_afmcc_with_two_peers_downloads_three_models_a_round(ray_session, small_config, tmp_path) -> None:
     from fedsim.runner import run_experiment
 
-    outcome = run_experiment(small_config("rounds=2", "eval_every=1", "afmcc.peers=2", "num_clients=6"))
+    outcome = run_experiment(
+        small_config(
+            "rounds=2",
+            "eval_every=1",
+            "afmcc.peers=2",
+            "num_clients=6",
+            "tracking.enabled=true",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        )
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    artifacts = {a.path for a in client.list_artifacts(outcome.summary["mlflow_run_id"])}
+    assert "upload_log.parquet" in artifacts
     log = outcome.federation.upload_log
     train = log[log["phase"] == "train"]
     assert len(train) == 6 * 2
