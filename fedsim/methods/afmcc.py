@@ -181,7 +181,7 @@ class AFMCCConfig(BaseModel):
     # Eq. 6 over every client's latest model (null, the paper) or over the client's own and the
     # `peers` most recent other uploads: a reading for federations too large to download every
     # model each round (1,000 clients of BDGP's model: 8.6 GB a round). The most recent uploads
-    # are the freshest models, the ones an asynchronous server would broadcast first.
+    # are the freshest models (bench/bench_scale.py; README, "Large federations").
     peers: int | None = Field(None, ge=1, description="peers Eq. 6 reads (null: all)")
 
     @model_validator(mode="before")

@@ -8,7 +8,7 @@ The parameter server records what it sees at each commit (rounds, staleness, upl
 simulated time) and the evaluations the driver hands it; client actors record their Eq. 6
 aggregation weights and round compute time. The weights are one series per (client, peer)
 pair, so they are exported for federations of at most ``PAIR_SERIES_MAX_CLIENTS`` clients only:
-at 10,000 clients with 8 peers each they would be 90,000 series of one actor's exporter.
+at 10,000 clients with 8 peers each they would be 90,000 series.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from ray.util import metrics
 
 STALENESS_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 ROUND_SECONDS_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
-# a heatmap of the Eq. 6 weights is read for a few dozen clients; past this its U x peers
-# series cost more to export than the rounds they describe
+# a heatmap of the Eq. 6 weights is read for a few dozen clients; past that it is unreadable
+# and its U x peers series only load Ray's metrics exporter
 PAIR_SERIES_MAX_CLIENTS = 64
 
 
