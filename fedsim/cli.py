@@ -154,7 +154,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from fedsim.archive import export_sweeps, import_archive, read_archive
+    from fedsim.sweeps.archive import export_sweeps, import_archive, read_archive
 
     if args.action == "export":
         uri = _store_uri(args.tracking_uri, must_exist=True)

@@ -183,7 +183,7 @@ def _body(text):
 def test_archive_carries_the_report_to_a_machine_without_the_store(tmp_path):
     """make report exports the store's sweeps to reports/runs; a clone without the store rebuilds
     the same tables from the archive alone, and re-exporting or re-importing changes nothing."""
-    from fedsim.archive import export_sweeps, import_archive, read_archive
+    from fedsim.sweeps.archive import export_sweeps, import_archive, read_archive
     from fedsim.report import build_report
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -196,7 +196,7 @@ def test_sweep_runs_tracks_and_resumes_after_driver_kill(tmp_path):
     # What the reproduction report reads back: the grid point, the rerun command, the machine.
     assert parent.data.tags["fedsim.command"] == "make sweep DATASET=synthetic METHOD=afmcc GRID=smoke"
     assert "CPUs" in parent.data.tags["fedsim.machine"]
-    from fedsim.report import read_sweep
+    from fedsim.sweeps.records import read_sweep
 
     record = read_sweep(
         client, client.get_experiment_by_name("sweep/afmcc/synthetic/smoke"), load_grid("afmcc", "smoke"), "synthetic"

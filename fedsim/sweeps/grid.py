@@ -121,7 +121,7 @@ class GridSpec(Strict):
     # Grid points that are another grid's trials under the same config (CMMC Table 3's full model
     # is Table 1): axis -> value -> that grid's name. Where this grid has no run of such a point,
     # the report takes the other grid's run of the same seed, once their resolved configs agree
-    # (fedsim/report.py, borrow_rows); the sweep still runs the point when asked.
+    # (fedsim/sweeps/records.py, borrow_rows); the sweep still runs the point when asked.
     borrow: dict[str, dict[str, str]] = {}
 
     @field_validator("fixed", "paper", "datasets", "variants", "derived_rows", "borrow", mode="before")

@@ -1,10 +1,10 @@
 """Results: summaries over seeds, tables and plots of a grid's trials.
 
 Shared by the sweep (fedsim/sweeps/tune_runner.py logs them with the sweep's summary run) and the
-reproduction report (fedsim/report.py rebuilds them from the trial runs in MLflow): both start
-from a frame with one row per finished trial (the grid's axes and the trial's final scores) and
-turn it into the grid's table, mean +- std over the seeds in percent with the paper's value
-beside, and into PNG plots.
+reproduction report (fedsim/report.py rebuilds them from the trial runs in MLflow, which
+fedsim/sweeps/records.py reads): both start from a frame with one row per finished trial (the
+grid's axes and the trial's final scores) and turn it into the grid's table, mean +- std over the
+seeds in percent with the paper's value beside, and into PNG plots.
 """
 
 from __future__ import annotations
