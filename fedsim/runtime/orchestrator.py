@@ -101,6 +101,7 @@ class RoundJob:
     state_ref: Any = None  # the client's state after this round (client_state), kept with the upload
     attempts: int = 0
     replayed: dict[str, Any] | None = None  # resumed run: the server's record of this round, committed already
+    inputs: list[StoreEntry] | None = None  # the entries the round reads, chosen at submit
 
 
 @dataclass
@@ -255,7 +256,7 @@ class Federation:
         # no thread of the threaded client actor calls ray.get (Ray has had hangs with concurrent
         # ray.get in one process, ray-project/ray#54007). With the old in-actor ray.get, one full
         # test run here hung a round until its timeout; that this was the cause is not proven.
-        inputs = job.snapshot.round_inputs(job.client_id, pretrain, self._server_average, self._max_peers)
+        inputs = job.inputs = job.snapshot.round_inputs(job.client_id, pretrain, self._server_average, self._max_peers)
         params = [e.ref for e in inputs]
         if self._server_average and not pretrain:
             params.append(self._average_of(job.snapshot))
@@ -368,7 +369,10 @@ class Federation:
         bounded peer aggregation, {client: version} of the entries it read (O(peers), not O(U))."""
         if self._max_peers is None or self._max_peers >= self.u - 1 or job.phase != "train" or self._server_average:
             return job.snapshot.versions()
-        return {e.client_id: e.version for e in job.snapshot.round_inputs(job.client_id, False, False, self._max_peers)}
+        inputs = job.inputs  # chosen at submit; a replayed round (resumed run) was never submitted
+        if inputs is None:
+            inputs = job.snapshot.round_inputs(job.client_id, False, False, self._max_peers)
+        return {e.client_id: e.version for e in inputs}
 
     def _mirror(self, job: RoundJob, record: UploadRecord) -> None:
         """Apply a commit to the driver's copy of the store, as the server applied it (the new
@@ -449,9 +453,10 @@ class Federation:
         refs = {pair: ray.put(a) for pair, a in zip(pairs, arrays)}
         jobs = []
         for f in state.inflight:
+            entry_commits = f.entry_commits if f.entry_commits is not None else [-1] * len(f.versions)
             entries = tuple(
                 StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples, commit)
-                for c, (v, commit) in enumerate(zip(f.versions, f.entry_commits))
+                for c, (v, commit) in enumerate(zip(f.versions, entry_commits))
             )
             job = RoundJob(
                 f.client_id, f.round, f.phase, Snapshot(entries, f.commits, current.states), f.sim_start, f.sim_end

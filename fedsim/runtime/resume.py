@@ -35,7 +35,9 @@ class InFlight:
     sim_end: float
     versions: list[int]
     commits: int
-    entry_commits: list[int]  # the commit that wrote each entry read (bounded peers choose by it)
+    # the commit that wrote each entry read (bounded peers choose by it); None in a checkpoint
+    # written before entries recorded it, which then reads as never written (-1)
+    entry_commits: list[int] | None = None
 
 
 @dataclass
