@@ -30,7 +30,6 @@ import torch
 
 from fedsim.config import ExperimentConfig
 from fedsim.errors import TrainingDiverged
-from fedsim.evaluation import kmeans_from_centres, reference_kmeans
 from fedsim.methods import get_method
 from fedsim.methods.base import LocalData, PeerModel, RoundContext, flat_parameters, load_flat_parameters
 from fedsim.runtime import client_state
@@ -365,6 +364,9 @@ class ClientActor:
     ) -> dict[str, Any]:
         """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
         or k-means initialised with the reference centres on any other client."""
+        # imported here: scikit-learn costs an actor ~1.6 s of start-up, and only this call needs it
+        from fedsim.evaluation import kmeans_from_centres, reference_kmeans
+
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
         features = self._finite(client_id, client.method.embed(model, client.data), "embeddings")
         out: dict[str, Any] = {"labels_true": client.data.labels, "indices": client.data.indices}
