@@ -38,10 +38,8 @@ The target 1.80 is not met, though the ceiling is above it. Where fedsim's time 
 - a sync round of 24 updates: 2.9-3.6 s against the side-by-side loops' ~2.3 s. An update's
   ``train_round`` takes 0.22-0.24 s in an actor against ~0.195 s in a loop of 12 clients; the
   24 commits of a round take 0.05-0.08 s together.
-- on both sides, torch's profiler puts 58 % of an update in Adam's element-wise ops, most of it
-  ``sqrt`` over second moments that have decayed to denormal floats (33 x slower than normal
-  ones here). Flushing denormals would speed up both sides alike and change results in the
-  last bits, so neither does.
+- on both sides, torch's profiler puts 58 % of an update in Adam's step (one client, this
+  workload), more than in the forward and backward passes.
 - tried and not kept, no difference beyond the run-to-run spread: committing each upload as its
   round ends (instead of after the round's last), and training an actor's rounds one at a time.
 """
