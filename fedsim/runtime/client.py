@@ -364,7 +364,7 @@ class ClientActor:
     ) -> dict[str, Any]:
         """FMCSC evaluation step: k-means on the reference client's features (``centres`` None),
         or k-means initialised with the reference centres on any other client."""
-        # imported here: scikit-learn costs an actor ~1.6 s of start-up, and only this call needs it
+        # imported here: scikit-learn adds ~1 s to an actor's start-up, and only this call needs it
         from fedsim.evaluation import kmeans_from_centres, reference_kmeans
 
         client, model = self._load_for_eval(client_id, params, snapshot, peer_params)
