@@ -22,7 +22,7 @@ themselves), no Ray and nothing between them, their interpreter start-up not cou
 what any simulator of this workload could reach on this machine if being one cost nothing; the
 bench prints fedsim's share of it.
 
-Measured on the 2-core, no-GPU development machine (2026-12-07, 4th session; nothing else
+Measured on the 2-core, no-GPU development machine (2026-12-07, 5th session; nothing else
 running, the VM's speed varies by some 15 % from run to run):
 
 | rounds | plain loop | 2 loops side by side (ceiling) | fedsim (start and stop) | ratio | share of ceiling |
