@@ -100,3 +100,15 @@ def test_a_bad_checkpoint_dir_is_refused_before_ray_starts(small_config, tmp_pat
         with pytest.raises(ConfigError, match="runtime.checkpoint_dir"):
             validate(small_config(f"runtime.checkpoint_dir={bad}"))
     validate(small_config(f"runtime.checkpoint_dir={tmp_path}/new/folder"))  # made when the run starts
+
+
+def test_a_driver_checkpoint_from_before_entry_commits_reads_them_as_never_written(tmp_path):
+    """driver.pkl files written before InFlight recorded ``entry_commits`` still load and resume."""
+    from fedsim.runtime.resume import DriverState, InFlight, load_driver_state, save_driver_state
+
+    old = InFlight(1, 3, "train", 0.0, 1.0, [2, 2, 1], 5, [4, 3, 0])
+    del old.__dict__["entry_commits"]  # as the older class pickled it
+    save_driver_state(tmp_path, DriverState(5, 5, [2, 2, 1], 1.0, [], {}, [old]))
+    (loaded,) = load_driver_state(tmp_path).inflight
+    assert loaded.commits_read() == [-1, -1, -1]
+    assert InFlight(1, 3, "train", 0.0, 1.0, [2, 2, 1], 5, [4, 3, 0]).commits_read() == [4, 3, 0]

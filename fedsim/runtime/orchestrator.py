@@ -453,10 +453,9 @@ class Federation:
         refs = {pair: ray.put(a) for pair, a in zip(pairs, arrays)}
         jobs = []
         for f in state.inflight:
-            entry_commits = f.entry_commits if f.entry_commits is not None else [-1] * len(f.versions)
             entries = tuple(
                 StoreEntry(c, v, current.entries[c].modalities, refs[(c, v)], current.entries[c].n_samples, commit)
-                for c, (v, commit) in enumerate(zip(f.versions, entry_commits))
+                for c, (v, commit) in enumerate(zip(f.versions, f.commits_read()))
             )
             job = RoundJob(
                 f.client_id, f.round, f.phase, Snapshot(entries, f.commits, current.states), f.sim_start, f.sim_end

@@ -39,6 +39,10 @@ class InFlight:
     # written before entries recorded it, which then reads as never written (-1)
     entry_commits: list[int] | None = None
 
+    def commits_read(self) -> list[int]:
+        """The commit that wrote each entry read, -1 where the checkpoint did not record it."""
+        return self.entry_commits if self.entry_commits is not None else [-1] * len(self.versions)
+
 
 @dataclass
 class DriverState:
