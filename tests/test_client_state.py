@@ -104,3 +104,53 @@ def test_an_actor_keeping_one_model_trains_like_one_keeping_all(method):
             np.testing.assert_array_equal(out_b, out)
             params[c], states[c] = out, pickle.loads(pickle.dumps(state))
         assert sum(client.model is not None for client in bounded.clients.values()) == 1
+
+
+def _rounds_side_by_side(actor: ClientActor, params: dict[int, np.ndarray]) -> tuple[dict[int, tuple], int]:
+    """Round 1 of clients 0 and 1, handed to ``actor`` from two threads at once (as Ray's task
+    threads do); returns the rounds' results and how many trained at the same time at most."""
+    import threading
+    import time
+
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    for client in actor.clients.values():
+
+        def counted(*args, _train=client.method.train_round, **kwargs):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.2)  # long enough for the other thread to arrive
+            try:
+                return _train(*args, **kwargs)
+            finally:
+                with guard:
+                    inside[0] -= 1
+
+        client.method.train_round = counted
+    got: dict[int, tuple] = {}
+    threads = [
+        threading.Thread(target=lambda c=c: got.__setitem__(c, _round(actor, 1, params[c], 0, None, client=c)))
+        for c in (0, 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return got, most[0]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("slots", [1, 2])
+def test_an_actor_computes_one_round_at_a_time_per_slot_and_the_results_do_not_change(slots):
+    """A threaded actor's rounds run in its task threads but compute at most ``compute_slots``
+    at a time (``cluster.compute_slots``: one per CPU share), since concurrent torch calls in
+    one process cost CPU. Rounds handed in together train exactly as rounds one after another."""
+    serial = ClientActor(_config("fedavg"), [0, 1])
+    params = {c: serial.initial_parameters(c) for c in (0, 1)}
+    expected = {c: _round(serial, 1, params[c], 0, None, client=c) for c in (0, 1)}
+    got, most = _rounds_side_by_side(ClientActor(_config("fedavg"), [0, 1], compute_slots=slots), params)
+    assert most == slots
+    for c in (0, 1):
+        np.testing.assert_array_equal(got[c][0], expected[c][0])
+        assert got[c][1] == expected[c][1]

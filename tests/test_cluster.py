@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from fedsim.runtime import cluster
-from fedsim.runtime.cluster import plan_placement
+from fedsim.runtime.cluster import Placement, compute_slots, plan_placement
 
 
 def test_placement_never_asks_for_more_cpus_than_given(small_config):
@@ -33,6 +33,14 @@ def test_placement_never_asks_for_more_cpus_than_given(small_config):
     )
     assert len(p.groups) == 16 and p.device == "cuda" and 0 < p.num_gpus <= 1
     assert p.num_gpus * len(p.groups) <= 4 + 1e-9 and p.num_cpus * len(p.groups) <= 16
+
+
+def test_an_actor_computes_as_many_rounds_at_once_as_its_cpus_allow(small_config):
+    def slots(num_cpus: float, *overrides: str) -> int:
+        return compute_slots(small_config(*overrides), Placement(groups=[[0, 1, 2]], num_cpus=num_cpus, num_gpus=0.0))
+
+    assert slots(0.25) == 1 and slots(1.0) == 1 and slots(1.9) == 1
+    assert slots(2.0) == 2 and slots(4.0, "runtime.torch_threads=2") == 2
 
 
 def test_placement_uses_the_cluster_total_when_the_availability_report_lags(ray_session, small_config, monkeypatch):

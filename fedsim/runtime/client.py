@@ -16,10 +16,11 @@ and evaluations, run concurrently.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,17 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def _computes(method: Callable[..., Any]) -> Callable[..., Any]:
+    """An actor call that computes: it waits for one of the actor's compute slots."""
+
+    @functools.wraps(method)
+    def call(self: ClientActor, *args: Any, **kwargs: Any) -> Any:
+        with self._compute:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 @dataclass
 class SimulatedClient:
     data: LocalData
@@ -70,7 +82,12 @@ class ClientActor:
     """Plain class; ``cluster.py`` wraps it with ``ray.remote`` and its resource request."""
 
     def __init__(
-        self, config: dict[str, Any], client_ids: list[int], device: str = "cpu", run_tag: str = "fedsim"
+        self,
+        config: dict[str, Any],
+        client_ids: list[int],
+        device: str = "cpu",
+        run_tag: str = "fedsim",
+        compute_slots: int = 1,
     ) -> None:
         from fedsim.runtime.telemetry import ClientTelemetry
 
@@ -96,6 +113,11 @@ class ClientActor:
         self._resident: OrderedDict[int, None] = OrderedDict()
         self._busy: set[int] = set()
         self._lock = threading.Lock()
+        # Rounds and evaluations compute one at a time per CPU (or GPU) share the actor was
+        # given: Ray still fetches the arguments of the queued ones meanwhile. Letting all its
+        # threads compute at once costs ~25 % more CPU per update (on bench_throughput's workload),
+        # as their torch calls contend for the GIL and the caches, and it makes no result differ.
+        self._compute = threading.BoundedSemaphore(compute_slots)
         self._n_params: dict[int, int] = {}
         for cid in client_ids:
             client = self._fresh_client(cid, client_shard(dataset, specs[cid], cid, self.device))
@@ -190,6 +212,7 @@ class ClientActor:
         u = self.cfg.num_clients
         return u if method.max_peers is None else min(u, method.max_peers + 1)
 
+    @_computes
     def initial_parameters(self, client_id: int) -> np.ndarray:
         client = self.clients[client_id]
         model = client.model if client.model is not None else client.method.build_model(self._model_seed(client_id))
@@ -225,57 +248,65 @@ class ClientActor:
         # one-client actor's and the losses differ in the last bits with the placement.
         torch.set_num_threads(self.cfg.runtime.torch_threads)
         with self._training(client_id):
-            started = time.perf_counter()
-            self._resume(client_id, state_seq, state)
-            client = self.clients[client_id]
-            assert client.model is not None and client.optimizer is not None
-            averaged = client.average is not None and not pretrain
-            downloads: tuple[Any, ...] = params
-            weights: dict[int, float] = {}
-            if averaged:
-                *stored, (values, taken, weights) = params
-                downloads = tuple(stored)
-            inputs = snapshot.round_inputs(client_id, pretrain, client.average is not None, client.method.max_peers)
-            peers = self._as_peers(inputs, downloads)
-            own = next(p for p in peers if p.client_id == client_id)
-            load_flat_parameters(client.model, own.params)
-            downloaded = time.perf_counter()
-            if averaged:
-                merged = client.average.merge(own.params, _as_tensor(values).to(self.device), taken)
-                load_flat_parameters(client.model, client.method.start_from_average(client.model, client.data, merged))
-            elif not pretrain:
-                aggregated, weights = client.method.aggregate(client.model, client.data, peers)
-                load_flat_parameters(client.model, aggregated)
-            aggregated_at = time.perf_counter()
-            # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
-            mechanism = self._mechanism(noise_multiplier)
-            start_params = flat_parameters(client.model).cpu().numpy() if mechanism is not None else None
-            generator = torch.Generator().manual_seed(
-                derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart)
-            )
-            context = RoundContext(
-                round_, "pretrain" if pretrain else "train", self.cfg.pretrain_rounds if pretrain else self.cfg.rounds
-            )
-            losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
-            trained_at = time.perf_counter()
-            end_params = flat_parameters(client.model).cpu().numpy()
-            info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
-            if mechanism is not None:
-                assert start_params is not None
-                # Fresh noise for every release: a training round by its round, a pretraining round
-                # (all have round 0) by the client's round count, and a model-selection restart by
-                # its index. Two releases sharing one noise vector would give away the difference of
-                # their updates exactly. A re-run of a lost round draws the same noise, so it
-                # releases the same vector again, which costs nothing.
-                seed = (
-                    derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart)
-                    if pretrain
-                    else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart)
+            with self._compute:
+                started = time.perf_counter()
+                self._resume(client_id, state_seq, state)
+                client = self.clients[client_id]
+                assert client.model is not None and client.optimizer is not None
+                averaged = client.average is not None and not pretrain
+                downloads: tuple[Any, ...] = params
+                weights: dict[int, float] = {}
+                if averaged:
+                    *stored, (values, taken, weights) = params
+                    downloads = tuple(stored)
+                inputs = snapshot.round_inputs(client_id, pretrain, client.average is not None, client.method.max_peers)
+                peers = self._as_peers(inputs, downloads)
+                own = next(p for p in peers if p.client_id == client_id)
+                load_flat_parameters(client.model, own.params)
+                downloaded = time.perf_counter()
+                if averaged:
+                    merged = client.average.merge(own.params, _as_tensor(values).to(self.device), taken)
+                    load_flat_parameters(
+                        client.model, client.method.start_from_average(client.model, client.data, merged)
+                    )
+                elif not pretrain:
+                    aggregated, weights = client.method.aggregate(client.model, client.data, peers)
+                    load_flat_parameters(client.model, aggregated)
+                aggregated_at = time.perf_counter()
+                # Only DP needs the round's starting point (it clips the update); skip the copy otherwise.
+                mechanism = self._mechanism(noise_multiplier)
+                start_params = flat_parameters(client.model).cpu().numpy() if mechanism is not None else None
+                generator = torch.Generator().manual_seed(
+                    derive_seed(self.cfg.seed, 2, client_id, round_, int(pretrain), *self._restart)
                 )
-                end_params, info["privacy"] = mechanism.privatize(start_params, end_params, np.random.default_rng(seed))
-                info["privacy"]["noise_multiplier"] = mechanism.noise_multiplier
-                load_flat_parameters(client.model, torch.from_numpy(end_params))
-            compute = time.perf_counter() - started
+                context = RoundContext(
+                    round_,
+                    "pretrain" if pretrain else "train",
+                    self.cfg.pretrain_rounds if pretrain else self.cfg.rounds,
+                )
+                losses = client.method.train_round(client.model, client.optimizer, client.data, generator, context)
+                trained_at = time.perf_counter()
+                end_params = flat_parameters(client.model).cpu().numpy()
+                info: dict[str, Any] = {"losses": losses, "aggregation_weights": weights}
+                if mechanism is not None:
+                    assert start_params is not None
+                    # Fresh noise for every release: a training round by its round, a pretraining round
+                    # (all have round 0) by the client's round count, and a model-selection restart by
+                    # its index. Two releases sharing one noise vector would give away the difference of
+                    # their updates exactly. A re-run of a lost round draws the same noise, so it
+                    # releases the same vector again, which costs nothing.
+                    seed = (
+                        derive_seed(self.cfg.seed, 4, client_id, state_seq, *self._restart)
+                        if pretrain
+                        else derive_seed(self.cfg.seed, 3, client_id, round_, *self._restart)
+                    )
+                    end_params, info["privacy"] = mechanism.privatize(
+                        start_params, end_params, np.random.default_rng(seed)
+                    )
+                    info["privacy"]["noise_multiplier"] = mechanism.noise_multiplier
+                    load_flat_parameters(client.model, torch.from_numpy(end_params))
+                state_after = client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
+                compute = time.perf_counter() - started
             # Async mode: a client of relative speed m takes 1/m as long; it waits out the difference
             # so the asynchrony is real (and visible in the Ray dashboard's timeline).
             waited = compute * (slowdown - 1.0) if slowdown > 1.0 else 0.0
@@ -295,7 +326,7 @@ class ClientActor:
             )
             self.telemetry.on_round(client_id, info)
             self._seq[client_id] = state_seq + 1
-            return end_params, info, client_state.capture(state_seq + 1, client.model, client.optimizer, client.method)
+            return end_params, info, state_after
 
     def _mechanism(self, noise_multiplier: float | None) -> Any:
         """The Gaussian mechanism for this round's upload, or None without privacy."""
@@ -351,6 +382,7 @@ class ClientActor:
             )
         return values
 
+    @_computes
     def cluster(
         self,
         client_id: int,
@@ -376,6 +408,7 @@ class ClientActor:
             out["labels_pred"] = kmeans_from_centres(features, centres, seed=seed)
         return out
 
+    @_computes
     def embed(
         self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None, *peer_params: np.ndarray
     ) -> dict[str, Any]:
@@ -383,6 +416,7 @@ class ClientActor:
         features = self._finite(client_id, client.method.embed(model, client.data), "embeddings")
         return {"features": features, "labels_true": client.data.labels, "indices": client.data.indices}
 
+    @_computes
     def soft_assignments(
         self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None, *peer_params: np.ndarray
     ) -> dict[str, Any]:
@@ -393,6 +427,7 @@ class ClientActor:
         p = self._finite(client_id, p, "soft assignments")
         return {"probabilities": p, "labels_true": client.data.labels, "indices": client.data.indices}
 
+    @_computes
     def classify(self, client_id: int, params: np.ndarray) -> dict[str, Any]:
         """Classification task: class probabilities on the client's held-out test split."""
         client, model = self._load_for_eval(client_id, params)
@@ -405,6 +440,7 @@ class ClientActor:
             "indices": test.indices,
         }
 
+    @_computes
     def final_extras(
         self, client_id: int, params: np.ndarray, snapshot: Snapshot | None = None, *peer_params: np.ndarray
     ) -> dict[str, Any]:

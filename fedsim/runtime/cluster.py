@@ -363,6 +363,12 @@ def _settled_availability(settle_s: float = 5.0) -> dict[str, float]:
     return resources
 
 
+def compute_slots(cfg: ExperimentConfig, placement: Placement) -> int:
+    """How many of an actor's rounds and evaluations compute at once: one per share of
+    ``runtime.torch_threads`` CPUs the actor was given, at least one."""
+    return max(1, int(placement.num_cpus + 1e-9) // cfg.runtime.torch_threads)
+
+
 def start_client_actors(
     cfg: ExperimentConfig, placement: Placement, run_tag: str, created: list[Any]
 ) -> dict[int, Any]:
@@ -381,7 +387,7 @@ def start_client_actors(
             # rounds of every hosted client (or as many as the driver hands ahead), plus evaluations
             max_concurrency=min(len(group), cfg.runtime.rounds_in_flight or len(group)) + 2,
             name=client_actor_name(run_tag, group, cfg.restart),
-        ).remote(config, group, placement.device, run_tag)
+        ).remote(config, group, placement.device, run_tag, compute_slots(cfg, placement))
         actors.append(actor)
         for cid in group:
             by_client[cid] = actor
