@@ -22,27 +22,34 @@ themselves), no Ray and nothing between them, their interpreter start-up not cou
 what any simulator of this workload could reach on this machine if being one cost nothing; the
 bench prints fedsim's share of it.
 
-Measured on the 2-core, no-GPU development machine (2026-12-07, 5th session; nothing else
-running, the VM's speed varies by some 15 % from run to run):
+Measured on the 2-core, no-GPU development machine (2026-12-08, 6th session; nothing else
+running; the VM's speed varies by up to 30 % from run to run, so compare within one run):
 
 | rounds | plain loop | 2 loops side by side (ceiling) | fedsim (start and stop) | ratio | share of ceiling |
 |---|---|---|---|---|---|
-| 10 | 59.4 s, 4.04 updates/s | 27.1 s, 2.19 x | 42.8 s (12.4 s), 5.61 updates/s | **1.39** | 63 % |
-| 40 | 210.9 s, 4.55 updates/s | 93.5 s, 2.25 x | 138.6 s (11.6 s), 6.93 updates/s | **1.52** | 68 % |
+| 10 | 60.0 s, 4.00 updates/s | 33.3 s, 1.81 x | 52.0 s (16.5 s), 4.62 updates/s | **1.16** | 64 % |
+| 40 | 232.9 s, 4.12 updates/s | 101.3 s, 2.30 x | 143.5 s (12.9 s), 6.69 updates/s | **1.62** | 71 % |
 
-The target 1.80 is not met, though the ceiling is above it. Where fedsim's time goes
-(timers around the runner's steps and the upload log's per-round times, 10 rounds):
-- starting and stopping, ~12 s: validation 1.7-2.6 s, Ray 4.3-6.1 s (a bare ``ray.init`` here
-  takes 4.5 s), and the rest (the actors importing torch, and torch._dynamo at the first
-  optimiser, ~1.3 s; building their shards; stopping actors and Ray at the end). Importing
-  scikit-learn only for k-means evaluation took ~1 s off each actor's start.
-- a sync round of 24 updates: 2.4-4.3 s, most between 2.9 and 3.6 s, against the side-by-side
-  loops' ~2.3 s. An update's ``train_round`` takes 0.22-0.24 s in an actor against ~0.195 s in a
-  loop of 12 clients (the whole update); the 24 commits of a round take 0.05-0.08 s together.
+(Before actors computed one round at a time, the same session: 10 rounds 1.06, 53 % of the
+ceiling; the 5th session: 40 rounds 1.52, 68 %.) The target 1.80 is not met, though the
+ceiling is above it. Where fedsim's time goes (timers around the runner's steps, 10 rounds):
+- starting and stopping, 12-16 s: validation ~1.8 s, Ray ~4.7 s (a bare ``ray.init`` here
+  takes 4.5 s), the actors until they answer ~7 s (importing torch, torch._dynamo at the first
+  optimiser ~1.3 s, generating or loading the data ~0.8 s, building 12 clients), and
+  ``ray.shutdown`` ~1.3 s. At 10 rounds this alone rules the target out: 1.80 x a 50-60 s plain
+  loop leaves 28-33 s in all, about what the side-by-side loops take without any start-up.
+- a sync round of 24 updates: 3.3-3.9 s against the side-by-side loops' ~2.5 s. Of a round's
+  ~3.6 s, each actor computes ~3.25 s (its rounds' ``compute_s``); the rest is the barrier
+  (the commits, the server's average, the next round's hand-out). Two Ray actors running the
+  plain loop reach the loops' speed (28.5 s against 32.5-33.8 s, 10 rounds): Ray's worker
+  processes are not the cost.
+- an actor's rounds compute one at a time (``cluster.compute_slots``): all at once, its task
+  threads spent 0.26 CPU-s per update in ``train_round``, one at a time 0.20-0.21 (alternating
+  runs, 2 of each); federation 37.3 / 37.9 s against 29.7 / 31.8 s.
 - on both sides, torch's profiler puts 58 % of an update in Adam's step (one client, this
   workload), more than in the forward and backward passes.
 - tried and not kept, no difference beyond the run-to-run spread: committing each upload as its
-  round ends (instead of after the round's last), and training an actor's rounds one at a time.
+  round ends (instead of after the round's last).
 """
 
 from __future__ import annotations
