@@ -10,8 +10,9 @@ model, which every round starts from anyway, and from the state kept with its la
 exactly where it was.
 
 Hosting several clients per actor keeps 48-client settings inside a small machine's memory
-(an actor that imports torch costs ~310 MB); the actor is threaded so its clients' rounds,
-and evaluations, run concurrently.
+(an actor that imports torch costs ~310 MB). The actor is threaded, so Ray fetches the
+arguments of its clients' queued rounds and evaluations while one computes; they compute one at
+a time per CPU share it was given.
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ class ClientActor:
         self._resident: OrderedDict[int, None] = OrderedDict()
         self._busy: set[int] = set()
         self._lock = threading.Lock()
-        # Rounds and evaluations compute one at a time per CPU (or GPU) share the actor was
-        # given: Ray still fetches the arguments of the queued ones meanwhile. Letting all its
-        # threads compute at once costs ~25 % more CPU per update (on bench_throughput's workload),
-        # as their torch calls contend for the GIL and the caches, and it makes no result differ.
+        # Rounds and evaluations compute ``compute_slots`` at a time (one per CPU share, see
+        # cluster.compute_slots); Ray still fetches the arguments of the queued ones meanwhile.
+        # All task threads computing at once cost 24-30 % more CPU per update on
+        # bench_throughput's workload (their torch calls contend for the GIL and the caches),
+        # and no result depends on the order.
         self._compute = threading.BoundedSemaphore(compute_slots)
         self._n_params: dict[int, int] = {}
         for cid in client_ids:
